@@ -1,0 +1,212 @@
+"""Build a manifest of a tree, write it, and sign it."""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import NamedTuple
+
+from . import __version__
+from .errors import IntegrityError, ManifestError, TreeError
+from .exclude import Excluder
+from .hashing import HashJob, hash_files
+from .keys import load_secret_key, make_trusted_comment, sign_bytes
+from .manifest import (
+    Entry,
+    Manifest,
+    compute_root_digest,
+    encode_manifest,
+    make_entry_path,
+    utc_now,
+)
+from .walk import check_root, kind_of, walk_tree
+
+__all__ = [
+    "BuildResult",
+    "build_manifest",
+    "inside_root",
+    "sign_manifest",
+    "signature_path_for",
+    "write_atomic",
+]
+
+_MAX_LISTED = 10
+
+
+class BuildResult(NamedTuple):
+    manifest: Manifest
+    data: bytes
+    """The exact encoded manifest bytes (what gets written and signed)."""
+    warnings: list[str]
+
+
+def signature_path_for(manifest_path: str) -> str:
+    return manifest_path + ".minisig"
+
+
+def inside_root(root_real: str, path: str) -> str | None:
+    """The path relative to the root if ``path`` resolves inside it, else None."""
+    real = os.path.realpath(path)
+    if real == root_real:
+        return "."
+    prefix = root_real.rstrip("/") + "/"
+    return real[len(prefix):] if real.startswith(prefix) else None
+
+
+def _link_target(path: str) -> tuple[str | None, bytes | None]:
+    target = os.readlink(path)
+    try:
+        target.encode("utf-8")
+        return target, None
+    except UnicodeEncodeError:
+        return None, os.fsencode(target)
+
+
+def build_manifest(
+    root: str,
+    *,
+    exclude: Sequence[str] = (),
+    release: str = "",
+    serial: int | None = None,
+    created: datetime | None = None,
+    expires_in: timedelta | None = None,
+    workers: int | None = None,
+    skip: Sequence[str] = (),
+    secret_key_paths: Sequence[str] = (),
+) -> BuildResult:
+    """Walk and hash ``root``; return the manifest and its exact bytes.
+
+    Raises TreeError if any object cannot be read (a manifest must be complete)
+    or if the tree holds a minisign secret key.
+    """
+    root_real = check_root(root)
+    excluder = Excluder(exclude)
+    skipped = {r for p in skip if (r := inside_root(root_real, p)) not in (None, ".")}
+    for key_path in secret_key_paths:
+        rel = inside_root(root_real, key_path)
+        if rel is not None and rel not in skipped:
+            raise TreeError(f"the signing key {key_path!r} is inside the tree being built; move it out")
+    walked = walk_tree(root_real, excluder, skipped)
+    problems = [f"{p}: {msg}" for p, msg in walked.errors]
+    warnings: list[str] = []
+    prefix = root_real.rstrip("/") + "/"
+    rows: list[tuple[bytes, str, os.stat_result]] = sorted(
+        ((os.fsencode(rel), rel, st) for rel, st in walked.entries), key=lambda r: r[0]
+    )
+    jobs: list[HashJob] = []
+    job_rows: list[int] = []
+    for i, (_, rel, st) in enumerate(rows):
+        if stat.S_ISREG(st.st_mode):
+            jobs.append(HashJob(prefix + rel, st.st_dev, st.st_ino, st.st_size))
+            job_rows.append(i)
+    hashed = hash_files(jobs, workers)
+    digests: dict[int, str] = {}
+    for i, res in zip(job_rows, hashed, strict=True):
+        rel = rows[i][1]
+        if res.digest is None:
+            problems.append(f"{rel}: {res.problem}: {res.detail}")
+        elif res.secret_key:
+            problems.append(f"{rel}: looks like a minisign secret key; keys must never ship in a release")
+        else:
+            digests[i] = res.digest
+    entries: list[Entry] = []
+    for i, (_, rel, st) in enumerate(rows):
+        mode = st.st_mode
+        kind = kind_of(mode)
+        perm = stat.S_IMODE(mode)
+        if kind == "unknown":
+            problems.append(f"{rel}: unknown file type {stat.S_IFMT(mode):o}")
+            continue
+        if kind != "symlink":
+            if perm & stat.S_IWOTH and not (kind == "dir" and perm & stat.S_ISVTX):
+                warnings.append(f"{rel}: world-writable ({perm:04o})")
+            if kind == "file" and perm & (stat.S_ISUID | stat.S_ISGID):
+                warnings.append(f"{rel}: setuid/setgid ({perm:04o})")
+        path, path_b64 = make_entry_path(rel)
+        if kind == "file":
+            if i not in digests:
+                continue
+            entries.append(Entry(path=path, path_b64=path_b64, type="file", mode=perm,
+                                 size=st.st_size, blake3=digests[i]))
+        elif kind == "symlink":
+            try:
+                target, target_b64 = _link_target(prefix + rel)
+            except OSError as exc:
+                problems.append(f"{rel}: cannot read link: {exc.strerror}")
+                continue
+            entries.append(Entry(path=path, path_b64=path_b64, type="symlink", mode=perm,
+                                 target=target, target_b64=target_b64))
+        else:
+            entries.append(Entry(path=path, path_b64=path_b64, type=kind, mode=perm))  # type: ignore[arg-type]
+    if problems:
+        more = f" (and {len(problems) - _MAX_LISTED} more)" if len(problems) > _MAX_LISTED else ""
+        raise TreeError(
+            f"cannot build a complete manifest: {len(problems)} problem(s): "
+            + "; ".join(problems[:_MAX_LISTED]) + more
+        )
+    when = created or utc_now()
+    patterns = excluder.patterns
+    manifest = Manifest(
+        tool=f"duri-integrity {__version__}",
+        release=release,
+        created=when,
+        serial=int(when.timestamp()) if serial is None else serial,
+        expires=when + expires_in if expires_in is not None else None,
+        exclude=patterns,
+        root_digest=compute_root_digest(patterns, entries),
+        entries=entries,
+    )
+    return BuildResult(manifest, encode_manifest(manifest), warnings)
+
+
+def write_atomic(path: str, data: bytes, mode: int = 0o644) -> None:
+    """Write via a temporary file in the same directory and rename, so readers never see half a file."""
+    directory = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp{os.getpid()}")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), mode)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError as exc:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise IntegrityError(f"cannot write {path!r}: {exc.strerror or exc}") from None
+
+
+def sign_manifest(
+    manifest_path: str,
+    secret_key_path: str,
+    *,
+    password: str | None = None,
+    allow_insecure_key: bool = False,
+    signature_path: str | None = None,
+) -> str:
+    """Sign an existing manifest file's exact bytes; return the signature file's path."""
+    from .manifest import decode_manifest
+
+    try:
+        with open(manifest_path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise ManifestError(f"cannot read manifest {manifest_path!r}: {exc.strerror or exc}") from None
+    # Refuse to vouch for bytes that are not a valid manifest.
+    m = decode_manifest(data)
+    sk = load_secret_key(secret_key_path, password, allow_insecure_permissions=allow_insecure_key)
+    try:
+        comment = make_trusted_comment(os.path.basename(manifest_path), m.release, m.serial, m.root_digest)
+        sig = sign_bytes(data, sk, comment)
+    finally:
+        sk.wipe()
+    out = signature_path or signature_path_for(manifest_path)
+    write_atomic(out, sig)
+    return out

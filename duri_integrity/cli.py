@@ -1,0 +1,233 @@
+"""The ``duri-integrity`` command: parse arguments, call the library, render results.
+
+Library errors become exit codes in exactly one place (:class:`_Group.invoke`).
+Heavy imports happen inside the commands that need them.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from . import __version__
+
+if TYPE_CHECKING:
+    from .report import Report
+
+__all__ = ["EXIT_ERROR", "EXIT_FAILED", "EXIT_OK", "EXIT_UNTRUSTED", "EXIT_USAGE", "main"]
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNTRUSTED, EXIT_ERROR = 0, 1, 2, 3, 4
+MAX_LISTED_PROBLEMS = 50
+
+EXIT_CODE_HELP = """\b
+Exit codes:
+  0  VERIFIED   the tree matches a trusted manifest (or the command succeeded)
+  1  FAILED     the tree differs from the manifest
+  2  usage      invalid command line
+  3  UNTRUSTED  manifest or signature missing, malformed, expired, or not by a trusted key
+  4  ERROR      could not run: missing root, bad key or config, unreadable input
+"""
+
+
+class _OperationalError(click.ClickException):
+    exit_code = EXIT_ERROR
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"duri-integrity: error: {self.format_message()}", err=True)
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        from .errors import IntegrityError
+
+        try:
+            return super().invoke(ctx)
+        except IntegrityError as exc:
+            raise _OperationalError(str(exc)) from None
+        except OSError as exc:  # anything the library did not already turn into a clear message
+            where = f" {exc.filename!r}" if exc.filename else ""
+            raise _OperationalError(f"{exc.strerror or exc}{where}") from None
+        except KeyboardInterrupt:
+            click.echo("duri-integrity: interrupted", err=True)
+            ctx.exit(130)
+
+
+@click.group(cls=_Group, epilog=EXIT_CODE_HELP, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="duri-integrity")
+def main() -> None:
+    """Build, sign and verify signed manifests of deployment trees."""
+
+
+def _password(password_file: str | None, *, confirm: bool = False) -> str | None:
+    if password_file:
+        try:
+            with open(password_file, encoding="utf-8") as f:
+                return f.readline().rstrip("\r\n")
+        except OSError as exc:
+            raise _OperationalError(f"cannot read password file {password_file!r}: {exc.strerror}") from None
+    env = os.environ.get("DURI_INTEGRITY_PASSWORD")
+    if env:
+        return env
+    if confirm or sys.stdin.isatty():
+        value: str = click.prompt("Password", hide_input=True, confirmation_prompt=confirm, err=True)
+        return value
+    return None
+
+
+def _parse_duration(text: str) -> Any:
+    from datetime import timedelta
+
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+    num, unit = text[:-1], text[-1:]
+    if unit not in units or not num.isdigit() or int(num) <= 0:
+        raise click.BadParameter(f"{text!r} is not a duration like 90m, 12h, 30d or 2w")
+    return timedelta(seconds=int(num) * units[unit])
+
+
+_password_option = click.option(
+    "--password-file", type=click.Path(dir_okay=False), help="File whose first line is the key's password."
+)
+_workers_option = click.option(
+    "--workers", type=click.IntRange(1, 256), default=None, help="Hashing threads [default: CPU count, max 8]."
+)
+
+
+@main.command()
+@click.option("--secret-key", "-s", default="duri-integrity.key", show_default=True, help="Secret key file to write (mode 0600).")
+@click.option("--public-key", "-p", default="duri-integrity.pub", show_default=True, help="Public key file to write.")
+@click.option("--encrypt", is_flag=True, help="Protect the secret key with a password (scrypt, as minisign does).")
+@click.option("--force", is_flag=True, help="Replace existing key files.")
+@_password_option
+def keygen(secret_key: str, public_key: str, encrypt: bool, force: bool, password_file: str | None) -> None:
+    """Write a new minisign-compatible key pair.
+
+    The secret key is unencrypted unless --encrypt is given (suited to a CI
+    secret store); keep it out of every tree you build.
+    """
+    from .keys import generate_keypair
+
+    password = _password(password_file, confirm=True) if encrypt else None
+    key_id = generate_keypair(secret_key, public_key, password=password, force=force)
+    click.echo(f"key {key_id}: secret key {secret_key} (mode 0600), public key {public_key}")
+
+
+@main.command()
+@click.argument("root", type=click.Path(file_okay=False), required=False)
+@click.option("--manifest", "-m", help="Where to write the manifest [default: ROOT/MANIFEST.json].")
+@click.option("--secret-key", "-s", help="Sign with this key (writes MANIFEST.minisig beside the manifest).")
+@click.option("--exclude", "-x", multiple=True, metavar="PATTERN",
+              help="gitignore-style pattern to leave out; stored in the signed manifest. Repeatable.")
+@click.option("--release", "-r", default=None, help="Release label, e.g. a git tag or commit.")
+@click.option("--serial", type=click.IntRange(0, 2**63 - 1), help="Serial number [default: creation time in Unix seconds].")
+@click.option("--expires-in", callback=lambda c, p, v: _parse_duration(v) if v else None,
+              help="Make the manifest expire, e.g. 30d, 12h.")
+@click.option("--allow-insecure-key", is_flag=True, help="Sign even if the secret key file is readable by others.")
+@_password_option
+@_workers_option
+def build(root: str | None, manifest: str | None, secret_key: str | None, exclude: tuple[str, ...],
+          release: str | None, serial: int | None, expires_in: Any, allow_insecure_key: bool,
+          password_file: str | None, workers: int | None) -> None:
+    """Write a manifest of ROOT (and sign it with --secret-key)."""
+    from .build import build_manifest, sign_manifest, write_atomic
+    from .config import MANIFEST_NAME, Settings, resolve_settings
+
+    settings, _ = resolve_settings(Settings(root=root, manifest=manifest, secret_key=secret_key,
+                                            exclude=list(exclude) or None, release=release, workers=workers))
+    root = settings.root or "."
+    manifest_path = settings.manifest or os.path.join(root, MANIFEST_NAME)
+    sig_path = manifest_path + ".minisig"
+    key = settings.secret_key
+    if key:  # fail on a bad key before spending time on hashing
+        from .keys import load_secret_key
+
+        load_secret_key(key, _password(password_file), allow_insecure_permissions=allow_insecure_key).wipe()
+    result = build_manifest(root, exclude=settings.exclude or (), release=settings.release or "", serial=serial,
+                            expires_in=expires_in, workers=settings.workers, skip=(manifest_path, sig_path),
+                            secret_key_paths=(key,) if key else ())
+    for w in result.warnings:
+        click.echo(f"warning: {w}", err=True)
+    write_atomic(manifest_path, result.data)
+    m = result.manifest
+    click.echo(f"wrote {manifest_path}: {len(m.entries):,} entries, serial {m.serial}, root digest {m.root_digest}")
+    if key:
+        out = sign_manifest(manifest_path, key, password=_password(password_file),
+                            allow_insecure_key=allow_insecure_key, signature_path=sig_path)
+        click.echo(f"signed: {out}")
+
+
+@main.command()
+@click.argument("manifest", type=click.Path(dir_okay=False))
+@click.option("--secret-key", "-s", required=True, help="minisign secret key file.")
+@click.option("--allow-insecure-key", is_flag=True, help="Sign even if the secret key file is readable by others.")
+@_password_option
+def sign(manifest: str, secret_key: str, allow_insecure_key: bool, password_file: str | None) -> None:
+    """Sign MANIFEST's exact bytes, writing MANIFEST.minisig."""
+    from .build import sign_manifest
+
+    out = sign_manifest(manifest, secret_key, password=_password(password_file),
+                        allow_insecure_key=allow_insecure_key)
+    click.echo(f"signed: {out}")
+
+
+def render_report(report: Report, *, quiet: bool, echo: Callable[..., None] = click.echo) -> None:
+    """Human output: the problems (the first 50 and a count), then one summary line."""
+    status_line = f"{report.status}: {report.summary}"
+    if report.status in ("UNTRUSTED", "ERROR"):
+        echo(f"duri-integrity: {status_line}", err=True)
+        return
+    if quiet:
+        if report.status != "VERIFIED":
+            echo(status_line, err=True)
+        return
+    for p in report.problems[:MAX_LISTED_PROBLEMS]:
+        detail = ""
+        if p.expected is not None or p.actual is not None:
+            detail = f"  (expected {p.expected or '-'}, actual {p.actual or '-'})"
+        echo(f"{p.kind.upper():<16} {p.path}{detail}")
+    if len(report.problems) > MAX_LISTED_PROBLEMS:
+        echo(f"... and {len(report.problems) - MAX_LISTED_PROBLEMS:,} more problems (use --json for all)")
+    m = report.manifest
+    if m is not None and report.status == "VERIFIED":
+        label = f"release {m.release}, " if m.release else ""
+        echo(f"manifest: {label}serial {m.serial}, key {m.key_id}, root digest {m.root_digest[:16]}")
+    echo(status_line)
+
+
+@main.command(epilog=EXIT_CODE_HELP)
+@click.argument("root", type=click.Path(file_okay=False), required=False)
+@click.option("--manifest", "-m", help="Manifest file [default: ROOT/MANIFEST.json].")
+@click.option("--signature", help="Signature file [default: MANIFEST.minisig].")
+@click.option("--public-key", "-p", multiple=True,
+              help="Trusted public key: a .pub file, a directory of them, or the base64 key. Repeatable.")
+@click.option("--json", "as_json", is_flag=True, help="Print the full report as JSON on stdout.")
+@click.option("--quiet", "-q", is_flag=True, help="Print nothing when verified; only the summary otherwise.")
+@_workers_option
+def verify(root: str | None, manifest: str | None, signature: str | None, public_key: tuple[str, ...],
+           as_json: bool, quiet: bool, workers: int | None) -> None:
+    """Verify ROOT against its signed manifest.
+
+    Settings not given here come from DURI_INTEGRITY_* environment variables,
+    then duri-integrity.toml or [tool.duri-integrity] in pyproject.toml.
+    """
+    from .verify import verify_integrity
+
+    report = verify_integrity(root, manifest=manifest, signature=signature,
+                              public_keys=list(public_key) or None, workers=workers)
+    if as_json:
+        click.echo(report.to_json())
+    else:
+        render_report(report, quiet=quiet)
+    sys.exit(report.exit_code)
+
+
+@main.command()
+@click.option("--keep", type=click.Path(file_okay=False), help="Build the demo here and keep it, instead of a temporary directory.")
+def demo(keep: str | None) -> None:
+    """Run the whole job on a sample tree: keygen, build, sign, verify, tamper, verify."""
+    from .demo import run_demo
+
+    sys.exit(run_demo(keep))

@@ -1,0 +1,142 @@
+"""Settings resolution: explicit arguments > environment variables > config file.
+
+The config file is ``duri-integrity.toml`` (top-level keys) or the
+``[tool.duri-integrity]`` table of ``pyproject.toml``, looked up in the working
+directory, or the file named by ``DURI_INTEGRITY_CONFIG``. Relative paths in a
+config file are relative to that file's directory.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import msgspec
+
+from .errors import ConfigError
+
+__all__ = ["ENV_PREFIX", "SYSTEM_KEY_DIR", "Settings", "load_config_file", "resolve_settings"]
+
+ENV_PREFIX = "DURI_INTEGRITY_"
+SYSTEM_KEY_DIR = "/etc/duri-integrity/trusted-keys.d"
+MANIFEST_NAME = "MANIFEST.json"
+
+
+class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Every setting a command may use; None means "not set here"."""
+
+    root: str | None = None
+    manifest: str | None = None
+    signature: str | None = None
+    public_key: list[str] | None = None
+    secret_key: str | None = None
+    exclude: list[str] | None = None
+    workers: int | None = None
+    release: str | None = None
+
+
+_PATH_KEYS = ("root", "manifest", "signature", "secret_key")
+_ENV_KEYS = {
+    "root": "ROOT",
+    "manifest": "MANIFEST",
+    "signature": "SIGNATURE",
+    "public_key": "PUBLIC_KEY",
+    "secret_key": "SECRET_KEY",
+    "workers": "WORKERS",
+    "release": "RELEASE",
+}
+
+
+def _find_config_file(cwd: str) -> tuple[str, bool] | None:
+    explicit = os.environ.get(ENV_PREFIX + "CONFIG")
+    if explicit:
+        if not os.path.isfile(explicit):
+            raise ConfigError(f"{ENV_PREFIX}CONFIG names {explicit!r}, which is not a file")
+        return explicit, os.path.basename(explicit) == "pyproject.toml"
+    own = os.path.join(cwd, "duri-integrity.toml")
+    if os.path.isfile(own):
+        return own, False
+    pyproject = os.path.join(cwd, "pyproject.toml")
+    if os.path.isfile(pyproject):
+        return pyproject, True
+    return None
+
+
+def load_config_file(cwd: str | None = None) -> tuple[Settings, str | None]:
+    """Read the config file, if any; return its settings and its path."""
+    import tomllib
+
+    found = _find_config_file(cwd or os.getcwd())
+    if found is None:
+        return Settings(), None
+    path, is_pyproject = found
+    try:
+        with open(path, "rb") as f:
+            doc = tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path!r}: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path!r} is not valid TOML: {exc}") from None
+    table: Any = doc.get("tool", {}).get("duri-integrity") if is_pyproject else doc
+    if table is None:
+        return Settings(), None
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}: [tool.duri-integrity] must be a table")
+    table = {k.replace("-", "_"): v for k, v in table.items()}
+    if isinstance(table.get("public_key"), str):
+        table["public_key"] = [table["public_key"]]
+    try:
+        settings = msgspec.convert(table, Settings)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"config file {path}: {exc}") from None
+    base = os.path.dirname(os.path.abspath(path))
+    updates: dict[str, Any] = {}
+    for key in _PATH_KEYS:
+        value = getattr(settings, key)
+        if value is not None:
+            updates[key] = os.path.join(base, value)
+    if settings.public_key is not None:
+        updates["public_key"] = [
+            k if (k.startswith("RW") and len(k) == 56) else os.path.join(base, k) for k in settings.public_key
+        ]
+    return msgspec.structs.replace(settings, **updates), path
+
+
+def _from_env(env: Mapping[str, str]) -> Settings:
+    values: dict[str, Any] = {}
+    for key, suffix in _ENV_KEYS.items():
+        raw = env.get(ENV_PREFIX + suffix)
+        if raw is None or raw == "":
+            continue
+        if key == "public_key":
+            values[key] = [p for p in raw.split(os.pathsep) if p]
+        elif key == "workers":
+            try:
+                values[key] = int(raw)
+            except ValueError:
+                raise ConfigError(f"{ENV_PREFIX}WORKERS={raw!r} is not a whole number") from None
+        else:
+            values[key] = raw
+    return Settings(**values)
+
+
+def resolve_settings(overrides: Settings | None = None, *, env: Mapping[str, str] | None = None,
+                     use_config_file: bool = True) -> tuple[Settings, str | None]:
+    """Merge explicit settings over the environment over the config file."""
+    layers = [overrides or Settings(), _from_env(os.environ if env is None else env)]
+    config_path = None
+    if use_config_file:
+        file_settings, config_path = load_config_file()
+        layers.append(file_settings)
+    merged: dict[str, Any] = {}
+    for field in Settings.__struct_fields__:
+        for layer in layers:
+            value = getattr(layer, field)
+            if value is not None:
+                merged[field] = value
+                break
+    settings = Settings(**merged)
+    if settings.workers is not None and not 1 <= settings.workers <= 256:
+        raise ConfigError(f"workers must be between 1 and 256, got {settings.workers}")
+    return settings, config_path

@@ -1,0 +1,54 @@
+"""The package's exception tree: one root, a few leaves by cause.
+
+Leaves that describe bad input also inherit ``ValueError`` so that callers who
+only know the builtin can still catch them.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .report import Report
+
+__all__ = [
+    "ConfigError",
+    "IntegrityError",
+    "KeyFileError",
+    "ManifestError",
+    "NotVerifiedError",
+    "SignatureError",
+    "TreeError",
+]
+
+
+class IntegrityError(Exception):
+    """Root of every error this package raises on purpose."""
+
+
+class ConfigError(IntegrityError, ValueError):
+    """A configuration file, environment variable or option is invalid."""
+
+
+class KeyFileError(IntegrityError, ValueError):
+    """A key file is missing, unreadable, malformed, or unsafe to use."""
+
+
+class ManifestError(IntegrityError, ValueError):
+    """A manifest is missing, unreadable, or not a valid manifest."""
+
+
+class SignatureError(IntegrityError):
+    """A signature is missing, malformed, from an untrusted key, or does not verify."""
+
+
+class TreeError(IntegrityError):
+    """The tree cannot be walked or read as a whole (for example the root is missing)."""
+
+
+class NotVerifiedError(IntegrityError):
+    """Raised by :func:`duri_integrity.ensure_integrity` when the tree is not VERIFIED."""
+
+    def __init__(self, report: Report) -> None:
+        super().__init__(f"{report.status}: {report.summary}")
+        self.report = report

@@ -1,0 +1,248 @@
+"""Keys and detached signatures in the minisign formats.
+
+Signatures are checked over the exact manifest bytes before anything parses
+those bytes. Keys are matched by key id, so several trusted keys can coexist.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import stat
+import time
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, NamedTuple
+
+from .errors import KeyFileError, SignatureError
+
+if TYPE_CHECKING:
+    import minisign
+
+__all__ = [
+    "SignatureInfo",
+    "TrustedKeys",
+    "format_key_id",
+    "generate_keypair",
+    "load_public_key",
+    "load_secret_key",
+    "load_trusted_keys",
+    "parse_trusted_comment",
+    "sign_bytes",
+    "verify_signature",
+]
+
+_MAX_KEY_FILE = 4096
+_MAX_SIG_FILE = 16384
+
+
+def format_key_id(key_id: bytes) -> str:
+    """Render a key id the way the minisign tool prints it (a little-endian 64-bit number)."""
+    return key_id[::-1].hex().upper()
+
+
+class SignatureInfo(NamedTuple):
+    key_id: str
+    trusted_comment: str
+
+
+class TrustedKeys:
+    """Trusted public keys by key id."""
+
+    def __init__(self, keys: Mapping[bytes, minisign.PublicKey], sources: Mapping[bytes, str]) -> None:
+        self._keys = dict(keys)
+        self.sources = dict(sources)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def get(self, key_id: bytes) -> minisign.PublicKey | None:
+        return self._keys.get(key_id)
+
+    @property
+    def key_ids(self) -> list[str]:
+        return sorted(format_key_id(k) for k in self._keys)
+
+
+def _read_small(path: str, limit: int, what: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            data = f.read(limit + 1)
+    except OSError as exc:
+        raise KeyFileError(f"cannot read {what} {path!r}: {exc.strerror or exc}") from None
+    if len(data) > limit:
+        raise KeyFileError(f"{what} {path!r} is too large to be a minisign {what}")
+    return data
+
+
+def _public_key_id(line: bytes | str) -> bytes:
+    raw = base64.b64decode(line, validate=True)
+    return raw[2:10]
+
+
+def load_public_key(source: str) -> tuple[bytes, minisign.PublicKey]:
+    """Load a public key from a ``.pub`` file, or from its base64 line given inline."""
+    import minisign
+
+    inline = not os.path.exists(source) and source.startswith("RW") and len(source) == 56
+    try:
+        if inline:
+            pk = minisign.PublicKey.from_base64(source)
+            key_id = _public_key_id(source)
+        else:
+            data = _read_small(source, _MAX_KEY_FILE, "public key")
+            pk = minisign.PublicKey.from_bytes(data)
+            key_id = _public_key_id(data.splitlines()[1].strip())
+    except (minisign.Error, binascii.Error, ValueError, IndexError) as exc:
+        raise KeyFileError(f"not a minisign public key: {source!r} ({exc})") from None
+    return key_id, pk
+
+
+def load_trusted_keys(sources: Iterable[str]) -> TrustedKeys:
+    """Load keys from files, inline base64 keys, or directories of ``*.pub`` files."""
+    keys: dict[bytes, minisign.PublicKey] = {}
+    where: dict[bytes, str] = {}
+    for src in sources:
+        if os.path.isdir(src):
+            try:
+                names = sorted(n for n in os.listdir(src) if n.endswith(".pub"))
+            except OSError as exc:
+                raise KeyFileError(f"cannot list key directory {src!r}: {exc.strerror}") from None
+            files = [os.path.join(src, n) for n in names]
+        else:
+            files = [src]
+        for f in files:
+            kid, pk = load_public_key(f)
+            keys[kid] = pk
+            where[kid] = f
+    return TrustedKeys(keys, where)
+
+
+def load_secret_key(
+    path: str, password: str | None = None, *, allow_insecure_permissions: bool = False
+) -> minisign.SecretKey:
+    """Load (and if needed decrypt) a minisign secret key, refusing one others can read."""
+    import minisign
+
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise KeyFileError(f"cannot read secret key {path!r}: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise KeyFileError(f"secret key {path!r} is not a regular file")
+    if st.st_mode & 0o077 and not allow_insecure_permissions:
+        raise KeyFileError(
+            f"secret key {path!r} is accessible by group or others (mode {st.st_mode & 0o777:04o}); "
+            "run 'chmod 600' on it"
+        )
+    data = _read_small(path, _MAX_KEY_FILE, "secret key")
+    try:
+        sk = minisign.SecretKey.from_bytes(data)
+        if sk.is_encrypted():
+            if password is None:
+                raise KeyFileError(f"secret key {path!r} is encrypted and no password was given")
+            sk.decrypt(password)
+    except minisign.Error as exc:
+        raise KeyFileError(f"cannot use secret key {path!r}: {exc}") from None
+    return sk
+
+
+def _write_new(path: str, data: bytes, mode: int, force: bool) -> None:
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    target = path
+    if force:
+        target = f"{path}.tmp{os.getpid()}"
+    try:
+        fd = os.open(target, flags, mode)
+    except FileExistsError:
+        raise KeyFileError(f"{path!r} already exists (use --force to replace it)") from None
+    except OSError as exc:
+        raise KeyFileError(f"cannot create {path!r}: {exc.strerror or exc}") from None
+    try:
+        os.fchmod(fd, mode)  # the umask must not loosen or tighten what we asked for
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    if force:
+        os.replace(target, path)
+
+
+def generate_keypair(
+    secret_key_path: str, public_key_path: str, *, password: str | None = None, force: bool = False
+) -> str:
+    """Write a new minisign key pair; return its key id. The secret key file is mode 0600."""
+    import minisign
+
+    kp = minisign.KeyPair.generate()
+    sk, pk = kp.secret_key, kp.public_key
+    try:
+        if password:
+            sk.encrypt(password)
+        key_id = _public_key_id(pk.to_base64())
+        sk.untrusted_comment = f"minisign secret key {format_key_id(key_id)}"
+        pk.untrusted_comment = f"minisign public key {format_key_id(key_id)}"
+        _write_new(secret_key_path, bytes(sk) + b"\n", 0o600, force)
+        _write_new(public_key_path, bytes(pk) + b"\n", 0o644, force)
+    finally:
+        sk.wipe()
+    return format_key_id(key_id)
+
+
+def sign_bytes(data: bytes, secret_key: minisign.SecretKey, trusted_comment: str) -> bytes:
+    """Sign data (BLAKE2b-prehashed Ed25519, minisign's default); return the .minisig text."""
+    import minisign
+
+    try:
+        sig = secret_key.sign(
+            data,
+            prehash=True,
+            untrusted_comment="signature from duri-integrity secret key",
+            trusted_comment=trusted_comment,
+        )
+    except minisign.Error as exc:
+        raise KeyFileError(f"cannot sign: {exc}") from None
+    return bytes(sig) + b"\n"
+
+
+def verify_signature(data: bytes, signature: bytes, trusted: TrustedKeys) -> SignatureInfo:
+    """Check a minisign signature over exactly ``data`` against the trusted keys."""
+    import minisign
+
+    if len(signature) > _MAX_SIG_FILE:
+        raise SignatureError("signature file is too large to be a minisign signature")
+    try:
+        sig = minisign.Signature.from_bytes(signature)
+        key_id = base64.b64decode(signature.splitlines()[1], validate=True)[2:10]
+    except (minisign.Error, binascii.Error, ValueError, IndexError) as exc:
+        raise SignatureError(f"malformed signature ({exc})") from None
+    pk = trusted.get(key_id)
+    if pk is None:
+        raise SignatureError(
+            f"signed by key {format_key_id(key_id)}, which is not a trusted key "
+            f"(trusted: {', '.join(trusted.key_ids) or 'none'})"
+        )
+    try:
+        pk.verify(data, sig)
+    except minisign.Error:
+        raise SignatureError(
+            f"signature by key {format_key_id(key_id)} does not match the manifest or its trusted comment"
+        ) from None
+    return SignatureInfo(format_key_id(key_id), sig.trusted_comment)
+
+
+def make_trusted_comment(file_name: str, release: str, serial: int, root_digest: str) -> str:
+    fields = [f"timestamp:{int(time.time())}", f"file:{file_name}", "hashed"]
+    if release:
+        fields.append(f"release:{release}")
+    fields += [f"serial:{serial}", f"root:{root_digest}"]
+    return "\t".join(fields)
+
+
+def parse_trusted_comment(comment: str) -> dict[str, str]:
+    """Tab-separated ``key:value`` fields; anything else is kept under its own text."""
+    out: dict[str, str] = {}
+    for part in comment.split("\t"):
+        k, sep, v = part.partition(":")
+        out[k] = v if sep else ""
+    return out

@@ -1,0 +1,230 @@
+"""The manifest: a msgspec model, its exact byte encoding, and strict decoding.
+
+Decoding is only ever done on bytes whose signature has already been checked
+(see :mod:`duri_integrity.keys`); it still trusts nothing: every path, type,
+size and digest is validated, because a valid signature proves who wrote the
+manifest, not that the writer was careful.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from datetime import datetime, timezone
+from typing import Annotated, Literal
+
+import msgspec
+from blake3 import blake3
+
+from .errors import ConfigError, ManifestError
+
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "MAX_ENTRIES",
+    "MAX_MANIFEST_BYTES",
+    "Entry",
+    "EntryType",
+    "Manifest",
+    "compute_root_digest",
+    "decode_manifest",
+    "encode_manifest",
+    "entry_key",
+    "make_entry_path",
+]
+
+FORMAT = "duri-integrity-manifest"
+FORMAT_VERSION = 1
+# Bounds that keep a hostile (even validly signed) manifest from exhausting memory.
+MAX_MANIFEST_BYTES = 64 << 20
+MAX_ENTRIES = 300_000
+_ROOT_DIGEST_CONTEXT = "duri-integrity 2026-11 manifest root digest v1"
+
+EntryType = Literal["file", "dir", "symlink", "fifo", "socket", "char_device", "block_device"]
+Mode = Annotated[int, msgspec.Meta(ge=0, le=0o7777)]
+Size = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
+Release = Annotated[str, msgspec.Meta(max_length=200, pattern=r"^[\x20-\x7e]*$")]
+Created = Annotated[datetime, msgspec.Meta(tz=True)]
+
+
+class Entry(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True,
+            forbid_unknown_fields=True, gc=False):
+    """One filesystem object. Exactly one of ``path``/``path_b64`` is set."""
+
+    path: str | None = None
+    """POSIX path relative to the root, when its bytes are valid UTF-8."""
+    path_b64: bytes | None = None
+    """The exact path bytes (base64 in JSON), only when they are not valid UTF-8."""
+    type: EntryType
+    mode: Mode
+    """Permission bits including setuid, setgid and sticky (st_mode & 0o7777)."""
+    size: Size | None = None
+    """Files only: size in bytes."""
+    blake3: str | None = None
+    """Files only: lowercase hex BLAKE3-256 of the content."""
+    target: str | None = None
+    """Symlinks only: the link target as stored, when valid UTF-8."""
+    target_b64: bytes | None = None
+    """Symlinks only: the exact target bytes, when not valid UTF-8."""
+
+
+class Manifest(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True,
+               forbid_unknown_fields=True):
+    format: str = FORMAT
+    version: int = FORMAT_VERSION
+    tool: str
+    release: Release = ""
+    created: Created
+    serial: Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
+    expires: Created | None = None
+    exclude: list[str] = []
+    root_digest: str
+    entries: list[Entry]
+
+
+class _RootInput(msgspec.Struct, array_like=False):
+    exclude: list[str]
+    entries: list[Entry]
+
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(Manifest)
+_HEX = re.compile(r"[0-9a-f]*")
+# Any empty, "." or ".." component, or a leading/trailing "/", in a NUL-joined list of paths.
+_BAD_COMPONENT = re.compile(r"(?:^|\x00|/)(?:\.{1,2})?(?:/|\x00|$)")
+
+
+def make_entry_path(rel: str) -> tuple[str | None, bytes | None]:
+    """Split a walk path (str, surrogateescape) into the manifest's path/path_b64 pair."""
+    try:
+        rel.encode("utf-8")
+        return rel, None
+    except UnicodeEncodeError:
+        return None, os.fsencode(rel)
+
+
+def entry_key(e: Entry) -> str:
+    """The walk's spelling of an entry's path (str; undecodable bytes as surrogateescape)."""
+    if e.path is not None:
+        return e.path
+    assert e.path_b64 is not None
+    return os.fsdecode(e.path_b64)
+
+
+def compute_root_digest(exclude: list[str], entries: list[Entry]) -> str:
+    """BLAKE3 (derive-key mode) over the canonical JSON of the exclusions and entries."""
+    data = _encoder.encode(_RootInput(exclude=exclude, entries=entries))
+    return blake3(data, derive_key_context=_ROOT_DIGEST_CONTEXT).hexdigest()
+
+
+def encode_manifest(m: Manifest) -> bytes:
+    """Encode with one entry per line, so manifests diff and grep well."""
+    header = _encoder.encode(msgspec.structs.replace(m, entries=[]))
+    assert header.endswith(b'"entries":[]}')
+    if not m.entries:
+        return header + b"\n"
+    body = b",\n".join(_encoder.encode(e) for e in m.entries)
+    return header[:-2] + b"\n" + body + b"\n]}\n"
+
+
+def _fail(msg: str) -> ManifestError:
+    return ManifestError(f"invalid manifest: {msg}")
+
+
+def decode_manifest(data: bytes, *, max_entries: int = MAX_ENTRIES) -> Manifest:
+    """Decode and validate manifest bytes; raise ManifestError with a precise reason."""
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise _fail(f"{len(data):,} bytes is over the {MAX_MANIFEST_BYTES:,}-byte limit")
+    try:
+        m = _decoder.decode(data)
+    except msgspec.ValidationError as exc:
+        raise _fail(str(exc)) from None
+    except msgspec.DecodeError as exc:
+        raise _fail(f"not valid JSON ({exc})") from None
+    if m.format != FORMAT:
+        raise _fail(f"format is {m.format!r}, expected {FORMAT!r}")
+    if m.version != FORMAT_VERSION:
+        raise _fail(f"format version {m.version} is not supported (this tool reads {FORMAT_VERSION})")
+    if len(m.entries) > max_entries:
+        raise _fail(f"{len(m.entries):,} entries is over the limit of {max_entries:,}")
+    if m.created.utcoffset() != timezone.utc.utcoffset(None):
+        raise _fail("created must be in UTC")
+    _validate_entries(m.entries)
+    from .exclude import Excluder
+
+    try:
+        Excluder(m.exclude)
+    except ConfigError as exc:
+        raise _fail(str(exc)) from None
+    if len(m.root_digest) != 64 or not _HEX.fullmatch(m.root_digest):
+        raise _fail("root_digest must be 64 lowercase hex digits")
+    if compute_root_digest(m.exclude, m.entries) != m.root_digest:
+        raise _fail("root_digest does not match the entries")
+    return m
+
+
+def _validate_entries(entries: list[Entry]) -> None:
+    keys: list[str] = []
+    digests: list[str] = []
+    raw_paths = False
+    dirs: set[str] = set()
+    for i, e in enumerate(entries):
+        t = e.type
+        if e.path is not None:
+            if e.path_b64 is not None:
+                raise _fail(f"entry {i} has both path and path_b64")
+            key = e.path
+        elif e.path_b64 is not None:
+            raw_paths = True
+            try:
+                e.path_b64.decode("utf-8")
+            except UnicodeDecodeError:
+                key = os.fsdecode(e.path_b64)
+            else:
+                raise _fail(f"entry {i}: path_b64 is valid UTF-8, it must be given as path")
+        else:
+            raise _fail(f"entry {i} has no path")
+        keys.append(key)
+        if t == "file":
+            if e.size is None or e.blake3 is None:
+                raise _fail(f"file entry {key!r} needs size and blake3")
+            digests.append(e.blake3)
+        elif e.size is not None or e.blake3 is not None:
+            raise _fail(f"{t} entry {key!r} must not have size or blake3")
+        if t == "symlink":
+            if (e.target is None) == (e.target_b64 is None):
+                raise _fail(f"symlink entry {key!r} needs exactly one of target and target_b64")
+            if not (e.target or e.target_b64) or "\x00" in (e.target or "") or b"\x00" in (e.target_b64 or b""):
+                raise _fail(f"symlink entry {key!r} has an empty or NUL-containing target")
+        elif e.target is not None or e.target_b64 is not None:
+            raise _fail(f"{t} entry {key!r} must not have a target")
+        elif t == "dir":
+            dirs.add(key)
+    if keys:
+        joined = "\x00".join(keys)
+        if joined.count("\x00") != len(keys) - 1 or _BAD_COMPONENT.search(joined):
+            culprit = next(k for k in keys if "\x00" in k or _BAD_COMPONENT.search(k))
+            raise _fail(f"path {culprit!r} is absolute, empty, has a NUL byte, or a '.' or '..' component")
+    alldig = "".join(digests)
+    if len(alldig) != 64 * len(digests) or not _HEX.fullmatch(alldig):
+        raise _fail("every blake3 value must be 64 lowercase hex digits")
+    order = [os.fsencode(k) for k in keys] if raw_paths else keys
+    for i in range(1, len(order)):
+        if not order[i - 1] < order[i]:  # type: ignore[operator]
+            what = "duplicate path" if order[i - 1] == order[i] else "entries not sorted by path at"
+            raise _fail(f"{what} {keys[i]!r}")
+    for k in keys:
+        parent = k.rpartition("/")[0]
+        if parent and parent not in dirs:
+            raise _fail(f"{k!r} is listed but its parent {parent!r} is not a directory entry")
+
+
+def utc_now() -> datetime:
+    """Now in UTC, to the second; honours SOURCE_DATE_EPOCH for reproducible builds."""
+    sde = os.environ.get("SOURCE_DATE_EPOCH")
+    if sde:
+        try:
+            return datetime.fromtimestamp(int(sde), tz=timezone.utc)
+        except (ValueError, OverflowError, OSError):
+            raise ManifestError(f"SOURCE_DATE_EPOCH={sde!r} is not a Unix time") from None
+    return datetime.now(tz=timezone.utc).replace(microsecond=0)

@@ -1,0 +1,171 @@
+"""The verification report: a complete account first, a verdict second.
+
+A report is returned for every outcome, including operational failures; it
+reads like an object (``r.status``) and like a mapping (``r["status"]``), is
+truthy only when the tree is verified, and serialises to JSON.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any, Literal
+
+import msgspec
+
+__all__ = [
+    "PROBLEM_KINDS",
+    "RECOMMENDATIONS",
+    "ManifestInfo",
+    "Problem",
+    "Report",
+    "Status",
+    "make_report",
+]
+
+Status = Literal["VERIFIED", "FAILED", "UNTRUSTED", "ERROR"]
+PROBLEM_KINDS = (
+    "modified",
+    "missing",
+    "added",
+    "type_changed",
+    "mode_changed",
+    "symlink_changed",
+    "unreadable",
+    "unstable",
+)
+RECOMMENDATIONS: dict[str, str] = {
+    "VERIFIED": "proceed",
+    "FAILED": "rollback_integrity",
+    "UNTRUSTED": "rollback_untrusted",
+    "ERROR": "rollback_unverifiable",
+}
+EXIT_CODES: dict[str, int] = {"VERIFIED": 0, "FAILED": 1, "UNTRUSTED": 3, "ERROR": 4}
+
+
+class Problem(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    path: str
+    """Relative POSIX path; undecodable bytes appear as backslash escapes."""
+    kind: str
+    expected: str | None = None
+    actual: str | None = None
+
+
+class ManifestInfo(msgspec.Struct, frozen=True, kw_only=True):
+    path: str
+    release: str
+    serial: int
+    created: str
+    expires: str | None
+    key_id: str
+    root_digest: str
+    entries: int
+
+
+class Report(msgspec.Struct, kw_only=True):
+    status: Status
+    summary: str
+    integrity_verified: bool
+    recommendation: str
+    reason: str | None
+    """Why the manifest was not trusted or the check could not run (None otherwise)."""
+    root: str
+    mode: Literal["full", "quick"]
+    manifest: ManifestInfo | None
+    counts: dict[str, int]
+    problems: list[Problem]
+    elapsed_seconds: float
+    checked_at: str
+    tool_version: str
+
+    # Mapping-style access for deploy scripts: r["status"], "status" in r, r.get(...)
+    def __getitem__(self, key: str) -> Any:
+        if key not in self.__struct_fields__:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.__struct_fields__
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.__struct_fields__)
+
+    def keys(self) -> tuple[str, ...]:
+        return self.__struct_fields__
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return getattr(self, key) if key in self.__struct_fields__ else default
+
+    def __bool__(self) -> bool:
+        return self.integrity_verified
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES[self.status]
+
+    def to_dict(self) -> dict[str, Any]:
+        result: dict[str, Any] = msgspec.to_builtins(self)
+        return result
+
+    def to_json(self, *, indent: int = 0) -> str:
+        data = msgspec.json.encode(self)
+        if indent:
+            data = msgspec.json.format(data, indent=indent)
+        return data.decode()
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n:,} {word}" if n == 1 else f"{n:,} {word}s"
+
+
+def make_report(
+    *,
+    status: Status,
+    root: str,
+    mode: Literal["full", "quick"] = "full",
+    reason: str | None = None,
+    manifest: ManifestInfo | None = None,
+    problems: list[Problem] | None = None,
+    checked: int = 0,
+    files: int = 0,
+    elapsed: float = 0.0,
+    checked_at: str = "",
+    tool_version: str = "",
+) -> Report:
+    """Assemble a report and its one-line summary from the raw outcome."""
+    problems = sorted(problems or (), key=lambda p: (p.path, p.kind))
+    by_kind = Counter(p.kind for p in problems)
+    counts = {"entries": manifest.entries if manifest else 0, "checked": checked, "files": files,
+              "problems": len(problems)}
+    counts.update({k: by_kind.get(k, 0) for k in PROBLEM_KINDS})
+    if status == "VERIFIED" and problems:
+        status = "FAILED"
+    if status == "FAILED" and not problems:
+        raise ValueError("a FAILED report needs at least one problem")
+    if status == "VERIFIED":
+        # "files" in the summary counts every entry (regular files, directories, links), as in ls.
+        summary = f"{_plural(checked, 'file')} verified" + (" (quick mode)" if mode == "quick" else "")
+    elif status == "FAILED":
+        failed = len({p.path for p in problems})
+        total = checked + by_kind.get("missing", 0)
+        detail = ", ".join(f"{by_kind[k]:,} {k.replace('_', ' ')}" for k in PROBLEM_KINDS if by_kind.get(k))
+        summary = f"{failed:,} of {_plural(total, 'file')} failed: {detail}"
+    elif status == "UNTRUSTED":
+        summary = f"manifest not trusted: {reason}"
+    else:
+        summary = f"could not verify: {reason}"
+    return Report(
+        status=status,
+        summary=summary,
+        integrity_verified=status == "VERIFIED",
+        recommendation=RECOMMENDATIONS[status],
+        reason=reason,
+        root=root,
+        mode=mode,
+        manifest=manifest,
+        counts=counts,
+        problems=problems,
+        elapsed_seconds=round(elapsed, 6),
+        checked_at=checked_at,
+        tool_version=tool_version,
+    )

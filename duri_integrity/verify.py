@@ -1,0 +1,242 @@
+"""Verify a tree against a signed manifest and produce a complete report."""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+from collections.abc import Sequence
+from datetime import datetime, timezone
+
+from . import __version__
+from .config import MANIFEST_NAME, SYSTEM_KEY_DIR, Settings, resolve_settings
+from .errors import (
+    ConfigError,
+    IntegrityError,
+    KeyFileError,
+    ManifestError,
+    NotVerifiedError,
+    SignatureError,
+    TreeError,
+)
+from .exclude import Excluder
+from .hashing import HashJob, hash_files
+from .manifest import MAX_MANIFEST_BYTES, Entry, Manifest, decode_manifest
+from .report import ManifestInfo, Problem, Report, Status, make_report
+from .walk import KIND_BY_FMT, check_root, walk_tree
+
+__all__ = ["display_path", "ensure_integrity", "verify_integrity"]
+
+
+def display_path(rel: str) -> str:
+    """A printable, JSON-safe spelling of a walk path (undecodable bytes as \\xNN)."""
+    try:
+        rel.encode("utf-8")
+        return rel
+    except UnicodeEncodeError:
+        return rel.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _describe_target(e: Entry) -> str:
+    if e.target is not None:
+        return e.target
+    return display_path(os.fsdecode(e.target_b64 or b""))
+
+
+class _Untrusted(Exception):
+    pass
+
+
+def _load_verified_manifest(
+    settings: Settings, root_real: str
+) -> tuple[Manifest, ManifestInfo, str, str]:
+    """Check the signature over the exact bytes, then decode. Raises _Untrusted or IntegrityError."""
+    from .build import inside_root
+    from .keys import load_trusted_keys, parse_trusted_comment, verify_signature
+
+    sources = list(settings.public_key or ())
+    if not sources and os.path.isdir(SYSTEM_KEY_DIR):
+        sources = [SYSTEM_KEY_DIR]
+    if not sources:
+        raise KeyFileError(
+            "no trusted public key configured (use --public-key, DURI_INTEGRITY_PUBLIC_KEY, "
+            f"the config file, or {SYSTEM_KEY_DIR})"
+        )
+    for src in sources:
+        if os.path.exists(src) and inside_root(root_real, src) is not None:
+            raise _Untrusted(f"trusted key {src!r} is inside the tree being verified; keys must come from outside it")
+    trusted = load_trusted_keys(sources)
+    if not len(trusted):
+        raise KeyFileError(f"no public keys found in {', '.join(sources)}")
+    manifest_path = settings.manifest or os.path.join(root_real, MANIFEST_NAME)
+    sig_path = settings.signature or manifest_path + ".minisig"
+    try:
+        with open(manifest_path, "rb") as f:
+            data = f.read(MAX_MANIFEST_BYTES + 1)
+    except OSError as exc:
+        raise _Untrusted(f"cannot read manifest {manifest_path!r}: {exc.strerror or exc}") from None
+    try:
+        with open(sig_path, "rb") as f:
+            sig = f.read(16385)
+    except OSError as exc:
+        raise _Untrusted(f"cannot read signature {sig_path!r}: {exc.strerror or exc}") from None
+    try:
+        info = verify_signature(data, sig, trusted)
+        m = decode_manifest(data)
+    except (SignatureError, ManifestError) as exc:
+        raise _Untrusted(str(exc)) from None
+    fields = parse_trusted_comment(info.trusted_comment)
+    for name, value in (("root", m.root_digest), ("serial", str(m.serial)), ("release", m.release)):
+        if name in fields and fields[name] != value:
+            raise _Untrusted(f"the signature's trusted comment says {name} {fields[name]!r}, the manifest {value!r}")
+    now = datetime.now(tz=timezone.utc)
+    if m.expires is not None and now >= m.expires:
+        raise _Untrusted(f"manifest expired at {m.expires.isoformat()}")
+    minfo = ManifestInfo(
+        path=manifest_path,
+        release=m.release,
+        serial=m.serial,
+        created=m.created.isoformat().replace("+00:00", "Z"),
+        expires=m.expires.isoformat().replace("+00:00", "Z") if m.expires else None,
+        key_id=info.key_id,
+        root_digest=m.root_digest,
+        entries=len(m.entries),
+    )
+    return m, minfo, manifest_path, sig_path
+
+
+def _compare(
+    m: Manifest, root_real: str, skip: set[str], workers: int | None
+) -> tuple[list[Problem], int, int]:
+    """Walk the tree and compare it with the manifest; return problems, entries checked, files."""
+    excluder = Excluder(m.exclude)
+    walked = walk_tree(root_real, excluder, skip)
+    expected: dict[str, Entry] = {}
+    for e in m.entries:
+        expected[e.path if e.path is not None else os.fsdecode(e.path_b64 or b"")] = e
+    problems: list[Problem] = [
+        Problem(path=display_path(p), kind="unreadable", actual=msg) for p, msg in walked.errors
+    ]
+    prefix = root_real.rstrip("/") + "/"
+    jobs: list[HashJob] = []
+    job_paths: list[str] = []
+    job_digests: list[str] = []
+    files = 0
+    kinds = KIND_BY_FMT
+    for rel, st in walked.entries:
+        e = expected.pop(rel, None)
+        mode = st.st_mode
+        kind = kinds.get(stat.S_IFMT(mode), "unknown")
+        if e is None:
+            problems.append(Problem(path=display_path(rel), kind="added", actual=kind))
+            continue
+        if kind != e.type:
+            problems.append(Problem(path=display_path(rel), kind="type_changed", expected=e.type, actual=kind))
+            continue
+        perm = mode & 0o7777
+        if perm != e.mode:
+            problems.append(Problem(path=display_path(rel), kind="mode_changed",
+                                    expected=f"{e.mode:04o}", actual=f"{perm:04o}"))
+        if kind == "file":
+            files += 1
+            if st.st_size != e.size:
+                problems.append(Problem(path=display_path(rel), kind="modified",
+                                        expected=f"size {e.size}", actual=f"size {st.st_size}"))
+            else:
+                jobs.append(HashJob(prefix + rel, st.st_dev, st.st_ino, st.st_size))
+                job_paths.append(rel)
+                job_digests.append(e.blake3 or "")
+        elif kind == "symlink":
+            try:
+                target = os.readlink(prefix + rel)
+            except OSError as exc:
+                problems.append(Problem(path=display_path(rel), kind="unreadable", actual=exc.strerror))
+                continue
+            want = e.target if e.target is not None else os.fsdecode(e.target_b64 or b"")
+            if target != want:
+                problems.append(Problem(path=display_path(rel), kind="symlink_changed",
+                                        expected=_describe_target(e), actual=display_path(target)))
+    checked = len(walked.entries) - sum(1 for p in problems if p.kind == "added")
+    for rel, e in expected.items():
+        problems.append(Problem(path=display_path(rel), kind="missing", expected=e.type))
+    results = hash_files(jobs, workers)
+    for rel, want, res in zip(job_paths, job_digests, results, strict=True):
+        if res.digest == want:
+            continue
+        if res.digest is None:
+            problems.append(Problem(path=display_path(rel), kind=res.problem or "unreadable", actual=res.detail))
+        else:
+            problems.append(Problem(path=display_path(rel), kind="modified",
+                                    expected=f"blake3:{want}", actual=f"blake3:{res.digest}"))
+    return problems, checked, files
+
+
+def verify_integrity(
+    root: str | os.PathLike[str] | None = None,
+    *,
+    manifest: str | os.PathLike[str] | None = None,
+    signature: str | os.PathLike[str] | None = None,
+    public_keys: str | Sequence[str] | None = None,
+    workers: int | None = None,
+    use_config_file: bool = True,
+) -> Report:
+    """Verify a tree against its signed manifest and return a complete :class:`Report`.
+
+    Arguments left as None come from the environment (``DURI_INTEGRITY_*``) and
+    then the config file. Operational failures (missing manifest, bad signature,
+    missing root, bad configuration) come back as a report with status
+    UNTRUSTED or ERROR; only invalid arguments raise.
+    """
+    t0 = time.perf_counter()
+    checked_at = datetime.now(tz=timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    if workers is not None and (not isinstance(workers, int) or not 1 <= workers <= 256):
+        raise ValueError("workers must be an integer between 1 and 256")
+    if isinstance(public_keys, str):
+        public_keys = [public_keys]
+    overrides = Settings(
+        root=os.fspath(root) if root is not None else None,
+        manifest=os.fspath(manifest) if manifest is not None else None,
+        signature=os.fspath(signature) if signature is not None else None,
+        public_key=[os.fspath(k) for k in public_keys] if public_keys is not None else None,
+        workers=workers,
+    )
+    root_shown = os.fspath(root) if root is not None else "."
+
+    def finish(status: Status, reason: str | None = None, **kw: object) -> Report:
+        return make_report(status=status, root=root_shown, reason=reason, elapsed=time.perf_counter() - t0,
+                           checked_at=checked_at, tool_version=__version__, **kw)  # type: ignore[arg-type]
+
+    try:
+        settings, _ = resolve_settings(overrides, use_config_file=use_config_file)
+        root_shown = settings.root or "."
+        root_real = check_root(root_shown)
+        m, minfo, manifest_path, sig_path = _load_verified_manifest(settings, root_real)
+        from .build import inside_root
+
+        skip = {r for p in (manifest_path, sig_path) if (r := inside_root(root_real, p)) not in (None, ".")}
+        problems, checked, files = _compare(m, root_real, skip, settings.workers)
+    except _Untrusted as exc:
+        return finish("UNTRUSTED", str(exc))
+    except (ConfigError, KeyFileError, TreeError) as exc:
+        return finish("ERROR", str(exc))
+    except IntegrityError as exc:
+        return finish("ERROR", str(exc))
+    status: Status = "FAILED" if problems else "VERIFIED"
+    return finish(status, manifest=minfo, problems=problems, checked=checked, files=files)
+
+
+def ensure_integrity(
+    root: str | os.PathLike[str] | None = None,
+    *,
+    manifest: str | os.PathLike[str] | None = None,
+    signature: str | os.PathLike[str] | None = None,
+    public_keys: str | Sequence[str] | None = None,
+    workers: int | None = None,
+    use_config_file: bool = True,
+) -> Report:
+    """Like :func:`verify_integrity`, but raise NotVerifiedError unless the tree is VERIFIED."""
+    report = verify_integrity(root, manifest=manifest, signature=signature, public_keys=public_keys,
+                              workers=workers, use_config_file=use_config_file)
+    if not report.integrity_verified:
+        raise NotVerifiedError(report)
+    return report

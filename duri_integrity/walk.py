@@ -1,0 +1,88 @@
+"""Enumerate a tree without following symlinks or opening anything but directories.
+
+Every object under the root is listed (so additions are seen), with its lstat
+result. Errors do not stop the walk: they are collected and reported.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Collection
+from typing import NamedTuple
+
+from .errors import TreeError
+from .exclude import Excluder
+
+__all__ = ["KIND_BY_FMT", "WalkResult", "kind_of", "walk_tree"]
+
+# Names for every st_mode file type; these strings are the manifest's "type" values.
+KIND_BY_FMT: dict[int, str] = {
+    stat.S_IFREG: "file",
+    stat.S_IFDIR: "dir",
+    stat.S_IFLNK: "symlink",
+    stat.S_IFIFO: "fifo",
+    stat.S_IFSOCK: "socket",
+    stat.S_IFCHR: "char_device",
+    stat.S_IFBLK: "block_device",
+}
+
+
+def kind_of(mode: int) -> str:
+    return KIND_BY_FMT.get(stat.S_IFMT(mode), "unknown")
+
+
+class WalkResult(NamedTuple):
+    entries: list[tuple[str, os.stat_result]]
+    """(relative POSIX path, lstat result) for every object not excluded."""
+    errors: list[tuple[str, str]]
+    """(relative path, message) for directories that could not be listed."""
+
+
+def check_root(root: str) -> str:
+    """Return the root as an absolute, symlink-free path, or raise TreeError."""
+    try:
+        real = os.path.realpath(root, strict=True)
+        st = os.stat(real)
+    except OSError as exc:
+        raise TreeError(f"cannot use root {root!r}: {exc.strerror or exc}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise TreeError(f"root {root!r} is not a directory")
+    return real
+
+
+def walk_tree(root: str, excluder: Excluder, skip: Collection[str] = ()) -> WalkResult:
+    """List everything under ``root`` (an absolute real path, see :func:`check_root`).
+
+    ``skip`` holds relative paths left out on purpose (the manifest and its
+    signature when they live inside the tree).
+    """
+    entries: list[tuple[str, os.stat_result]] = []
+    errors: list[tuple[str, str]] = []
+    use_excluder = bool(excluder)
+    stack: list[str] = [""]
+    root_prefix = root.rstrip("/") + "/"
+    while stack:
+        rel_dir = stack.pop()
+        abs_dir = root_prefix + rel_dir if rel_dir else root
+        prefix = rel_dir + "/" if rel_dir else ""
+        try:
+            with os.scandir(abs_dir) as it:
+                for dent in it:
+                    rel = prefix + dent.name
+                    if rel in skip:
+                        continue
+                    try:
+                        st = dent.stat(follow_symlinks=False)
+                    except OSError as exc:
+                        errors.append((rel, f"cannot stat: {exc.strerror or exc}"))
+                        continue
+                    is_dir = stat.S_ISDIR(st.st_mode)
+                    if use_excluder and excluder.excluded(rel, is_dir):
+                        continue
+                    entries.append((rel, st))
+                    if is_dir:
+                        stack.append(rel)
+        except OSError as exc:
+            errors.append((rel_dir or ".", f"cannot list directory: {exc.strerror or exc}"))
+    return WalkResult(entries, errors)
