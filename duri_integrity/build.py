@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 from collections.abc import Sequence
@@ -14,6 +15,8 @@ from .exclude import Excluder
 from .hashing import HashJob, hash_files
 from .keys import load_secret_key, make_trusted_comment, sign_bytes
 from .manifest import (
+    FORMAT,
+    FORMAT_VERSION,
     Entry,
     Manifest,
     compute_root_digest,
@@ -21,12 +24,11 @@ from .manifest import (
     make_entry_path,
     utc_now,
 )
-from .walk import check_root, kind_of, walk_tree
+from .walk import check_root, inside_root, kind_of, walk_tree
 
 __all__ = [
     "BuildResult",
     "build_manifest",
-    "inside_root",
     "sign_manifest",
     "signature_path_for",
     "write_atomic",
@@ -44,15 +46,6 @@ class BuildResult(NamedTuple):
 
 def signature_path_for(manifest_path: str) -> str:
     return manifest_path + ".minisig"
-
-
-def inside_root(root_real: str, path: str) -> str | None:
-    """The path relative to the root if ``path`` resolves inside it, else None."""
-    real = os.path.realpath(path)
-    if real == root_real:
-        return "."
-    prefix = root_real.rstrip("/") + "/"
-    return real[len(prefix):] if real.startswith(prefix) else None
 
 
 def _link_target(path: str) -> tuple[str | None, bytes | None]:
@@ -128,27 +121,30 @@ def build_manifest(
         if kind == "file":
             if i not in digests:
                 continue
-            entries.append(Entry(path=path, path_b64=path_b64, type="file", mode=perm,
-                                 size=st.st_size, blake3=digests[i]))
+            entries.append(
+                Entry(path=path, path_b64=path_b64, type="file", mode=perm, size=st.st_size, blake3=digests[i])
+            )
         elif kind == "symlink":
             try:
                 target, target_b64 = _link_target(prefix + rel)
             except OSError as exc:
                 problems.append(f"{rel}: cannot read link: {exc.strerror}")
                 continue
-            entries.append(Entry(path=path, path_b64=path_b64, type="symlink", mode=perm,
-                                 target=target, target_b64=target_b64))
+            entries.append(
+                Entry(path=path, path_b64=path_b64, type="symlink", mode=perm, target=target, target_b64=target_b64)
+            )
         else:
             entries.append(Entry(path=path, path_b64=path_b64, type=kind, mode=perm))  # type: ignore[arg-type]
     if problems:
         more = f" (and {len(problems) - _MAX_LISTED} more)" if len(problems) > _MAX_LISTED else ""
         raise TreeError(
-            f"cannot build a complete manifest: {len(problems)} problem(s): "
-            + "; ".join(problems[:_MAX_LISTED]) + more
+            f"cannot build a complete manifest: {len(problems)} problem(s): " + "; ".join(problems[:_MAX_LISTED]) + more
         )
     when = created or utc_now()
     patterns = excluder.patterns
     manifest = Manifest(
+        format=FORMAT,
+        version=FORMAT_VERSION,
         tool=f"duri-integrity {__version__}",
         release=release,
         created=when,
@@ -170,16 +166,14 @@ def write_atomic(path: str, data: bytes, mode: int = 0o644) -> None:
         try:
             view = memoryview(data)
             while view:
-                view = view[os.write(fd, view):]
+                view = view[os.write(fd, view) :]
             os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(tmp, path)
     except OSError as exc:
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
-        except OSError:
-            pass
         raise IntegrityError(f"cannot write {path!r}: {exc.strerror or exc}") from None
 
 

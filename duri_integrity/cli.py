@@ -97,7 +97,9 @@ _workers_option = click.option(
 
 
 @main.command()
-@click.option("--secret-key", "-s", default="duri-integrity.key", show_default=True, help="Secret key file to write (mode 0600).")
+@click.option(
+    "--secret-key", "-s", default="duri-integrity.key", show_default=True, help="Secret key file to write (mode 0600)."
+)
 @click.option("--public-key", "-p", default="duri-integrity.pub", show_default=True, help="Public key file to write.")
 @click.option("--encrypt", is_flag=True, help="Protect the secret key with a password (scrypt, as minisign does).")
 @click.option("--force", is_flag=True, help="Replace existing key files.")
@@ -119,24 +121,51 @@ def keygen(secret_key: str, public_key: str, encrypt: bool, force: bool, passwor
 @click.argument("root", type=click.Path(file_okay=False), required=False)
 @click.option("--manifest", "-m", help="Where to write the manifest [default: ROOT/MANIFEST.json].")
 @click.option("--secret-key", "-s", help="Sign with this key (writes MANIFEST.minisig beside the manifest).")
-@click.option("--exclude", "-x", multiple=True, metavar="PATTERN",
-              help="gitignore-style pattern to leave out; stored in the signed manifest. Repeatable.")
+@click.option(
+    "--exclude",
+    "-x",
+    multiple=True,
+    metavar="PATTERN",
+    help="gitignore-style pattern to leave out; stored in the signed manifest. Repeatable.",
+)
 @click.option("--release", "-r", default=None, help="Release label, e.g. a git tag or commit.")
-@click.option("--serial", type=click.IntRange(0, 2**63 - 1), help="Serial number [default: creation time in Unix seconds].")
-@click.option("--expires-in", callback=lambda c, p, v: _parse_duration(v) if v else None,
-              help="Make the manifest expire, e.g. 30d, 12h.")
+@click.option(
+    "--serial", type=click.IntRange(0, 2**63 - 1), help="Serial number [default: creation time in Unix seconds]."
+)
+@click.option(
+    "--expires-in",
+    callback=lambda c, p, v: _parse_duration(v) if v else None,
+    help="Make the manifest expire, e.g. 30d, 12h.",
+)
 @click.option("--allow-insecure-key", is_flag=True, help="Sign even if the secret key file is readable by others.")
 @_password_option
 @_workers_option
-def build(root: str | None, manifest: str | None, secret_key: str | None, exclude: tuple[str, ...],
-          release: str | None, serial: int | None, expires_in: Any, allow_insecure_key: bool,
-          password_file: str | None, workers: int | None) -> None:
+def build(
+    root: str | None,
+    manifest: str | None,
+    secret_key: str | None,
+    exclude: tuple[str, ...],
+    release: str | None,
+    serial: int | None,
+    expires_in: Any,
+    allow_insecure_key: bool,
+    password_file: str | None,
+    workers: int | None,
+) -> None:
     """Write a manifest of ROOT (and sign it with --secret-key)."""
     from .build import build_manifest, sign_manifest, write_atomic
     from .config import MANIFEST_NAME, Settings, resolve_settings
 
-    settings, _ = resolve_settings(Settings(root=root, manifest=manifest, secret_key=secret_key,
-                                            exclude=list(exclude) or None, release=release, workers=workers))
+    settings, _ = resolve_settings(
+        Settings(
+            root=root,
+            manifest=manifest,
+            secret_key=secret_key,
+            exclude=list(exclude) or None,
+            release=release,
+            workers=workers,
+        )
+    )
     root = settings.root or "."
     manifest_path = settings.manifest or os.path.join(root, MANIFEST_NAME)
     sig_path = manifest_path + ".minisig"
@@ -145,17 +174,29 @@ def build(root: str | None, manifest: str | None, secret_key: str | None, exclud
         from .keys import load_secret_key
 
         load_secret_key(key, _password(password_file), allow_insecure_permissions=allow_insecure_key).wipe()
-    result = build_manifest(root, exclude=settings.exclude or (), release=settings.release or "", serial=serial,
-                            expires_in=expires_in, workers=settings.workers, skip=(manifest_path, sig_path),
-                            secret_key_paths=(key,) if key else ())
+    result = build_manifest(
+        root,
+        exclude=settings.exclude or (),
+        release=settings.release or "",
+        serial=serial,
+        expires_in=expires_in,
+        workers=settings.workers,
+        skip=(manifest_path, sig_path),
+        secret_key_paths=(key,) if key else (),
+    )
     for w in result.warnings:
         click.echo(f"warning: {w}", err=True)
     write_atomic(manifest_path, result.data)
     m = result.manifest
     click.echo(f"wrote {manifest_path}: {len(m.entries):,} entries, serial {m.serial}, root digest {m.root_digest}")
     if key:
-        out = sign_manifest(manifest_path, key, password=_password(password_file),
-                            allow_insecure_key=allow_insecure_key, signature_path=sig_path)
+        out = sign_manifest(
+            manifest_path,
+            key,
+            password=_password(password_file),
+            allow_insecure_key=allow_insecure_key,
+            signature_path=sig_path,
+        )
         click.echo(f"signed: {out}")
 
 
@@ -168,8 +209,7 @@ def sign(manifest: str, secret_key: str, allow_insecure_key: bool, password_file
     """Sign MANIFEST's exact bytes, writing MANIFEST.minisig."""
     from .build import sign_manifest
 
-    out = sign_manifest(manifest, secret_key, password=_password(password_file),
-                        allow_insecure_key=allow_insecure_key)
+    out = sign_manifest(manifest, secret_key, password=_password(password_file), allow_insecure_key=allow_insecure_key)
     click.echo(f"signed: {out}")
 
 
@@ -201,13 +241,24 @@ def render_report(report: Report, *, quiet: bool, echo: Callable[..., None] = cl
 @click.argument("root", type=click.Path(file_okay=False), required=False)
 @click.option("--manifest", "-m", help="Manifest file [default: ROOT/MANIFEST.json].")
 @click.option("--signature", help="Signature file [default: MANIFEST.minisig].")
-@click.option("--public-key", "-p", multiple=True,
-              help="Trusted public key: a .pub file, a directory of them, or the base64 key. Repeatable.")
+@click.option(
+    "--public-key",
+    "-p",
+    multiple=True,
+    help="Trusted public key: a .pub file, a directory of them, or the base64 key. Repeatable.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the full report as JSON on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing when verified; only the summary otherwise.")
 @_workers_option
-def verify(root: str | None, manifest: str | None, signature: str | None, public_key: tuple[str, ...],
-           as_json: bool, quiet: bool, workers: int | None) -> None:
+def verify(
+    root: str | None,
+    manifest: str | None,
+    signature: str | None,
+    public_key: tuple[str, ...],
+    as_json: bool,
+    quiet: bool,
+    workers: int | None,
+) -> None:
     """Verify ROOT against its signed manifest.
 
     Settings not given here come from DURI_INTEGRITY_* environment variables,
@@ -215,8 +266,9 @@ def verify(root: str | None, manifest: str | None, signature: str | None, public
     """
     from .verify import verify_integrity
 
-    report = verify_integrity(root, manifest=manifest, signature=signature,
-                              public_keys=list(public_key) or None, workers=workers)
+    report = verify_integrity(
+        root, manifest=manifest, signature=signature, public_keys=list(public_key) or None, workers=workers
+    )
     if as_json:
         click.echo(report.to_json())
     else:
@@ -225,7 +277,11 @@ def verify(root: str | None, manifest: str | None, signature: str | None, public
 
 
 @main.command()
-@click.option("--keep", type=click.Path(file_okay=False), help="Build the demo here and keep it, instead of a temporary directory.")
+@click.option(
+    "--keep",
+    type=click.Path(file_okay=False),
+    help="Build the demo here and keep it, instead of a temporary directory.",
+)
 def demo(keep: str | None) -> None:
     """Run the whole job on a sample tree: keygen, build, sign, verify, tamper, verify."""
     from .demo import run_demo

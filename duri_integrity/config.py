@@ -121,8 +121,9 @@ def _from_env(env: Mapping[str, str]) -> Settings:
     return Settings(**values)
 
 
-def resolve_settings(overrides: Settings | None = None, *, env: Mapping[str, str] | None = None,
-                     use_config_file: bool = True) -> tuple[Settings, str | None]:
+def resolve_settings(
+    overrides: Settings | None = None, *, env: Mapping[str, str] | None = None, use_config_file: bool = True
+) -> tuple[Settings, str | None]:
     """Merge explicit settings over the environment over the config file."""
     layers = [overrides or Settings(), _from_env(os.environ if env is None else env)]
     config_path = None

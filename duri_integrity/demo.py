@@ -12,15 +12,18 @@ __all__ = ["SAMPLE_TREE", "run_demo", "write_sample_tree"]
 # path -> (mode, content); a small Python service as it would be deployed.
 SAMPLE_TREE: dict[str, tuple[int, str]] = {
     "app/__init__.py": (0o644, '"""Sample service."""\n__version__ = "1.4.2"\n'),
-    "app/main.py": (0o644, (
-        "from app.handlers import health\n\n\n"
-        "def main() -> None:\n    print(health())\n\n\n"
-        'if __name__ == "__main__":\n    main()\n'
-    )),
+    "app/main.py": (
+        0o644,
+        (
+            "from app.handlers import health\n\n\n"
+            "def main() -> None:\n    print(health())\n\n\n"
+            'if __name__ == "__main__":\n    main()\n'
+        ),
+    ),
     "app/handlers.py": (0o644, 'def health() -> str:\n    return "ok"\n'),
     "app/templates/index.html": (0o644, "<!doctype html><title>sample</title><p>hello</p>\n"),
-    "config/settings.toml": (0o640, '[server]\nport = 8080\nworkers = 4\n'),
-    "bin/run": (0o755, "#!/bin/sh\nexec python3 -m app.main \"$@\"\n"),
+    "config/settings.toml": (0o640, "[server]\nport = 8080\nworkers = 4\n"),
+    "bin/run": (0o755, '#!/bin/sh\nexec python3 -m app.main "$@"\n'),
     "static/empty.txt": (0o644, ""),
     "README.txt": (0o644, "Sample service release 1.4.2\n"),
 }
@@ -65,8 +68,9 @@ def run_demo(keep: str | None = None) -> int:
         click.echo(f"key {key_id}: {sk} (0600), {pk}")
         _step("Build and sign the manifest")
         manifest = os.path.join(tree, "MANIFEST.json")
-        result = build_manifest(tree, release="v1.4.2", exclude=["*.pyc", "__pycache__/"],
-                                skip=(manifest, manifest + ".minisig"))
+        result = build_manifest(
+            tree, release="v1.4.2", exclude=["*.pyc", "__pycache__/"], skip=(manifest, manifest + ".minisig")
+        )
         write_atomic(manifest, result.data)
         sign_manifest(manifest, sk)
         m = result.manifest

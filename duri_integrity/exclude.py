@@ -85,9 +85,7 @@ class _Rule:
 
     def __init__(self, pattern: str) -> None:
         self.negate = pattern.startswith("!")
-        if self.negate:
-            pattern = pattern[1:]
-        elif pattern.startswith("\\!") or pattern.startswith("\\#"):
+        if self.negate or pattern.startswith("\\!") or pattern.startswith("\\#"):
             pattern = pattern[1:]
         pattern = pattern.rstrip(" ")
         self.dir_only = pattern.endswith("/")

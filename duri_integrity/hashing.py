@@ -99,11 +99,7 @@ def hash_one(job: HashJob, buf: bytearray | None = None, threads: int = 1) -> Ha
         return HashResult(None, "unreadable", exc.strerror or str(exc))
     try:
         before = os.fstat(fd)
-        if (
-            not stat.S_ISREG(before.st_mode)
-            or before.st_ino != job.ino
-            or before.st_dev != job.dev
-        ):
+        if not stat.S_ISREG(before.st_mode) or before.st_ino != job.ino or before.st_dev != job.dev:
             return HashResult(None, "unstable", "replaced during the check")
         size = before.st_size
         if size <= SMALL_FILE:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Annotated, Literal
 
 import msgspec
@@ -47,8 +47,7 @@ Release = Annotated[str, msgspec.Meta(max_length=200, pattern=r"^[\x20-\x7e]*$")
 Created = Annotated[datetime, msgspec.Meta(tz=True)]
 
 
-class Entry(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True,
-            forbid_unknown_fields=True, gc=False):
+class Entry(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, forbid_unknown_fields=True, gc=False):
     """One filesystem object. Exactly one of ``path``/``path_b64`` is set."""
 
     path: str | None = None
@@ -68,10 +67,10 @@ class Entry(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True,
     """Symlinks only: the exact target bytes, when not valid UTF-8."""
 
 
-class Manifest(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True,
-               forbid_unknown_fields=True):
-    format: str = FORMAT
-    version: int = FORMAT_VERSION
+class Manifest(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):
+    # Required, never defaulted: omit_defaults would otherwise drop them from the bytes.
+    format: str
+    version: int
     tool: str
     release: Release = ""
     created: Created
@@ -147,7 +146,7 @@ def decode_manifest(data: bytes, *, max_entries: int = MAX_ENTRIES) -> Manifest:
         raise _fail(f"format version {m.version} is not supported (this tool reads {FORMAT_VERSION})")
     if len(m.entries) > max_entries:
         raise _fail(f"{len(m.entries):,} entries is over the limit of {max_entries:,}")
-    if m.created.utcoffset() != timezone.utc.utcoffset(None):
+    if m.created.utcoffset() != UTC.utcoffset(None):
         raise _fail("created must be in UTC")
     _validate_entries(m.entries)
     from .exclude import Excluder
@@ -224,7 +223,7 @@ def utc_now() -> datetime:
     sde = os.environ.get("SOURCE_DATE_EPOCH")
     if sde:
         try:
-            return datetime.fromtimestamp(int(sde), tz=timezone.utc)
+            return datetime.fromtimestamp(int(sde), tz=UTC)
         except (ValueError, OverflowError, OSError):
             raise ManifestError(f"SOURCE_DATE_EPOCH={sde!r} is not a Unix time") from None
-    return datetime.now(tz=timezone.utc).replace(microsecond=0)
+    return datetime.now(tz=UTC).replace(microsecond=0)

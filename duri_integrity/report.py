@@ -135,8 +135,12 @@ def make_report(
     """Assemble a report and its one-line summary from the raw outcome."""
     problems = sorted(problems or (), key=lambda p: (p.path, p.kind))
     by_kind = Counter(p.kind for p in problems)
-    counts = {"entries": manifest.entries if manifest else 0, "checked": checked, "files": files,
-              "problems": len(problems)}
+    counts = {
+        "entries": manifest.entries if manifest else 0,
+        "checked": checked,
+        "files": files,
+        "problems": len(problems),
+    }
     counts.update({k: by_kind.get(k, 0) for k in PROBLEM_KINDS})
     if status == "VERIFIED" and problems:
         status = "FAILED"

@@ -6,7 +6,7 @@ import os
 import stat
 import time
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from . import __version__
 from .config import MANIFEST_NAME, SYSTEM_KEY_DIR, Settings, resolve_settings
@@ -23,7 +23,7 @@ from .exclude import Excluder
 from .hashing import HashJob, hash_files
 from .manifest import MAX_MANIFEST_BYTES, Entry, Manifest, decode_manifest
 from .report import ManifestInfo, Problem, Report, Status, make_report
-from .walk import KIND_BY_FMT, check_root, walk_tree
+from .walk import KIND_BY_FMT, check_root, inside_root, walk_tree
 
 __all__ = ["display_path", "ensure_integrity", "verify_integrity"]
 
@@ -47,11 +47,8 @@ class _Untrusted(Exception):
     pass
 
 
-def _load_verified_manifest(
-    settings: Settings, root_real: str
-) -> tuple[Manifest, ManifestInfo, str, str]:
+def _load_verified_manifest(settings: Settings, root_real: str) -> tuple[Manifest, ManifestInfo, str, str]:
     """Check the signature over the exact bytes, then decode. Raises _Untrusted or IntegrityError."""
-    from .build import inside_root
     from .keys import load_trusted_keys, parse_trusted_comment, verify_signature
 
     sources = list(settings.public_key or ())
@@ -89,7 +86,7 @@ def _load_verified_manifest(
     for name, value in (("root", m.root_digest), ("serial", str(m.serial)), ("release", m.release)):
         if name in fields and fields[name] != value:
             raise _Untrusted(f"the signature's trusted comment says {name} {fields[name]!r}, the manifest {value!r}")
-    now = datetime.now(tz=timezone.utc)
+    now = datetime.now(tz=UTC)
     if m.expires is not None and now >= m.expires:
         raise _Untrusted(f"manifest expired at {m.expires.isoformat()}")
     minfo = ManifestInfo(
@@ -105,18 +102,14 @@ def _load_verified_manifest(
     return m, minfo, manifest_path, sig_path
 
 
-def _compare(
-    m: Manifest, root_real: str, skip: set[str], workers: int | None
-) -> tuple[list[Problem], int, int]:
+def _compare(m: Manifest, root_real: str, skip: set[str], workers: int | None) -> tuple[list[Problem], int, int]:
     """Walk the tree and compare it with the manifest; return problems, entries checked, files."""
     excluder = Excluder(m.exclude)
     walked = walk_tree(root_real, excluder, skip)
     expected: dict[str, Entry] = {}
     for e in m.entries:
         expected[e.path if e.path is not None else os.fsdecode(e.path_b64 or b"")] = e
-    problems: list[Problem] = [
-        Problem(path=display_path(p), kind="unreadable", actual=msg) for p, msg in walked.errors
-    ]
+    problems: list[Problem] = [Problem(path=display_path(p), kind="unreadable", actual=msg) for p, msg in walked.errors]
     prefix = root_real.rstrip("/") + "/"
     jobs: list[HashJob] = []
     job_paths: list[str] = []
@@ -124,7 +117,7 @@ def _compare(
     files = 0
     kinds = KIND_BY_FMT
     for rel, st in walked.entries:
-        e = expected.pop(rel, None)
+        e = expected.pop(rel, None)  # type: ignore[arg-type]
         mode = st.st_mode
         kind = kinds.get(stat.S_IFMT(mode), "unknown")
         if e is None:
@@ -135,13 +128,17 @@ def _compare(
             continue
         perm = mode & 0o7777
         if perm != e.mode:
-            problems.append(Problem(path=display_path(rel), kind="mode_changed",
-                                    expected=f"{e.mode:04o}", actual=f"{perm:04o}"))
+            problems.append(
+                Problem(path=display_path(rel), kind="mode_changed", expected=f"{e.mode:04o}", actual=f"{perm:04o}")
+            )
         if kind == "file":
             files += 1
             if st.st_size != e.size:
-                problems.append(Problem(path=display_path(rel), kind="modified",
-                                        expected=f"size {e.size}", actual=f"size {st.st_size}"))
+                problems.append(
+                    Problem(
+                        path=display_path(rel), kind="modified", expected=f"size {e.size}", actual=f"size {st.st_size}"
+                    )
+                )
             else:
                 jobs.append(HashJob(prefix + rel, st.st_dev, st.st_ino, st.st_size))
                 job_paths.append(rel)
@@ -154,8 +151,14 @@ def _compare(
                 continue
             want = e.target if e.target is not None else os.fsdecode(e.target_b64 or b"")
             if target != want:
-                problems.append(Problem(path=display_path(rel), kind="symlink_changed",
-                                        expected=_describe_target(e), actual=display_path(target)))
+                problems.append(
+                    Problem(
+                        path=display_path(rel),
+                        kind="symlink_changed",
+                        expected=_describe_target(e),
+                        actual=display_path(target),
+                    )
+                )
     checked = len(walked.entries) - sum(1 for p in problems if p.kind == "added")
     for rel, e in expected.items():
         problems.append(Problem(path=display_path(rel), kind="missing", expected=e.type))
@@ -166,8 +169,11 @@ def _compare(
         if res.digest is None:
             problems.append(Problem(path=display_path(rel), kind=res.problem or "unreadable", actual=res.detail))
         else:
-            problems.append(Problem(path=display_path(rel), kind="modified",
-                                    expected=f"blake3:{want}", actual=f"blake3:{res.digest}"))
+            problems.append(
+                Problem(
+                    path=display_path(rel), kind="modified", expected=f"blake3:{want}", actual=f"blake3:{res.digest}"
+                )
+            )
     return problems, checked, files
 
 
@@ -188,7 +194,7 @@ def verify_integrity(
     UNTRUSTED or ERROR; only invalid arguments raise.
     """
     t0 = time.perf_counter()
-    checked_at = datetime.now(tz=timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    checked_at = datetime.now(tz=UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
     if workers is not None and (not isinstance(workers, int) or not 1 <= workers <= 256):
         raise ValueError("workers must be an integer between 1 and 256")
     if isinstance(public_keys, str):
@@ -202,17 +208,32 @@ def verify_integrity(
     )
     root_shown = os.fspath(root) if root is not None else "."
 
-    def finish(status: Status, reason: str | None = None, **kw: object) -> Report:
-        return make_report(status=status, root=root_shown, reason=reason, elapsed=time.perf_counter() - t0,
-                           checked_at=checked_at, tool_version=__version__, **kw)  # type: ignore[arg-type]
+    def finish(
+        status: Status,
+        reason: str | None = None,
+        manifest: ManifestInfo | None = None,
+        problems: list[Problem] | None = None,
+        checked: int = 0,
+        files: int = 0,
+    ) -> Report:
+        return make_report(
+            status=status,
+            root=root_shown,
+            reason=reason,
+            manifest=manifest,
+            problems=problems,
+            checked=checked,
+            files=files,
+            elapsed=time.perf_counter() - t0,
+            checked_at=checked_at,
+            tool_version=__version__,
+        )
 
     try:
         settings, _ = resolve_settings(overrides, use_config_file=use_config_file)
         root_shown = settings.root or "."
         root_real = check_root(root_shown)
         m, minfo, manifest_path, sig_path = _load_verified_manifest(settings, root_real)
-        from .build import inside_root
-
         skip = {r for p in (manifest_path, sig_path) if (r := inside_root(root_real, p)) not in (None, ".")}
         problems, checked, files = _compare(m, root_real, skip, settings.workers)
     except _Untrusted as exc:
@@ -222,7 +243,7 @@ def verify_integrity(
     except IntegrityError as exc:
         return finish("ERROR", str(exc))
     status: Status = "FAILED" if problems else "VERIFIED"
-    return finish(status, manifest=minfo, problems=problems, checked=checked, files=files)
+    return finish(status, None, minfo, problems, checked, files)
 
 
 def ensure_integrity(
@@ -235,8 +256,14 @@ def ensure_integrity(
     use_config_file: bool = True,
 ) -> Report:
     """Like :func:`verify_integrity`, but raise NotVerifiedError unless the tree is VERIFIED."""
-    report = verify_integrity(root, manifest=manifest, signature=signature, public_keys=public_keys,
-                              workers=workers, use_config_file=use_config_file)
+    report = verify_integrity(
+        root,
+        manifest=manifest,
+        signature=signature,
+        public_keys=public_keys,
+        workers=workers,
+        use_config_file=use_config_file,
+    )
     if not report.integrity_verified:
         raise NotVerifiedError(report)
     return report

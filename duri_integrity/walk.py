@@ -14,7 +14,7 @@ from typing import NamedTuple
 from .errors import TreeError
 from .exclude import Excluder
 
-__all__ = ["KIND_BY_FMT", "WalkResult", "kind_of", "walk_tree"]
+__all__ = ["KIND_BY_FMT", "WalkResult", "check_root", "inside_root", "kind_of", "walk_tree"]
 
 # Names for every st_mode file type; these strings are the manifest's "type" values.
 KIND_BY_FMT: dict[int, str] = {
@@ -49,6 +49,15 @@ def check_root(root: str) -> str:
     if not stat.S_ISDIR(st.st_mode):
         raise TreeError(f"root {root!r} is not a directory")
     return real
+
+
+def inside_root(root_real: str, path: str) -> str | None:
+    """The path relative to the root if ``path`` resolves inside it, else None."""
+    real = os.path.realpath(path)
+    if real == root_real:
+        return "."
+    prefix = root_real.rstrip("/") + "/"
+    return real[len(prefix) :] if real.startswith(prefix) else None
 
 
 def walk_tree(root: str, excluder: Excluder, skip: Collection[str] = ()) -> WalkResult:
