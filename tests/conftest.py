@@ -1,0 +1,153 @@
+"""Shared fixtures: real trees on disk, real keys, the real console script."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from duri_integrity.build import build_manifest, sign_manifest, write_atomic
+from duri_integrity.keys import generate_keypair
+
+NON_UTF8_NAME = os.fsdecode(b"caf\xe9-latin1.txt")
+
+
+def make_tree(root: Path, outside: Path | None = None) -> Path:
+    """A tree with the awkward cases: nesting, empty files, Unicode, non-UTF-8, links, exec bits."""
+    (root / "app" / "pkg" / "deep" / "er").mkdir(parents=True)
+    (root / "app" / "__init__.py").write_text("")
+    (root / "app" / "main.py").write_text("print('hello')\n")
+    (root / "app" / "pkg" / "mod.py").write_text("X = 1\n" * 100)
+    (root / "app" / "pkg" / "deep" / "er" / "leaf.txt").write_bytes(b"\x00\x01\x02" * 1000)
+    (root / "bin").mkdir()
+    (root / "bin" / "run").write_text("#!/bin/sh\necho run\n")
+    (root / "bin" / "run").chmod(0o755)
+    (root / "data").mkdir()
+    (root / "data" / "blob.bin").write_bytes(os.urandom(300_000))
+    (root / "data" / "empty").write_bytes(b"")
+    (root / "data" / "naïve-ünïcödé ✓.txt").write_text("unicode name\n")
+    (root / "data" / "with space.txt").write_text("space\n")
+    (root / "empty-dir").mkdir()
+    os.mkdir(os.fsencode(root / "data") + b"/dir-\xff")
+    with open(os.fsencode(root / "data") + b"/" + os.fsencode(NON_UTF8_NAME), "wb") as f:
+        f.write(b"latin-1 name\n")
+    (root / "link-inside").symlink_to("app/main.py")
+    (root / "link-dir").symlink_to("app")
+    (root / "link-dangling").symlink_to("does/not/exist")
+    if outside is not None:
+        (root / "link-outside").symlink_to(outside)
+    return root
+
+
+@dataclass
+class Keys:
+    secret: Path
+    public: Path
+    key_id: str
+
+
+@dataclass
+class Signed:
+    root: Path
+    manifest: Path
+    signature: Path
+    keys: Keys
+
+    def verify(self, **kw: object):  # type: ignore[no-untyped-def]
+        from duri_integrity import verify_integrity
+
+        kw.setdefault("public_keys", [str(self.keys.public)])
+        kw.setdefault("use_config_file", False)
+        return verify_integrity(self.root, **kw)  # type: ignore[arg-type]
+
+
+def new_keys(where: Path, name: str = "k") -> Keys:
+    where.mkdir(parents=True, exist_ok=True)
+    sk, pk = where / f"{name}.key", where / f"{name}.pub"
+    kid = generate_keypair(str(sk), str(pk))
+    return Keys(sk, pk, kid)
+
+
+def build_and_sign(root: Path, keys: Keys, **kw: object) -> Signed:
+    manifest = root / "MANIFEST.json"
+    sig = root / "MANIFEST.json.minisig"
+    res = build_manifest(str(root), skip=(str(manifest), str(sig)), **kw)  # type: ignore[arg-type]
+    write_atomic(str(manifest), res.data)
+    sign_manifest(str(manifest), str(keys.secret))
+    return Signed(root, manifest, sig, keys)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No DURI_INTEGRITY_* from the outside world, and a working directory with no config file."""
+    for name in list(os.environ):
+        if name.startswith("DURI_INTEGRITY_"):
+            monkeypatch.delenv(name)
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> Keys:
+    return new_keys(tmp_path / "keys")
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    outside = tmp_path / "outside.txt"
+    outside.write_text("outside the tree\n")
+    return make_tree(tmp_path / "tree", outside)
+
+
+@pytest.fixture
+def signed(tree: Path, keys: Keys) -> Signed:
+    return build_and_sign(tree, keys, release="v1.0.0", exclude=["*.pyc", "__pycache__/"])
+
+
+@pytest.fixture
+def minisign_bin() -> str:
+    path = shutil.which("minisign")
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail("the minisign binary is required in CI (apt-get install minisign)")
+        pytest.skip("minisign binary not installed")
+    return path
+
+
+CLI = shutil.which("duri-integrity") or "duri-integrity"
+
+
+@pytest.fixture
+def run_cli() -> Callable[..., subprocess.CompletedProcess[str]]:
+    """Run the installed console script as a real process."""
+    exe = shutil.which("duri-integrity")
+    if exe is None:
+        pytest.fail("the duri-integrity console script is not installed (pip install -e .)")
+
+    def run(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
+            input: str | None = None) -> subprocess.CompletedProcess[str]:
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("DURI_INTEGRITY_")}
+        full_env.update(env or {})
+        return subprocess.run([exe, *args], capture_output=True, text=True, env=full_env, cwd=cwd,
+                              input=input, timeout=120, check=False)
+
+    return run
+
+
+def assert_one_clear_line(stderr: str) -> None:
+    """Operational failures end in one clear line on stderr and never a traceback."""
+    assert "Traceback" not in stderr
+    lines = [ln for ln in stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("duri-integrity: "), stderr
+
+
+def python() -> str:
+    return sys.executable

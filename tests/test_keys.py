@@ -1,0 +1,128 @@
+"""Key files and detached signatures (library side; interop lives in test_minisign_interop)."""
+
+from __future__ import annotations
+
+import base64
+import stat
+from pathlib import Path
+
+import pytest
+
+from duri_integrity.errors import KeyFileError, SignatureError
+from duri_integrity.keys import (
+    generate_keypair,
+    load_public_key,
+    load_secret_key,
+    load_trusted_keys,
+    parse_trusted_comment,
+    sign_bytes,
+    verify_signature,
+)
+
+from .conftest import Keys, new_keys
+
+
+def test_keygen_writes_private_secret_key(keys: Keys) -> None:
+    """The secret key file is created 0600 and the public key is a two-line minisign key."""
+    assert stat.S_IMODE(keys.secret.stat().st_mode) == 0o600
+    lines = keys.public.read_text().splitlines()
+    assert lines[0] == f"untrusted comment: minisign public key {keys.key_id}"
+    assert lines[1].startswith("RW") and len(lines[1]) == 56
+
+
+def test_keygen_refuses_to_overwrite(keys: Keys) -> None:
+    """An existing key is never silently replaced; --force replaces it."""
+    with pytest.raises(KeyFileError, match="already exists"):
+        generate_keypair(str(keys.secret), str(keys.public))
+    new_id = generate_keypair(str(keys.secret), str(keys.public), force=True)
+    assert new_id != keys.key_id
+    assert stat.S_IMODE(keys.secret.stat().st_mode) == 0o600
+
+
+def test_sign_and_verify_round_trip(keys: Keys) -> None:
+    """A signature made with the secret key verifies with the public key and carries its comment."""
+    sk = load_secret_key(str(keys.secret))
+    sig = sign_bytes(b"payload", sk, "release:v1\tserial:3")
+    info = verify_signature(b"payload", sig, load_trusted_keys([str(keys.public)]))
+    assert info.key_id == keys.key_id
+    assert parse_trusted_comment(info.trusted_comment) == {"release": "v1", "serial": "3"}
+
+
+def test_wrong_key_is_named(keys: Keys, tmp_path: Path) -> None:
+    """A signature from an untrusted key names that key id and the trusted ones."""
+    other = new_keys(tmp_path / "other", "o")
+    sig = sign_bytes(b"x", load_secret_key(str(other.secret)), "c")
+    with pytest.raises(SignatureError, match=other.key_id):
+        verify_signature(b"x", sig, load_trusted_keys([str(keys.public)]))
+
+
+def test_edited_data_comment_or_signature_fail(keys: Keys) -> None:
+    """Changing the data, the trusted comment or the signature bytes breaks verification."""
+    trusted = load_trusted_keys([str(keys.public)])
+    sig = sign_bytes(b"data", load_secret_key(str(keys.secret)), "serial:1")
+    with pytest.raises(SignatureError, match="does not match"):
+        verify_signature(b"datA", sig, trusted)
+    with pytest.raises(SignatureError, match="does not match"):
+        verify_signature(b"data", sig.replace(b"serial:1", b"serial:2"), trusted)
+    lines = sig.splitlines()
+    raw = bytearray(base64.b64decode(lines[1]))
+    raw[-1] ^= 1
+    lines[1] = base64.b64encode(bytes(raw))
+    with pytest.raises(SignatureError, match="does not match"):
+        verify_signature(b"data", b"\n".join(lines), trusted)
+
+
+@pytest.mark.parametrize("sig", [b"", b"garbage", b"a\nb\nc\nd\n", b"x" * 20000])
+def test_malformed_signature(keys: Keys, sig: bytes) -> None:
+    """A malformed signature file is a SignatureError, not a crash."""
+    with pytest.raises(SignatureError):
+        verify_signature(b"data", sig, load_trusted_keys([str(keys.public)]))
+
+
+def test_public_key_inline_and_directory(keys: Keys, tmp_path: Path) -> None:
+    """Keys load from a file, from the inline base64 line, and from a directory of .pub files."""
+    line = keys.public.read_text().splitlines()[1]
+    kid, _ = load_public_key(line)
+    kid2, _ = load_public_key(str(keys.public))
+    assert kid == kid2
+    other = new_keys(tmp_path / "keys", "second")
+    ring = load_trusted_keys([str(tmp_path / "keys")])
+    assert sorted(ring.key_ids) == sorted([keys.key_id, other.key_id])
+
+
+@pytest.mark.parametrize("content", ["", "one line", "untrusted comment: x\nnot-base64!!\n", "a\nb\nc\n"])
+def test_malformed_public_key(tmp_path: Path, content: str) -> None:
+    """A malformed public key file is a KeyFileError naming the file."""
+    p = tmp_path / "bad.pub"
+    p.write_text(content)
+    with pytest.raises(KeyFileError, match="bad.pub"):
+        load_public_key(str(p))
+
+
+def test_missing_key_files(tmp_path: Path) -> None:
+    """Missing key files give KeyFileError with the path."""
+    with pytest.raises(KeyFileError, match="nope.pub"):
+        load_public_key(str(tmp_path / "nope.pub"))
+    with pytest.raises(KeyFileError, match="nope.key"):
+        load_secret_key(str(tmp_path / "nope.key"))
+
+
+def test_secret_key_readable_by_others_is_refused(keys: Keys) -> None:
+    """A secret key readable by group or others is refused unless explicitly allowed."""
+    keys.secret.chmod(0o644)
+    with pytest.raises(KeyFileError, match="chmod 600"):
+        load_secret_key(str(keys.secret))
+    load_secret_key(str(keys.secret), allow_insecure_permissions=True).wipe()
+
+
+def test_encrypted_secret_key(tmp_path: Path) -> None:
+    """An encrypted key needs its password; a wrong or missing password is a clear error."""
+    sk, pk = tmp_path / "e.key", tmp_path / "e.pub"
+    generate_keypair(str(sk), str(pk), password="correct horse")
+    with pytest.raises(KeyFileError, match="no password"):
+        load_secret_key(str(sk))
+    with pytest.raises(KeyFileError, match="wrong password"):
+        load_secret_key(str(sk), "wrong")
+    key = load_secret_key(str(sk), "correct horse")
+    sig = sign_bytes(b"d", key, "c")
+    verify_signature(b"d", sig, load_trusted_keys([str(pk)]))
