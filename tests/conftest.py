@@ -131,12 +131,14 @@ def run_cli() -> Callable[..., subprocess.CompletedProcess[str]]:
     if exe is None:
         pytest.fail("the duri-integrity console script is not installed (pip install -e .)")
 
-    def run(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
-            input: str | None = None) -> subprocess.CompletedProcess[str]:
+    def run(
+        *args: str, env: dict[str, str] | None = None, cwd: Path | None = None, input: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("DURI_INTEGRITY_")}
         full_env.update(env or {})
-        return subprocess.run([exe, *args], capture_output=True, text=True, env=full_env, cwd=cwd,
-                              input=input, timeout=120, check=False)
+        return subprocess.run(
+            [exe, *args], capture_output=True, text=True, env=full_env, cwd=cwd, input=input, timeout=120, check=False
+        )
 
     return run
 

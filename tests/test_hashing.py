@@ -16,8 +16,9 @@ def _job(p: Path) -> HashJob:
     return HashJob(str(p), st.st_dev, st.st_ino, st.st_size)
 
 
-@pytest.mark.parametrize("size", [0, 1, 2047, 2048, 65536, SMALL_FILE, SMALL_FILE + 1, 3 * SMALL_FILE + 7,
-                                  LARGE_FILE + 5])
+@pytest.mark.parametrize(
+    "size", [0, 1, 2047, 2048, 65536, SMALL_FILE, SMALL_FILE + 1, 3 * SMALL_FILE + 7, LARGE_FILE + 5]
+)
 def test_digest_matches_reference(tmp_path: Path, size: int) -> None:
     """Each read strategy gives the reference BLAKE3 of the content."""
     data = os.urandom(size)

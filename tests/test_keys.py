@@ -95,15 +95,15 @@ def test_malformed_public_key(tmp_path: Path, content: str) -> None:
     """A malformed public key file is a KeyFileError naming the file."""
     p = tmp_path / "bad.pub"
     p.write_text(content)
-    with pytest.raises(KeyFileError, match="bad.pub"):
+    with pytest.raises(KeyFileError, match=r"bad\.pub"):
         load_public_key(str(p))
 
 
 def test_missing_key_files(tmp_path: Path) -> None:
     """Missing key files give KeyFileError with the path."""
-    with pytest.raises(KeyFileError, match="nope.pub"):
+    with pytest.raises(KeyFileError, match=r"nope\.pub"):
         load_public_key(str(tmp_path / "nope.pub"))
-    with pytest.raises(KeyFileError, match="nope.key"):
+    with pytest.raises(KeyFileError, match=r"nope\.key"):
         load_secret_key(str(tmp_path / "nope.key"))
 
 

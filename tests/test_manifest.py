@@ -132,10 +132,14 @@ def test_valid_manifest_round_trips(tree: Path) -> None:
         (lambda d: d["entries"].append({"path": "zzz", "type": "dir", "mode": 493, "size": 1}), "must not"),
         (lambda d: d["entries"].append({"path": "zzz", "type": "symlink", "mode": 511}), "target"),
         (lambda d: d["entries"].append({"path": "zzz", "type": "door", "mode": 511}), "Invalid enum"),
-        (lambda d: d["entries"].append({"path": "zzz", "type": "file", "mode": 420, "size": 1,
-                                         "blake3": "AB" * 32}), "hex"),
-        (lambda d: d["entries"].append({"path_b64": base64.b64encode(b"zzz").decode(), "type": "dir",
-                                         "mode": 493}), "valid UTF-8"),
+        (
+            lambda d: d["entries"].append({"path": "zzz", "type": "file", "mode": 420, "size": 1, "blake3": "AB" * 32}),
+            "hex",
+        ),
+        (
+            lambda d: d["entries"].append({"path_b64": base64.b64encode(b"zzz").decode(), "type": "dir", "mode": 493}),
+            "valid UTF-8",
+        ),
         (lambda d: d["entries"].append({"type": "dir", "mode": 493}), "no path"),
         (lambda d: d.update(created="2026-01-01T00:00:00"), "timezone"),
         (lambda d: d.update(exclude=["a\u0000"]), "exclude pattern"),

@@ -19,7 +19,9 @@ def test_minisign_verifies_our_signature(signed: Signed, minisign_bin: str) -> N
     """`minisign -Vm MANIFEST -p KEY.pub` accepts a signature made by duri-integrity."""
     out = subprocess.run(
         [minisign_bin, "-Vm", str(signed.manifest), "-p", str(signed.keys.public)],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert out.returncode == 0, out.stderr
     assert "Signature and comment signature verified" in out.stdout + out.stderr
@@ -31,7 +33,9 @@ def test_minisign_rejects_our_signature_after_edit(signed: Signed, minisign_bin:
     signed.manifest.write_bytes(signed.manifest.read_bytes().replace(b'"mode":493', b'"mode":511', 1))
     out = subprocess.run(
         [minisign_bin, "-Vm", str(signed.manifest), "-p", str(signed.keys.public)],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert out.returncode != 0
 
@@ -57,9 +61,15 @@ def test_our_public_key_works_with_minisign_signatures(signed: Signed, tmp_path:
     """Our keygen's secret key file is readable by minisign for signing (-S), unencrypted."""
     data = tmp_path / "file.txt"
     data.write_text("hello\n")
-    out = subprocess.run([minisign_bin, "-S", "-m", str(data), "-s", str(signed.keys.secret)],
-                         capture_output=True, text=True, check=False, input="")
+    out = subprocess.run(
+        [minisign_bin, "-S", "-m", str(data), "-s", str(signed.keys.secret)],
+        capture_output=True,
+        text=True,
+        check=False,
+        input="",
+    )
     assert out.returncode == 0, out.stderr
-    out = subprocess.run([minisign_bin, "-Vm", str(data), "-p", str(signed.keys.public)],
-                         capture_output=True, text=True, check=False)
+    out = subprocess.run(
+        [minisign_bin, "-Vm", str(data), "-p", str(signed.keys.public)], capture_output=True, text=True, check=False
+    )
     assert out.returncode == 0, out.stderr

@@ -37,8 +37,16 @@ def test_report_mapping_and_json(signed: Signed) -> None:
     r = signed.verify()
     d = r.to_dict()
     assert json.loads(r.to_json()) == d
-    assert set(d) >= {"status", "summary", "integrity_verified", "recommendation", "problems", "counts",
-                      "manifest", "elapsed_seconds"}
+    assert set(d) >= {
+        "status",
+        "summary",
+        "integrity_verified",
+        "recommendation",
+        "problems",
+        "counts",
+        "manifest",
+        "elapsed_seconds",
+    }
     assert "status" in r and r.get("nope", 5) == 5
     with pytest.raises(KeyError):
         r["nope"]
@@ -157,8 +165,13 @@ def test_manifest_outside_the_tree(tree: Path, keys: Keys, tmp_path: Path) -> No
     assert r.status == "VERIFIED", r.summary
     # ...and a manifest copied into the tree later is skipped, not reported as added
     shutil.copy(manifest, tree / "m.json")
-    r = verify_integrity(tree, manifest=tree / "m.json", public_keys=str(keys.public),
-                         signature=str(manifest) + ".minisig", use_config_file=False)
+    r = verify_integrity(
+        tree,
+        manifest=tree / "m.json",
+        public_keys=str(keys.public),
+        signature=str(manifest) + ".minisig",
+        use_config_file=False,
+    )
     assert r.status == "VERIFIED", r.summary
 
 

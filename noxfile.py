@@ -1,0 +1,51 @@
+"""Developer sessions: nox -s tests | lint | typing | bench | compare | docs."""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["tests", "lint", "typing"]
+nox.options.default_venv_backend = "venv"
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The whole test suite (needs the minisign binary on PATH for the interop tests)."""
+    session.install("-e", ".[test]")
+    session.run("pytest", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff lint and format check."""
+    session.install("ruff")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session
+def typing(session: nox.Session) -> None:
+    """mypy --strict over the package."""
+    session.install("-e", ".", "mypy")
+    session.run("mypy")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """pytest-benchmark suite over the generated 3,000-file tree."""
+    session.install("-e", ".[dev]")
+    session.run("pytest", "benchmarks", "-p", "no:cacheprovider", "--benchmark-only",
+                "--benchmark-columns=min,median,max,rounds", *session.posargs)
+
+
+@nox.session
+def compare(session: nox.Session) -> None:
+    """Side-by-side whole-process timing against b3sum and sha256sum (installs b3sum if missing)."""
+    session.install("-e", ".")
+    session.run("python", "benchmarks/compare.py", *session.posargs)
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """Check that every relative link in README.md and docs/ points at an existing file."""
+    session.run("python", "tests/check_docs.py", external=True)
