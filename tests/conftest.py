@@ -121,13 +121,16 @@ def minisign_bin() -> str:
     return path
 
 
-CLI = shutil.which("duri-integrity") or "duri-integrity"
+def console_script() -> str | None:
+    """The installed duri-integrity script: beside this interpreter first (a venv), else on PATH."""
+    beside = Path(sys.executable).parent / "duri-integrity"
+    return str(beside) if beside.exists() else shutil.which("duri-integrity")
 
 
 @pytest.fixture
 def run_cli() -> Callable[..., subprocess.CompletedProcess[str]]:
     """Run the installed console script as a real process."""
-    exe = shutil.which("duri-integrity")
+    exe = console_script()
     if exe is None:
         pytest.fail("the duri-integrity console script is not installed (pip install -e .)")
 
@@ -149,7 +152,3 @@ def assert_one_clear_line(stderr: str) -> None:
     lines = [ln for ln in stderr.splitlines() if ln.strip()]
     assert len(lines) == 1, stderr
     assert lines[0].startswith("duri-integrity: "), stderr
-
-
-def python() -> str:
-    return sys.executable

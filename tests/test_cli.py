@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 from duri_integrity.cli import main
 
-from .conftest import Keys, Signed, assert_one_clear_line
+from .conftest import Keys, Signed, assert_one_clear_line, console_script
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
 
@@ -172,7 +172,7 @@ def test_unreadable_file_is_reported_not_swallowed(signed: Signed, run_cli: Run)
         # root reads everything; drop the capabilities that let it, as a service user would lack them
         if shutil.which("setpriv") is None:
             pytest.skip("setpriv not available to drop root's read override")
-        exe = shutil.which("duri-integrity")
+        exe = console_script()
         assert exe is not None
         r = subprocess.run(
             ["setpriv", "--bounding-set=-dac_override,-dac_read_search", exe, *args],
