@@ -34,8 +34,15 @@ def typing(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """pytest-benchmark suite over the generated 3,000-file tree."""
     session.install("-e", ".[dev]")
-    session.run("pytest", "benchmarks", "-p", "no:cacheprovider", "--benchmark-only",
-                "--benchmark-columns=min,median,max,rounds", *session.posargs)
+    session.run(
+        "pytest",
+        "benchmarks",
+        "-p",
+        "no:cacheprovider",
+        "--benchmark-only",
+        "--benchmark-columns=min,median,max,rounds",
+        *session.posargs,
+    )
 
 
 @nox.session

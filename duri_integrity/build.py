@@ -12,14 +12,18 @@ from typing import NamedTuple
 from . import __version__
 from .errors import IntegrityError, ManifestError, TreeError
 from .exclude import Excluder
-from .hashing import HashJob, hash_files
+from .hashing import hash_for_build
 from .keys import load_secret_key, make_trusted_comment, sign_bytes
 from .manifest import (
     FORMAT,
     FORMAT_VERSION,
+    PLAIN_TYPES,
     Entry,
+    File,
     Manifest,
+    Symlink,
     compute_root_digest,
+    display,
     encode_manifest,
     make_entry_path,
     utc_now,
@@ -81,60 +85,43 @@ def build_manifest(
         rel = inside_root(root_real, key_path)
         if rel is not None and rel not in skipped:
             raise TreeError(f"the signing key {key_path!r} is inside the tree being built; move it out")
-    walked = walk_tree(root_real, excluder, skipped)
-    problems = [f"{p}: {msg}" for p, msg in walked.errors]
+    walked = walk_tree(root_real, excluder, skipped, stat_files=True)
+    problems = [f"{display(p)}: {msg}" for p, msg in walked.errors]
     warnings: list[str] = []
     prefix = root_real.rstrip("/") + "/"
-    rows: list[tuple[bytes, str, os.stat_result]] = sorted(
-        ((os.fsencode(rel), rel, st) for rel, st in walked.entries), key=lambda r: r[0]
-    )
-    jobs: list[HashJob] = []
-    job_rows: list[int] = []
-    for i, (_, rel, st) in enumerate(rows):
-        if stat.S_ISREG(st.st_mode):
-            jobs.append(HashJob(prefix + rel, st.st_dev, st.st_ino, st.st_size))
-            job_rows.append(i)
-    hashed = hash_files(jobs, workers)
-    digests: dict[int, str] = {}
-    for i, res in zip(job_rows, hashed, strict=True):
-        rel = rows[i][1]
-        if res.digest is None:
-            problems.append(f"{rel}: {res.problem}: {res.detail}")
-        elif res.secret_key:
-            problems.append(f"{rel}: looks like a minisign secret key; keys must never ship in a release")
-        else:
-            digests[i] = res.digest
+    rows = sorted(((os.fsencode(rel), rel, st) for rel, st in walked.others), key=lambda r: r[0])
+    file_rows = [(prefix + rel, st) for _, rel, st in rows if stat.S_ISREG(st.st_mode)]
+    hashed = iter(hash_for_build(file_rows, workers))
     entries: list[Entry] = []
-    for i, (_, rel, st) in enumerate(rows):
+    for _, rel, st in rows:
         mode = st.st_mode
-        kind = kind_of(mode)
         perm = stat.S_IMODE(mode)
-        if kind == "unknown":
-            problems.append(f"{rel}: unknown file type {stat.S_IFMT(mode):o}")
-            continue
-        if kind != "symlink":
+        kind = kind_of(mode)
+        if kind not in ("symlink", "unknown"):
             if perm & stat.S_IWOTH and not (kind == "dir" and perm & stat.S_ISVTX):
-                warnings.append(f"{rel}: world-writable ({perm:04o})")
+                warnings.append(f"{display(rel)}: world-writable ({perm:04o})")
             if kind == "file" and perm & (stat.S_ISUID | stat.S_ISGID):
-                warnings.append(f"{rel}: setuid/setgid ({perm:04o})")
+                warnings.append(f"{display(rel)}: setuid/setgid ({perm:04o})")
         path, path_b64 = make_entry_path(rel)
         if kind == "file":
-            if i not in digests:
-                continue
-            entries.append(
-                Entry(path=path, path_b64=path_b64, type="file", mode=perm, size=st.st_size, blake3=digests[i])
-            )
+            res = next(hashed)
+            if res.digest is None:
+                problems.append(f"{display(rel)}: {res.problem}: {res.detail}")
+            elif res.secret_key:
+                problems.append(f"{display(rel)}: looks like a minisign secret key; keys must never ship in a release")
+            else:
+                entries.append(File(path=path, path_b64=path_b64, mode=perm, size=st.st_size, blake3=res.digest))
         elif kind == "symlink":
             try:
                 target, target_b64 = _link_target(prefix + rel)
             except OSError as exc:
-                problems.append(f"{rel}: cannot read link: {exc.strerror}")
+                problems.append(f"{display(rel)}: cannot read link: {exc.strerror}")
                 continue
-            entries.append(
-                Entry(path=path, path_b64=path_b64, type="symlink", mode=perm, target=target, target_b64=target_b64)
-            )
+            entries.append(Symlink(path=path, path_b64=path_b64, mode=perm, target=target, target_b64=target_b64))
+        elif kind == "unknown":
+            problems.append(f"{display(rel)}: unknown file type {stat.S_IFMT(mode):o}")
         else:
-            entries.append(Entry(path=path, path_b64=path_b64, type=kind, mode=perm))  # type: ignore[arg-type]
+            entries.append(PLAIN_TYPES[kind](path=path, path_b64=path_b64, mode=perm))
     if problems:
         more = f" (and {len(problems) - _MAX_LISTED} more)" if len(problems) > _MAX_LISTED else ""
         raise TreeError(

@@ -20,34 +20,25 @@ from .errors import (
     TreeError,
 )
 from .exclude import Excluder
-from .hashing import HashJob, hash_files
-from .manifest import MAX_MANIFEST_BYTES, Entry, Manifest, decode_manifest
+from .hashing import FileCheck, check_files
+from .manifest import MAX_MANIFEST_BYTES, Entry, File, Manifest, Symlink, decode_manifest_keys, display
 from .report import ManifestInfo, Problem, Report, Status, make_report
 from .walk import KIND_BY_FMT, check_root, inside_root, walk_tree
 
-__all__ = ["display_path", "ensure_integrity", "verify_integrity"]
+__all__ = ["ensure_integrity", "verify_integrity"]
 
 
-def display_path(rel: str) -> str:
-    """A printable, JSON-safe spelling of a walk path (undecodable bytes as \\xNN)."""
-    try:
-        rel.encode("utf-8")
-        return rel
-    except UnicodeEncodeError:
-        return rel.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-
-
-def _describe_target(e: Entry) -> str:
+def _describe_target(e: Symlink) -> str:
     if e.target is not None:
         return e.target
-    return display_path(os.fsdecode(e.target_b64 or b""))
+    return display(os.fsdecode(e.target_b64 or b""))
 
 
 class _Untrusted(Exception):
     pass
 
 
-def _load_verified_manifest(settings: Settings, root_real: str) -> tuple[Manifest, ManifestInfo, str, str]:
+def _load_verified_manifest(settings: Settings, root_real: str) -> tuple[Manifest, list[str], ManifestInfo, str, str]:
     """Check the signature over the exact bytes, then decode. Raises _Untrusted or IntegrityError."""
     from .keys import load_trusted_keys, parse_trusted_comment, verify_signature
 
@@ -79,7 +70,7 @@ def _load_verified_manifest(settings: Settings, root_real: str) -> tuple[Manifes
         raise _Untrusted(f"cannot read signature {sig_path!r}: {exc.strerror or exc}") from None
     try:
         info = verify_signature(data, sig, trusted)
-        m = decode_manifest(data)
+        m, keys = decode_manifest_keys(data)
     except (SignatureError, ManifestError) as exc:
         raise _Untrusted(str(exc)) from None
     fields = parse_trusted_comment(info.trusted_comment)
@@ -99,82 +90,66 @@ def _load_verified_manifest(settings: Settings, root_real: str) -> tuple[Manifes
         root_digest=m.root_digest,
         entries=len(m.entries),
     )
-    return m, minfo, manifest_path, sig_path
+    return m, keys, minfo, manifest_path, sig_path
 
 
-def _compare(m: Manifest, root_real: str, skip: set[str], workers: int | None) -> tuple[list[Problem], int, int]:
+def _compare(
+    m: Manifest, keys: list[str], root_real: str, skip: set[str], workers: int | None
+) -> tuple[list[Problem], int, int]:
     """Walk the tree and compare it with the manifest; return problems, entries checked, files."""
-    excluder = Excluder(m.exclude)
-    walked = walk_tree(root_real, excluder, skip)
-    expected: dict[str, Entry] = {}
-    for e in m.entries:
-        expected[e.path if e.path is not None else os.fsdecode(e.path_b64 or b"")] = e
-    problems: list[Problem] = [Problem(path=display_path(p), kind="unreadable", actual=msg) for p, msg in walked.errors]
+    walked = walk_tree(root_real, Excluder(m.exclude), skip)
+    expected: dict[str, Entry] = dict(zip(keys, m.entries, strict=True))
+    problems: list[Problem] = [Problem(path=display(p), kind="unreadable", actual=msg) for p, msg in walked.errors]
     prefix = root_real.rstrip("/") + "/"
-    jobs: list[HashJob] = []
+    jobs: list[FileCheck] = []
     job_paths: list[str] = []
-    job_digests: list[str] = []
-    files = 0
-    kinds = KIND_BY_FMT
-    for rel, st in walked.entries:
-        e = expected.pop(rel, None)  # type: ignore[arg-type]
+    pop = expected.pop
+    added = 0
+    for rel, ino in walked.files:
+        e = pop(rel, None)
+        if type(e) is File:
+            jobs.append(FileCheck(prefix + rel, ino, e.size, e.mode, e.blake3))
+            job_paths.append(rel)
+        elif e is None:
+            problems.append(Problem(path=display(rel), kind="added", actual="file"))
+            added += 1
+        else:
+            problems.append(Problem(path=display(rel), kind="type_changed", expected=e.kind, actual="file"))
+    for rel, st in walked.others:
+        e = pop(rel, None)
         mode = st.st_mode
-        kind = kinds.get(stat.S_IFMT(mode), "unknown")
+        kind = KIND_BY_FMT.get(stat.S_IFMT(mode), "unknown")
         if e is None:
-            problems.append(Problem(path=display_path(rel), kind="added", actual=kind))
+            problems.append(Problem(path=display(rel), kind="added", actual=kind))
+            added += 1
             continue
-        if kind != e.type:
-            problems.append(Problem(path=display_path(rel), kind="type_changed", expected=e.type, actual=kind))
+        if kind != e.kind:
+            problems.append(Problem(path=display(rel), kind="type_changed", expected=e.kind, actual=kind))
             continue
         perm = mode & 0o7777
         if perm != e.mode:
             problems.append(
-                Problem(path=display_path(rel), kind="mode_changed", expected=f"{e.mode:04o}", actual=f"{perm:04o}")
+                Problem(path=display(rel), kind="mode_changed", expected=f"{e.mode:04o}", actual=f"{perm:04o}")
             )
-        if kind == "file":
-            files += 1
-            if st.st_size != e.size:
-                problems.append(
-                    Problem(
-                        path=display_path(rel), kind="modified", expected=f"size {e.size}", actual=f"size {st.st_size}"
-                    )
-                )
-            else:
-                jobs.append(HashJob(prefix + rel, st.st_dev, st.st_ino, st.st_size))
-                job_paths.append(rel)
-                job_digests.append(e.blake3 or "")
-        elif kind == "symlink":
+        if type(e) is Symlink:
             try:
                 target = os.readlink(prefix + rel)
             except OSError as exc:
-                problems.append(Problem(path=display_path(rel), kind="unreadable", actual=exc.strerror))
+                problems.append(Problem(path=display(rel), kind="unreadable", actual=exc.strerror))
                 continue
             want = e.target if e.target is not None else os.fsdecode(e.target_b64 or b"")
             if target != want:
                 problems.append(
                     Problem(
-                        path=display_path(rel),
-                        kind="symlink_changed",
-                        expected=_describe_target(e),
-                        actual=display_path(target),
+                        path=display(rel), kind="symlink_changed", expected=_describe_target(e), actual=display(target)
                     )
                 )
-    checked = len(walked.entries) - sum(1 for p in problems if p.kind == "added")
+    checked = len(walked.files) + len(walked.others) - added
     for rel, e in expected.items():
-        problems.append(Problem(path=display_path(rel), kind="missing", expected=e.type))
-    results = hash_files(jobs, workers)
-    for rel, want, res in zip(job_paths, job_digests, results, strict=True):
-        if res.digest == want:
-            continue
-        if res.digest is None:
-            problems.append(Problem(path=display_path(rel), kind=res.problem or "unreadable", actual=res.detail))
-        else:
-            problems.append(
-                Problem(
-                    path=display_path(rel), kind="modified", expected=f"blake3:{want}", actual=f"blake3:{res.digest}"
-                )
-            )
-    return problems, checked, files
+        problems.append(Problem(path=display(rel), kind="missing", expected=e.kind))
+    for i, what, expected_value, got in check_files(jobs, workers):
+        problems.append(Problem(path=display(job_paths[i]), kind=what, expected=expected_value, actual=got))
+    return problems, checked, len(walked.files)
 
 
 def verify_integrity(
@@ -233,9 +208,9 @@ def verify_integrity(
         settings, _ = resolve_settings(overrides, use_config_file=use_config_file)
         root_shown = settings.root or "."
         root_real = check_root(root_shown)
-        m, minfo, manifest_path, sig_path = _load_verified_manifest(settings, root_real)
+        m, keys, minfo, manifest_path, sig_path = _load_verified_manifest(settings, root_real)
         skip = {r for p in (manifest_path, sig_path) if (r := inside_root(root_real, p)) not in (None, ".")}
-        problems, checked, files = _compare(m, root_real, skip, settings.workers)
+        problems, checked, files = _compare(m, keys, root_real, skip, settings.workers)
     except _Untrusted as exc:
         return finish("UNTRUSTED", str(exc))
     except (ConfigError, KeyFileError, TreeError) as exc:

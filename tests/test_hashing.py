@@ -1,4 +1,4 @@
-"""BLAKE3 hashing of real files: sizes around every threshold, races, unreadable files."""
+"""BLAKE3 hashing of real files: sizes around every threshold, races, scheduling."""
 
 from __future__ import annotations
 
@@ -8,51 +8,78 @@ from pathlib import Path
 import pytest
 from blake3 import blake3
 
-from duri_integrity.hashing import LARGE_FILE, SMALL_FILE, HashJob, hash_files, hash_one
+from duri_integrity.hashing import SMALL_FILE, FileCheck, check_files, hash_for_build
 
 
-def _job(p: Path) -> HashJob:
+def _check(p: Path, digest: str | None = None, size: int | None = None, mode: int | None = None) -> FileCheck:
     st = p.lstat()
-    return HashJob(str(p), st.st_dev, st.st_ino, st.st_size)
+    return FileCheck(
+        str(p),
+        st.st_ino,
+        st.st_size if size is None else size,
+        (st.st_mode & 0o7777) if mode is None else mode,
+        digest or blake3(p.read_bytes()).hexdigest(),
+    )
 
 
-@pytest.mark.parametrize(
-    "size", [0, 1, 2047, 2048, 65536, SMALL_FILE, SMALL_FILE + 1, 3 * SMALL_FILE + 7, LARGE_FILE + 5]
-)
-def test_digest_matches_reference(tmp_path: Path, size: int) -> None:
+SIZES = [0, 1, 2047, 2048, 65536, SMALL_FILE, SMALL_FILE + 1, 3 * SMALL_FILE + 7]
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_build_digest_matches_reference(tmp_path: Path, size: int) -> None:
     """Each read strategy gives the reference BLAKE3 of the content."""
     data = os.urandom(size)
     p = tmp_path / "f"
     p.write_bytes(data)
-    res = hash_files([_job(p)], workers=2)[0]
-    assert res.digest == blake3(data).hexdigest()
-    assert res.problem is None
+    res = hash_for_build([(str(p), p.lstat())], workers=2)[0]
+    assert res.digest == blake3(data).hexdigest() and res.problem is None
 
 
-def test_many_files_parallel_keep_order(tmp_path: Path) -> None:
-    """Results come back in the jobs' order whatever the worker count."""
-    paths = []
-    for i in range(200):
+@pytest.mark.parametrize("size", SIZES)
+def test_check_passes_and_catches_one_flipped_byte(tmp_path: Path, size: int) -> None:
+    """A matching file gives no problem; one changed byte gives 'modified' with both digests."""
+    p = tmp_path / "f"
+    p.write_bytes(os.urandom(size))
+    job = _check(p)
+    assert check_files([job], workers=2) == []
+    if size:
+        data = bytearray(p.read_bytes())
+        data[size // 2] ^= 0x40
+        p.write_bytes(bytes(data))
+        [(i, kind, want, got)] = check_files([job], workers=2)
+        assert (i, kind, want) == (0, "modified", f"blake3:{job.blake3}")
+        assert got == f"blake3:{blake3(bytes(data)).hexdigest()}"
+
+
+def test_size_and_mode_checked_from_the_descriptor(tmp_path: Path) -> None:
+    """Size and mode differences are reported from fstat, and a size change skips hashing."""
+    p = tmp_path / "f"
+    p.write_bytes(b"abc")
+    problems = check_files([_check(p, size=4, mode=0o600)], workers=1)
+    assert sorted(k for _, k, _, _ in problems) == ["mode_changed", "modified"]
+
+
+@pytest.mark.parametrize("workers", [1, 2, 5])
+def test_many_files_all_checked_with_any_worker_count(tmp_path: Path, workers: int) -> None:
+    """Every file is checked exactly once whatever the worker count, big files included."""
+    jobs = []
+    for i in range(300):
         p = tmp_path / f"f{i}"
-        p.write_bytes(os.urandom(i * 37))
-        paths.append(p)
-    jobs = [_job(p) for p in paths]
-    want = [blake3(p.read_bytes()).hexdigest() for p in paths]
-    for workers in (1, 2, 5):
-        assert [r.digest for r in hash_files(jobs, workers=workers)] == want
+        p.write_bytes(os.urandom(i * 37 if i % 100 else SMALL_FILE + i))
+        jobs.append(_check(p))
+    bad = {7, 100, 299}
+    jobs = [j._replace(blake3="0" * 64) if k in bad else j for k, j in enumerate(jobs)]
+    problems = check_files(jobs, workers=workers)
+    assert sorted(i for i, *_ in problems) == sorted(bad)
 
 
 def test_replaced_file_is_unstable(tmp_path: Path) -> None:
     """A file whose inode differs from what the walk saw is reported, not hashed."""
     p = tmp_path / "f"
     p.write_bytes(b"one")
-    job = _job(p)
-    p.unlink()
-    p.write_bytes(b"two")
-    other = tmp_path / "keep"
-    other.write_bytes(b"x")  # keeps the old inode number from being reused at once
-    res = hash_one(job._replace(ino=job.ino + 10**9))
-    assert res.digest is None and res.problem == "unstable"
+    job = _check(p)
+    [(_, kind, _, _)] = check_files([job._replace(ino=job.ino + 10**9)], workers=1)
+    assert kind == "unstable"
 
 
 def test_symlink_swapped_in_is_not_followed(tmp_path: Path) -> None:
@@ -61,30 +88,44 @@ def test_symlink_swapped_in_is_not_followed(tmp_path: Path) -> None:
     target.write_bytes(b"secret")
     p = tmp_path / "f"
     p.write_bytes(b"file")
-    job = _job(p)
+    job = _check(p)
     p.unlink()
     p.symlink_to(target)
-    res = hash_one(job)
-    assert res.digest is None and res.problem == "unstable"
+    [(_, kind, _, _)] = check_files([job], workers=1)
+    assert kind == "unstable"
+    assert hash_for_build([(str(p), target.lstat())], workers=1)[0].problem == "unstable"
 
 
 def test_removed_file_is_unstable(tmp_path: Path) -> None:
     """A file removed after the walk is reported as unstable."""
     p = tmp_path / "f"
     p.write_bytes(b"file")
-    job = _job(p)
+    job = _check(p)
     p.unlink()
-    assert hash_one(job).problem == "unstable"
+    [(_, kind, _, _)] = check_files([job], workers=1)
+    assert kind == "unstable"
 
 
 def test_fifo_swapped_in_does_not_block(tmp_path: Path) -> None:
     """A FIFO put in a file's place is never read (O_NONBLOCK, then refused by type)."""
     p = tmp_path / "f"
     p.write_bytes(b"file")
-    job = _job(p)
+    job = _check(p)
+    st = p.lstat()
     p.unlink()
     os.mkfifo(p)
-    assert hash_one(job).problem == "unstable"
+    [(_, kind, _, _)] = check_files([job], workers=1)
+    assert kind == "unstable"
+    assert hash_for_build([(str(p), st)], workers=1)[0].problem == "unstable"
+
+
+def test_build_refuses_a_file_changed_since_listing(tmp_path: Path) -> None:
+    """If a file's size or mtime changed between the walk and the open, build reports it."""
+    p = tmp_path / "f"
+    p.write_bytes(b"before")
+    st = p.lstat()
+    p.write_bytes(b"after, longer")
+    assert hash_for_build([(str(p), st)], workers=1)[0].problem == "unstable"
 
 
 def test_secret_key_content_is_flagged(tmp_path: Path) -> None:
@@ -92,11 +133,11 @@ def test_secret_key_content_is_flagged(tmp_path: Path) -> None:
     from duri_integrity.keys import generate_keypair
 
     generate_keypair(str(tmp_path / "k.key"), str(tmp_path / "k.pub"))
-    assert hash_one(_job(tmp_path / "k.key")).secret_key
-    assert not hash_one(_job(tmp_path / "k.pub")).secret_key
+    res = hash_for_build([(str(tmp_path / n), (tmp_path / n).lstat()) for n in ("k.key", "k.pub")], workers=1)
+    assert [r.secret_key for r in res] == [True, False]
 
 
-def test_invalid_worker_count(tmp_path: Path) -> None:
+def test_invalid_worker_count() -> None:
     """A worker count below one is a programming error."""
     with pytest.raises(ValueError, match="workers"):
-        hash_files([], workers=0)
+        check_files([], workers=-1)
