@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import os
 import stat
 import time
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
     import minisign
 
 __all__ = [
+    "PublicKey",
     "SignatureInfo",
     "TrustedKeys",
     "format_key_id",
@@ -27,6 +29,7 @@ __all__ = [
     "load_public_key",
     "load_secret_key",
     "load_trusted_keys",
+    "parse_public_key",
     "parse_trusted_comment",
     "sign_bytes",
     "verify_signature",
@@ -46,17 +49,24 @@ class SignatureInfo(NamedTuple):
     trusted_comment: str
 
 
+class PublicKey(NamedTuple):
+    """A minisign public key: 8-byte key id and 32-byte Ed25519 key."""
+
+    key_id: bytes
+    key: bytes
+
+
 class TrustedKeys:
     """Trusted public keys by key id."""
 
-    def __init__(self, keys: Mapping[bytes, minisign.PublicKey], sources: Mapping[bytes, str]) -> None:
+    def __init__(self, keys: Mapping[bytes, PublicKey], sources: Mapping[bytes, str]) -> None:
         self._keys = dict(keys)
         self.sources = dict(sources)
 
     def __len__(self) -> int:
         return len(self._keys)
 
-    def get(self, key_id: bytes) -> minisign.PublicKey | None:
+    def get(self, key_id: bytes) -> PublicKey | None:
         return self._keys.get(key_id)
 
     @property
@@ -75,32 +85,44 @@ def _read_small(path: str, limit: int, what: str) -> bytes:
     return data
 
 
-def _public_key_id(line: bytes | str) -> bytes:
-    raw = base64.b64decode(line, validate=True)
-    return raw[2:10]
-
-
-def load_public_key(source: str) -> tuple[bytes, minisign.PublicKey]:
-    """Load a public key from a ``.pub`` file, or from its base64 line given inline."""
-    import minisign
-
-    inline = not os.path.exists(source) and source.startswith("RW") and len(source) == 56
+def _b64(line: bytes | str, length: int, what: str) -> bytes:
     try:
-        if inline:
-            pk = minisign.PublicKey.from_base64(source)
-            key_id = _public_key_id(source)
-        else:
-            data = _read_small(source, _MAX_KEY_FILE, "public key")
-            pk = minisign.PublicKey.from_bytes(data)
-            key_id = _public_key_id(data.splitlines()[1].strip())
-    except (minisign.Error, binascii.Error, ValueError, IndexError) as exc:
+        raw = base64.b64decode(line, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError(f"{what} is not valid base64") from None
+    if len(raw) != length:
+        raise ValueError(f"{what} has the wrong length")
+    return raw
+
+
+def parse_public_key(text: bytes | str) -> PublicKey:
+    """Parse a minisign public key: the two-line file, or its base64 line alone."""
+    lines = text.splitlines() if isinstance(text, bytes) else text.encode().splitlines()
+    if len(lines) == 2:
+        if not lines[0].startswith(b"untrusted comment: "):
+            raise ValueError("the first line is not an 'untrusted comment:' line")
+        lines = lines[1:]
+    if len(lines) != 1:
+        raise ValueError("a public key has two lines")
+    raw = _b64(lines[0].strip(), 42, "the key")
+    if raw[:2] != b"Ed":
+        raise ValueError("not an Ed25519 minisign key")
+    return PublicKey(raw[2:10], raw[10:])
+
+
+def load_public_key(source: str) -> PublicKey:
+    """Load a public key from a ``.pub`` file, or from its base64 line given inline."""
+    inline = not os.path.exists(source) and source.startswith("RW") and len(source) == 56
+    data = source.encode() if inline else _read_small(source, _MAX_KEY_FILE, "public key")
+    try:
+        return parse_public_key(data)
+    except ValueError as exc:
         raise KeyFileError(f"not a minisign public key: {source!r} ({exc})") from None
-    return key_id, pk
 
 
 def load_trusted_keys(sources: Iterable[str]) -> TrustedKeys:
     """Load keys from files, inline base64 keys, or directories of ``*.pub`` files."""
-    keys: dict[bytes, minisign.PublicKey] = {}
+    keys: dict[bytes, PublicKey] = {}
     where: dict[bytes, str] = {}
     for src in sources:
         if os.path.isdir(src):
@@ -112,9 +134,9 @@ def load_trusted_keys(sources: Iterable[str]) -> TrustedKeys:
         else:
             files = [src]
         for f in files:
-            kid, pk = load_public_key(f)
-            keys[kid] = pk
-            where[kid] = f
+            pk = load_public_key(f)
+            keys[pk.key_id] = pk
+            where[pk.key_id] = f
     return TrustedKeys(keys, where)
 
 
@@ -179,7 +201,7 @@ def generate_keypair(
     try:
         if password:
             sk.encrypt(password)
-        key_id = _public_key_id(pk.to_base64())
+        key_id = parse_public_key(pk.to_base64()).key_id
         sk.untrusted_comment = f"minisign secret key {format_key_id(key_id)}"
         pk.untrusted_comment = f"minisign public key {format_key_id(key_id)}"
         _write_new(secret_key_path, bytes(sk) + b"\n", 0o600, force)
@@ -206,29 +228,47 @@ def sign_bytes(data: bytes, secret_key: minisign.SecretKey, trusted_comment: str
 
 
 def verify_signature(data: bytes, signature: bytes, trusted: TrustedKeys) -> SignatureInfo:
-    """Check a minisign signature over exactly ``data`` against the trusted keys."""
-    import minisign
+    """Check a minisign signature over exactly ``data`` against the trusted keys.
 
+    Parsed here rather than with py-minisign: this runs in every ``verify``
+    process, and importing py-minisign (serialization, scrypt) costs about
+    30 ms of start-up that Ed25519 verification alone does not need.
+    """
     if len(signature) > _MAX_SIG_FILE:
         raise SignatureError("signature file is too large to be a minisign signature")
+    lines = signature.splitlines()
     try:
-        sig = minisign.Signature.from_bytes(signature)
-        key_id = base64.b64decode(signature.splitlines()[1], validate=True)[2:10]
-    except (minisign.Error, binascii.Error, ValueError, IndexError) as exc:
+        if len(lines) != 4:
+            raise ValueError("a signature has four lines")
+        if not lines[0].startswith(b"untrusted comment: ") or not lines[2].startswith(b"trusted comment: "):
+            raise ValueError("comment lines are missing")
+        sig = _b64(lines[1], 74, "the signature")
+        global_sig = _b64(lines[3], 64, "the global signature")
+        trusted_comment = lines[2][len(b"trusted comment: ") :].decode("utf-8")
+    except (ValueError, UnicodeDecodeError) as exc:
         raise SignatureError(f"malformed signature ({exc})") from None
+    algorithm, key_id, sig_bytes = sig[:2], sig[2:10], sig[10:]
+    if algorithm not in (b"ED", b"Ed"):
+        raise SignatureError(f"malformed signature (unknown algorithm {algorithm!r})")
     pk = trusted.get(key_id)
     if pk is None:
         raise SignatureError(
             f"signed by key {format_key_id(key_id)}, which is not a trusted key "
             f"(trusted: {', '.join(trusted.key_ids) or 'none'})"
         )
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    message = hashlib.blake2b(data).digest() if algorithm == b"ED" else data
     try:
-        pk.verify(data, sig)
-    except minisign.Error:
+        verifier = Ed25519PublicKey.from_public_bytes(pk.key)
+        verifier.verify(sig_bytes, message)
+        verifier.verify(global_sig, sig_bytes + lines[2][len(b"trusted comment: ") :])
+    except (InvalidSignature, ValueError):
         raise SignatureError(
             f"signature by key {format_key_id(key_id)} does not match the manifest or its trusted comment"
         ) from None
-    return SignatureInfo(format_key_id(key_id), sig.trusted_comment)
+    return SignatureInfo(format_key_id(key_id), trusted_comment)
 
 
 def make_trusted_comment(file_name: str, release: str, serial: int, root_digest: str) -> str:

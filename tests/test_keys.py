@@ -82,9 +82,7 @@ def test_malformed_signature(keys: Keys, sig: bytes) -> None:
 def test_public_key_inline_and_directory(keys: Keys, tmp_path: Path) -> None:
     """Keys load from a file, from the inline base64 line, and from a directory of .pub files."""
     line = keys.public.read_text().splitlines()[1]
-    kid, _ = load_public_key(line)
-    kid2, _ = load_public_key(str(keys.public))
-    assert kid == kid2
+    assert load_public_key(line) == load_public_key(str(keys.public))
     other = new_keys(tmp_path / "keys", "second")
     ring = load_trusted_keys([str(tmp_path / "keys")])
     assert sorted(ring.key_ids) == sorted([keys.key_id, other.key_id])
@@ -126,3 +124,14 @@ def test_encrypted_secret_key(tmp_path: Path) -> None:
     key = load_secret_key(str(sk), "correct horse")
     sig = sign_bytes(b"d", key, "c")
     verify_signature(b"d", sig, load_trusted_keys([str(pk)]))
+
+
+@pytest.mark.parametrize("prehash", [True, False])
+def test_signatures_from_py_minisign_verify(keys: Keys, prehash: bool) -> None:
+    """Signatures made by py-minisign, prehashed (ED) or legacy (Ed), verify with our parser."""
+    sk = load_secret_key(str(keys.secret))
+    sig = sk.sign(b"content", prehash=prehash, trusted_comment="t")
+    info = verify_signature(b"content", bytes(sig), load_trusted_keys([str(keys.public)]))
+    assert info.trusted_comment == "t"
+    with pytest.raises(SignatureError):
+        verify_signature(b"content!", bytes(sig), load_trusted_keys([str(keys.public)]))
