@@ -1,0 +1,215 @@
+"""Side-by-side timing: duri-integrity vs b3sum --check vs sha256sum -c on the same tree.
+
+One run, interleaved rounds (each round runs every command once, in a shuffled
+order), medians and ratios to b3sum. Whole-process timings use a clean virtual
+environment with the project installed, so they measure this tool rather than
+whatever the developer's interpreter imports at start-up.
+
+    python benchmarks/compare.py [--rounds 15] [--files 3000] [--cold] [--markdown FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+PROJECT = HERE.parent
+sys.path.insert(0, str(HERE))
+
+from treegen import CACHE, make_tree, tree_stats  # noqa: E402
+
+
+def ensure_tool(name: str, package: str) -> str:
+    path = shutil.which(name)
+    if path:
+        return path
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        print(f"installing {package} ...", file=sys.stderr)
+        subprocess.run(["apt-get", "install", "-y", "-qq", package], check=False, capture_output=True)
+        if not shutil.which(name):
+            subprocess.run(["apt-get", "update", "-qq"], check=False, capture_output=True)
+            subprocess.run(["apt-get", "install", "-y", "-qq", package], check=True, capture_output=True)
+    path = shutil.which(name)
+    if not path:
+        sys.exit(f"{name} is not installed and could not be installed (apt-get install {package})")
+    return path
+
+
+def bench_venv() -> Path:
+    """A clean venv with the project installed (rebuilt when the package sources change)."""
+    venv = CACHE / "venv"
+    stamp = venv / ".source-stamp"
+    sources = sorted((PROJECT / "duri_integrity").glob("*.py")) + [PROJECT / "pyproject.toml"]
+    digest = str(max(p.stat().st_mtime_ns for p in sources))
+    if stamp.exists() and stamp.read_text() == digest:
+        return venv
+    if not (venv / "bin" / "python").exists():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--force-reinstall", "--no-deps", str(PROJECT)],
+                   check=True)
+    subprocess.run([str(venv / "bin" / "pip"), "install", "-q", str(PROJECT)], check=True)
+    stamp.write_text(digest)
+    return venv
+
+
+def can_drop_caches() -> bool:
+    try:
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+        return True
+    except OSError:
+        return False
+
+
+def drop_caches() -> None:
+    os.sync()
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("3\n")
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return (f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB, Linux {platform.release()}, "
+            f"Python {platform.python_version()}")
+
+
+def timed(cmd: list[str], cwd: Path | None = None, expect: int = 0) -> float:
+    t = time.perf_counter()
+    r = subprocess.run(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)
+    dt = time.perf_counter() - t
+    if r.returncode != expect:
+        sys.exit(f"{' '.join(cmd)} exited {r.returncode}: {r.stderr.decode()[-500:]}")
+    return dt
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--files", type=int, default=3000)
+    ap.add_argument("--cold", action="store_true", help="also time with the page cache dropped (root only)")
+    ap.add_argument("--cold-rounds", type=int, default=5)
+    ap.add_argument("--markdown", type=Path, help="write the results table here as Markdown")
+    ap.add_argument("--json", type=Path, help="write raw results here")
+    args = ap.parse_args()
+
+    b3sum = ensure_tool("b3sum", "b3sum")
+    sha256sum = ensure_tool("sha256sum", "coreutils")
+    venv = bench_venv()
+    cli = str(venv / "bin" / "duri-integrity")
+    vpy = str(venv / "bin" / "python")
+
+    tree = make_tree(args.files, libs=12 if args.files >= 1000 else 2)
+    count, total = tree_stats(tree)
+    work = CACHE / f"work-{tree.name}"
+    work.mkdir(parents=True, exist_ok=True)
+    sk, pk = work / "bench.key", work / "bench.pub"
+    if not sk.exists():
+        subprocess.run([cli, "keygen", "-s", str(sk), "-p", str(pk), "--force"], check=True, capture_output=True)
+    manifest = work / "MANIFEST.json"
+    subprocess.run([cli, "build", str(tree), "-m", str(manifest), "-s", str(sk)], check=True, capture_output=True)
+    rel_files = sorted(str(p.relative_to(tree)) for p in tree.rglob("*") if p.is_file() and not p.is_symlink())
+    (work / "files.txt").write_text("\n".join(rel_files) + "\n")
+    b3_list, sha_list = work / "b3.txt", work / "sha256.txt"
+    b3_list.write_bytes(subprocess.run([b3sum, *rel_files], cwd=tree, check=True, capture_output=True).stdout)
+    sha_list.write_bytes(subprocess.run([sha256sum, *rel_files], cwd=tree, check=True, capture_output=True).stdout)
+    build_out = work / "rebuilt.json"
+
+    verify_cmd = [cli, "verify", str(tree), "-m", str(manifest), "-p", str(pk), "-q"]
+    commands: dict[str, Callable[[], float]] = {
+        "duri-integrity verify (process)": lambda: timed(verify_cmd),
+        "b3sum --quiet --check": lambda: timed([b3sum, "--quiet", "--check", str(b3_list)], cwd=tree),
+        "sha256sum --quiet -c": lambda: timed([sha256sum, "--quiet", "-c", str(sha_list)], cwd=tree),
+        "duri-integrity build + sign (process)": lambda: timed(
+            [cli, "build", str(tree), "-m", str(build_out), "-s", str(sk)]),
+        "b3sum FILES (hash only)": lambda: timed([b3sum, *rel_files], cwd=tree),
+        "python -c pass (interpreter start)": lambda: timed([vpy, "-c", "pass"]),
+    }
+    inproc = (
+        "import sys, time, json\n"
+        "from duri_integrity import verify_integrity\n"
+        "rounds = int(sys.argv[1]); xs = []\n"
+        "for _ in range(rounds + 2):\n"
+        "    t = time.perf_counter()\n"
+        f"    r = verify_integrity({str(tree)!r}, manifest={str(manifest)!r}, public_keys={str(pk)!r},"
+        " use_config_file=False)\n"
+        "    xs.append(time.perf_counter() - t)\n"
+        "    assert r.status == 'VERIFIED', r.summary\n"
+        "print(json.dumps(xs[2:]))\n"
+    )
+    results: dict[str, list[float]] = {name: [] for name in commands}
+    results["duri-integrity verify (in-process)"] = []
+    for name in commands:  # warm the page cache and the venv's .pyc files
+        commands[name]()
+    for _ in range(args.rounds):
+        order = list(commands)
+        random.shuffle(order)
+        for name in order:
+            results[name].append(commands[name]())
+        # In-process: a fresh interpreter runs several verifications; its later runs are warm.
+        out = subprocess.run([vpy, "-c", inproc, "3"], check=True, capture_output=True, text=True).stdout
+        results["duri-integrity verify (in-process)"].extend(json.loads(out))
+
+    cold: dict[str, list[float]] = {}
+    if args.cold:
+        if not can_drop_caches():
+            print("cold cache: skipped (cannot write /proc/sys/vm/drop_caches here)", file=sys.stderr)
+        else:
+            cold_cmds = {
+                "duri-integrity verify (process), cold": lambda: timed(verify_cmd),
+                "duri-integrity verify --workers 8, cold": lambda: timed([*verify_cmd, "--workers", "8"]),
+                "b3sum --quiet --check, cold": commands["b3sum --quiet --check"],
+            }
+            cold = {k: [] for k in cold_cmds}
+            for _ in range(args.cold_rounds):
+                for name in random.sample(list(cold_cmds), len(cold_cmds)):
+                    drop_caches()
+                    cold[name].append(cold_cmds[name]())
+
+    ref = statistics.median(results["b3sum --quiet --check"])
+    ref_hash = statistics.median(results["b3sum FILES (hash only)"])
+    rows = []
+    for name, xs in list(results.items()) + list(cold.items()):
+        med = statistics.median(xs)
+        if name.endswith(", cold"):
+            base = statistics.median(cold["b3sum --quiet --check, cold"])
+            ratio = f"{med / base:.2f}x b3sum --check cold"
+        elif name.startswith("duri-integrity build"):
+            ratio = f"{med / ref_hash:.2f}x b3sum FILES"
+        else:
+            ratio = f"{med / ref:.2f}x b3sum --check"
+        rows.append((name, med * 1000, min(xs) * 1000, len(xs), ratio))
+    header = (f"Tree: {count:,} files, {total / 1e6:.1f} MB (benchmarks/treegen.py, seeded). "
+              f"Machine: {machine()}. {time.strftime('%Y-%m-%d')}.")
+    print(header)
+    print(f"{'command':44s} {'median ms':>10s} {'min ms':>8s} {'runs':>5s}  ratio")
+    for name, med, mn, n, ratio in rows:
+        print(f"{name:44s} {med:10.1f} {mn:8.1f} {n:5d}  {ratio}")
+    if args.markdown:
+        lines = [header, "", "| command | median | min | runs | ratio |", "|---|---:|---:|---:|---|"]
+        lines += [f"| {n} | {m:.1f} ms | {mn:.1f} ms | {k} | {r} |" for n, m, mn, k, r in rows]
+        args.markdown.write_text("\n".join(lines) + "\n")
+    if args.json:
+        args.json.write_text(json.dumps({"header": header, "results": results, "cold": cold}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
