@@ -50,14 +50,15 @@ def bench_venv() -> Path:
     """A clean venv with the project installed (rebuilt when the package sources change)."""
     venv = CACHE / "venv"
     stamp = venv / ".source-stamp"
-    sources = sorted((PROJECT / "duri_integrity").glob("*.py")) + [PROJECT / "pyproject.toml"]
+    sources = [*sorted((PROJECT / "duri_integrity").glob("*.py")), PROJECT / "pyproject.toml"]
     digest = str(max(p.stat().st_mtime_ns for p in sources))
     if stamp.exists() and stamp.read_text() == digest:
         return venv
     if not (venv / "bin" / "python").exists():
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--force-reinstall", "--no-deps", str(PROJECT)],
-                   check=True)
+    subprocess.run(
+        [str(venv / "bin" / "pip"), "install", "-q", "--force-reinstall", "--no-deps", str(PROJECT)], check=True
+    )
     subprocess.run([str(venv / "bin" / "pip"), "install", "-q", str(PROJECT)], check=True)
     stamp.write_text(digest)
     return venv
@@ -88,8 +89,9 @@ def machine() -> str:
     except OSError:
         pass
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return (f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB, Linux {platform.release()}, "
-            f"Python {platform.python_version()}")
+    return (
+        f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB, Linux {platform.release()}, Python {platform.python_version()}"
+    )
 
 
 def timed(cmd: list[str], cwd: Path | None = None, expect: int = 0) -> float:
@@ -139,7 +141,8 @@ def main() -> None:
         "b3sum --quiet --check": lambda: timed([b3sum, "--quiet", "--check", str(b3_list)], cwd=tree),
         "sha256sum --quiet -c": lambda: timed([sha256sum, "--quiet", "-c", str(sha_list)], cwd=tree),
         "duri-integrity build + sign (process)": lambda: timed(
-            [cli, "build", str(tree), "-m", str(build_out), "-s", str(sk)]),
+            [cli, "build", str(tree), "-m", str(build_out), "-s", str(sk)]
+        ),
         "b3sum FILES (hash only)": lambda: timed([b3sum, *rel_files], cwd=tree),
         "python -c pass (interpreter start)": lambda: timed([vpy, "-c", "pass"]),
     }
@@ -157,8 +160,8 @@ def main() -> None:
     )
     results: dict[str, list[float]] = {name: [] for name in commands}
     results["duri-integrity verify (in-process)"] = []
-    for name in commands:  # warm the page cache and the venv's .pyc files
-        commands[name]()
+    for run in commands.values():  # warm the page cache and the venv's .pyc files
+        run()
     for _ in range(args.rounds):
         order = list(commands)
         random.shuffle(order)
@@ -197,8 +200,10 @@ def main() -> None:
         else:
             ratio = f"{med / ref:.2f}x b3sum --check"
         rows.append((name, med * 1000, min(xs) * 1000, len(xs), ratio))
-    header = (f"Tree: {count:,} files, {total / 1e6:.1f} MB (benchmarks/treegen.py, seeded). "
-              f"Machine: {machine()}. {time.strftime('%Y-%m-%d')}.")
+    header = (
+        f"Tree: {count:,} files, {total / 1e6:.1f} MB (benchmarks/treegen.py, seeded). "
+        f"Machine: {machine()}. {time.strftime('%Y-%m-%d')}."
+    )
     print(header)
     print(f"{'command':44s} {'median ms':>10s} {'min ms':>8s} {'runs':>5s}  ratio")
     for name, med, mn, n, ratio in rows:

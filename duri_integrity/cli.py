@@ -223,6 +223,8 @@ def render_report(report: Report, *, quiet: bool, echo: Callable[..., None] = cl
         if report.status != "VERIFIED":
             echo(status_line, err=True)
         return
+    for note in report.notes:
+        echo(f"note: {note}", err=True)
     for p in report.problems[:MAX_LISTED_PROBLEMS]:
         detail = ""
         if p.expected is not None or p.actual is not None:
@@ -249,6 +251,12 @@ def render_report(report: Report, *, quiet: bool, echo: Callable[..., None] = cl
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the full report as JSON on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing when verified; only the summary otherwise.")
+@click.option(
+    "--quick",
+    is_flag=True,
+    help="Re-hash only files whose stat changed since the last verified quick run (trusts timestamps).",
+)
+@click.option("--cache-dir", type=click.Path(file_okay=False), help="Where quick mode keeps its snapshots.")
 @_workers_option
 def verify(
     root: str | None,
@@ -257,6 +265,8 @@ def verify(
     public_key: tuple[str, ...],
     as_json: bool,
     quiet: bool,
+    quick: bool,
+    cache_dir: str | None,
     workers: int | None,
 ) -> None:
     """Verify ROOT against its signed manifest.
@@ -267,7 +277,13 @@ def verify(
     from .verify import verify_integrity
 
     report = verify_integrity(
-        root, manifest=manifest, signature=signature, public_keys=list(public_key) or None, workers=workers
+        root,
+        manifest=manifest,
+        signature=signature,
+        public_keys=list(public_key) or None,
+        workers=workers,
+        quick=quick,
+        cache_dir=cache_dir,
     )
     if as_json:
         click.echo(report.to_json())

@@ -34,9 +34,10 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     exclude: list[str] | None = None
     workers: int | None = None
     release: str | None = None
+    cache_dir: str | None = None
 
 
-_PATH_KEYS = ("root", "manifest", "signature", "secret_key")
+_PATH_KEYS = ("root", "manifest", "signature", "secret_key", "cache_dir")
 _ENV_KEYS = {
     "root": "ROOT",
     "manifest": "MANIFEST",
@@ -45,6 +46,7 @@ _ENV_KEYS = {
     "secret_key": "SECRET_KEY",
     "workers": "WORKERS",
     "release": "RELEASE",
+    "cache_dir": "CACHE_DIR",
 }
 
 

@@ -101,9 +101,7 @@ def _hash_chunks(fd: int, size: int, buf: bytearray) -> tuple[str | None, int]:
     return hasher.hexdigest(), total
 
 
-def _check_batch(
-    jobs: Sequence[FileCheck], batch: list[int], buf: bytearray, out: list[Problem]
-) -> None:
+def _check_batch(jobs: Sequence[FileCheck], batch: list[int], buf: bytearray, out: list[Problem]) -> None:
     """Check a batch of files. The loop is written flat, with local names, because it is
     the innermost loop of verification: each file costs four syscalls and little else."""
     os_open, os_fstat, os_read, os_close = os.open, os.fstat, os.read, os.close

@@ -17,6 +17,7 @@ __all__ = [
     "PROBLEM_KINDS",
     "RECOMMENDATIONS",
     "ManifestInfo",
+    "Mode",
     "Problem",
     "Report",
     "Status",
@@ -24,6 +25,7 @@ __all__ = [
 ]
 
 Status = Literal["VERIFIED", "FAILED", "UNTRUSTED", "ERROR"]
+Mode = Literal["full", "quick"]
 PROBLEM_KINDS = (
     "modified",
     "missing",
@@ -70,7 +72,10 @@ class Report(msgspec.Struct, kw_only=True):
     reason: str | None
     """Why the manifest was not trusted or the check could not run (None otherwise)."""
     root: str
-    mode: Literal["full", "quick"]
+    mode: Mode
+    """Either "quick" (a stat snapshot let unchanged files go unhashed) or "full"."""
+    notes: list[str]
+    """Things worth knowing that are not problems (for example why quick mode hashed everything)."""
     manifest: ManifestInfo | None
     counts: dict[str, int]
     problems: list[Problem]
@@ -122,12 +127,14 @@ def make_report(
     *,
     status: Status,
     root: str,
-    mode: Literal["full", "quick"] = "full",
+    mode: Mode = "full",
     reason: str | None = None,
     manifest: ManifestInfo | None = None,
     problems: list[Problem] | None = None,
     checked: int = 0,
     files: int = 0,
+    hashed: int = 0,
+    notes: list[str] | None = None,
     elapsed: float = 0.0,
     checked_at: str = "",
     tool_version: str = "",
@@ -139,6 +146,7 @@ def make_report(
         "entries": manifest.entries if manifest else 0,
         "checked": checked,
         "files": files,
+        "hashed": hashed,
         "problems": len(problems),
     }
     counts.update({k: by_kind.get(k, 0) for k in PROBLEM_KINDS})
@@ -166,6 +174,7 @@ def make_report(
         reason=reason,
         root=root,
         mode=mode,
+        notes=list(notes or ()),
         manifest=manifest,
         counts=counts,
         problems=problems,

@@ -22,7 +22,8 @@ from .errors import (
 from .exclude import Excluder
 from .hashing import FileCheck, check_files
 from .manifest import MAX_MANIFEST_BYTES, Entry, File, Manifest, Symlink, decode_manifest_keys, display
-from .report import ManifestInfo, Problem, Report, Status, make_report
+from .report import ManifestInfo, Mode, Problem, Report, Status, make_report
+from .snapshot import Snapshot, StatKey, default_cache_dir, load_snapshot, save_snapshot, snapshot_key
 from .walk import KIND_BY_FMT, check_root, inside_root, walk_tree
 
 __all__ = ["ensure_integrity", "verify_integrity"]
@@ -93,18 +94,39 @@ def _load_verified_manifest(settings: Settings, root_real: str) -> tuple[Manifes
     return m, keys, minfo, manifest_path, sig_path
 
 
+class _Outcome:
+    """What comparing the tree with the manifest found."""
+
+    def __init__(self) -> None:
+        self.problems: list[Problem] = []
+        self.checked = 0
+        self.files = 0
+        self.hashed = 0
+        self.file_stats: dict[str, StatKey] = {}
+        """Quick mode: the lstat of every regular file, for the next snapshot."""
+
+
 def _compare(
-    m: Manifest, keys: list[str], root_real: str, skip: set[str], workers: int | None
-) -> tuple[list[Problem], int, int]:
-    """Walk the tree and compare it with the manifest; return problems, entries checked, files."""
-    walked = walk_tree(root_real, Excluder(m.exclude), skip)
+    m: Manifest,
+    keys: list[str],
+    root_real: str,
+    skip: set[str],
+    workers: int | None,
+    snapshot: Snapshot | None,
+    quick: bool,
+) -> _Outcome:
+    """Walk the tree and compare it with the manifest, hashing what must be hashed."""
+    out = _Outcome()
+    problems = out.problems
+    walked = walk_tree(root_real, Excluder(m.exclude), skip, stat_files=quick)
     expected: dict[str, Entry] = dict(zip(keys, m.entries, strict=True))
-    problems: list[Problem] = [Problem(path=display(p), kind="unreadable", actual=msg) for p, msg in walked.errors]
+    problems.extend(Problem(path=display(p), kind="unreadable", actual=msg) for p, msg in walked.errors)
     prefix = root_real.rstrip("/") + "/"
     jobs: list[FileCheck] = []
     job_paths: list[str] = []
     pop = expected.pop
     added = 0
+    # Regular files known from the directory entry alone (full mode): the hasher does the rest.
     for rel, ino in walked.files:
         e = pop(rel, None)
         if type(e) is File:
@@ -115,6 +137,7 @@ def _compare(
             added += 1
         else:
             problems.append(Problem(path=display(rel), kind="type_changed", expected=e.kind, actual="file"))
+    file_stats = out.file_stats
     for rel, st in walked.others:
         e = pop(rel, None)
         mode = st.st_mode
@@ -131,7 +154,20 @@ def _compare(
             problems.append(
                 Problem(path=display(rel), kind="mode_changed", expected=f"{e.mode:04o}", actual=f"{perm:04o}")
             )
-        if type(e) is Symlink:
+        if type(e) is File:  # quick mode: regular files come with their lstat
+            out.files += 1
+            if st.st_size != e.size:
+                problems.append(
+                    Problem(path=display(rel), kind="modified", expected=f"size {e.size}", actual=f"size {st.st_size}")
+                )
+                continue
+            file_stats[snapshot_key(rel)] = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+            if snapshot is not None and snapshot.trusted(rel, st):
+                continue
+            # The mode was compared above; hand the hasher the mode seen so it is not reported twice.
+            jobs.append(FileCheck(prefix + rel, st.st_ino, e.size, perm, e.blake3))
+            job_paths.append(rel)
+        elif type(e) is Symlink:
             try:
                 target = os.readlink(prefix + rel)
             except OSError as exc:
@@ -144,12 +180,13 @@ def _compare(
                         path=display(rel), kind="symlink_changed", expected=_describe_target(e), actual=display(target)
                     )
                 )
-    checked = len(walked.files) + len(walked.others) - added
-    for rel, e in expected.items():
-        problems.append(Problem(path=display(rel), kind="missing", expected=e.kind))
+    out.checked = len(walked.files) + len(walked.others) - added
+    out.files += len(walked.files)
+    problems.extend(Problem(path=display(rel), kind="missing", expected=e.kind) for rel, e in expected.items())
     for i, what, expected_value, got in check_files(jobs, workers):
         problems.append(Problem(path=display(job_paths[i]), kind=what, expected=expected_value, actual=got))
-    return problems, checked, len(walked.files)
+    out.hashed = len(jobs)
+    return out
 
 
 def verify_integrity(
@@ -159,6 +196,8 @@ def verify_integrity(
     signature: str | os.PathLike[str] | None = None,
     public_keys: str | Sequence[str] | None = None,
     workers: int | None = None,
+    quick: bool = False,
+    cache_dir: str | os.PathLike[str] | None = None,
     use_config_file: bool = True,
 ) -> Report:
     """Verify a tree against its signed manifest and return a complete :class:`Report`.
@@ -167,8 +206,13 @@ def verify_integrity(
     then the config file. Operational failures (missing manifest, bad signature,
     missing root, bad configuration) come back as a report with status
     UNTRUSTED or ERROR; only invalid arguments raise.
+
+    ``quick=True`` re-hashes only files whose stat changed since the last
+    verified run (see :mod:`duri_integrity.snapshot`); it is weaker than a full
+    check because it trusts file timestamps, and the report says which mode ran.
     """
     t0 = time.perf_counter()
+    started_ns = time.time_ns()
     checked_at = datetime.now(tz=UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
     if workers is not None and (not isinstance(workers, int) or not 1 <= workers <= 256):
         raise ValueError("workers must be an integer between 1 and 256")
@@ -180,25 +224,29 @@ def verify_integrity(
         signature=os.fspath(signature) if signature is not None else None,
         public_key=[os.fspath(k) for k in public_keys] if public_keys is not None else None,
         workers=workers,
+        cache_dir=os.fspath(cache_dir) if cache_dir is not None else None,
     )
     root_shown = os.fspath(root) if root is not None else "."
+    notes: list[str] = []
 
     def finish(
         status: Status,
         reason: str | None = None,
-        manifest: ManifestInfo | None = None,
-        problems: list[Problem] | None = None,
-        checked: int = 0,
-        files: int = 0,
+        minfo: ManifestInfo | None = None,
+        outcome: _Outcome | None = None,
+        mode: Mode = "full",
     ) -> Report:
         return make_report(
             status=status,
             root=root_shown,
             reason=reason,
-            manifest=manifest,
-            problems=problems,
-            checked=checked,
-            files=files,
+            mode=mode,
+            manifest=minfo,
+            problems=outcome.problems if outcome else None,
+            checked=outcome.checked if outcome else 0,
+            files=outcome.files if outcome else 0,
+            hashed=outcome.hashed if outcome else 0,
+            notes=notes,
             elapsed=time.perf_counter() - t0,
             checked_at=checked_at,
             tool_version=__version__,
@@ -210,15 +258,28 @@ def verify_integrity(
         root_real = check_root(root_shown)
         m, keys, minfo, manifest_path, sig_path = _load_verified_manifest(settings, root_real)
         skip = {r for p in (manifest_path, sig_path) if (r := inside_root(root_real, p)) not in (None, ".")}
-        problems, checked, files = _compare(m, keys, root_real, skip, settings.workers)
+        snapshot = None
+        cache = settings.cache_dir or default_cache_dir()
+        if quick:
+            snapshot, note = load_snapshot(cache, root_real, m.root_digest)
+            if note:
+                notes.append(note)
+        outcome = _compare(m, keys, root_real, skip, settings.workers, snapshot, quick)
     except _Untrusted as exc:
         return finish("UNTRUSTED", str(exc))
     except (ConfigError, KeyFileError, TreeError) as exc:
         return finish("ERROR", str(exc))
     except IntegrityError as exc:
         return finish("ERROR", str(exc))
-    status: Status = "FAILED" if problems else "VERIFIED"
-    return finish(status, None, minfo, problems, checked, files)
+    if outcome.problems:
+        return finish("FAILED", None, minfo, outcome, "quick" if snapshot else "full")
+    if quick and outcome.hashed:
+        # Every file now checks out: remember their stat so the next quick run can skip them.
+        fresh = Snapshot(root=root_real, root_digest=m.root_digest, taken_ns=started_ns, files=outcome.file_stats)
+        note = save_snapshot(cache, fresh)
+        if note:
+            notes.append(note)
+    return finish("VERIFIED", None, minfo, outcome, "quick" if snapshot else "full")
 
 
 def ensure_integrity(
@@ -228,6 +289,8 @@ def ensure_integrity(
     signature: str | os.PathLike[str] | None = None,
     public_keys: str | Sequence[str] | None = None,
     workers: int | None = None,
+    quick: bool = False,
+    cache_dir: str | os.PathLike[str] | None = None,
     use_config_file: bool = True,
 ) -> Report:
     """Like :func:`verify_integrity`, but raise NotVerifiedError unless the tree is VERIFIED."""
@@ -237,6 +300,8 @@ def ensure_integrity(
         signature=signature,
         public_keys=public_keys,
         workers=workers,
+        quick=quick,
+        cache_dir=cache_dir,
         use_config_file=use_config_file,
     )
     if not report.integrity_verified:

@@ -1,0 +1,175 @@
+"""The stat snapshot behind quick mode.
+
+After a verification that found the tree intact, the (device, inode, size,
+mtime, ctime) of every regular file is kept in a cache file outside the tree,
+tied to the manifest's root digest. A quick run re-hashes only files whose stat
+differs, or whose timestamps were too close to the snapshot to be trusted (the
+"racily clean" case: a write in the same timestamp tick as the snapshot would
+leave mtime unchanged).
+
+The snapshot is authenticated with a keyed BLAKE3 MAC (the key lives beside it,
+mode 0600), so a corrupted or edited snapshot is ignored with a note and the
+run falls back to hashing everything. Quick mode trusts the filesystem's
+timestamps: it is weaker than a full check against anyone who can set ctime
+(root, or raw access to the disk).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import os
+import stat
+import time
+
+import msgspec
+from blake3 import blake3
+
+__all__ = [
+    "RACY_NS",
+    "Snapshot",
+    "default_cache_dir",
+    "load_snapshot",
+    "save_snapshot",
+    "snapshot_key",
+    "snapshot_path",
+]
+
+RACY_NS = 2_000_000_000
+"""Files changed less than this long before the snapshot are re-hashed (coarse timestamps)."""
+_FORMAT = "duri-integrity-snapshot/1"
+_MAX_BYTES = 256 << 20
+StatKey = tuple[int, int, int, int, int]
+"""(st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns)."""
+
+
+class Snapshot(msgspec.Struct, kw_only=True):
+    format: str = _FORMAT
+    root: str
+    root_digest: str
+    taken_ns: int
+    """Wall-clock time (ns) when the verification that produced it started."""
+    files: dict[str, tuple[int, int, int, int, int]]
+
+    def trusted(self, rel: str, st: os.stat_result) -> bool:
+        """True if the file's stat is unchanged and old enough to rule out a same-tick write."""
+        known = self.files.get(rel)
+        if known is None:
+            known = self.files.get(snapshot_key(rel)) if not rel.isascii() else None
+            if known is None:
+                return False
+        if known != (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns):
+            return False
+        return max(st.st_mtime_ns, st.st_ctime_ns) < self.taken_ns - RACY_NS
+
+
+def snapshot_key(rel: str) -> str:
+    """JSON-safe key for a walk path: itself, or NUL + hex bytes when not UTF-8 (NUL is never in a name)."""
+    try:
+        rel.encode("utf-8")
+        return rel
+    except UnicodeEncodeError:
+        return "\x00" + os.fsencode(rel).hex()
+
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(Snapshot)
+
+
+def default_cache_dir() -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "duri-integrity")
+
+
+def snapshot_path(cache_dir: str, root_real: str, root_digest: str) -> str:
+    name = blake3(f"{root_real}\x00{root_digest}".encode(errors="surrogateescape")).hexdigest()[:32]
+    return os.path.join(cache_dir, f"snapshot-{name}.json")
+
+
+def _key(cache_dir: str, create: bool) -> bytes | None:
+    path = os.path.join(cache_dir, "snapshot.key")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        if not create:
+            return None
+        key = os.urandom(32)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        except FileExistsError:
+            return _key(cache_dir, create=False)
+        try:
+            os.write(fd, key)
+        finally:
+            os.close(fd)
+        return key
+    try:
+        st = os.fstat(fd)
+        if st.st_uid != os.geteuid() or st.st_mode & 0o077:
+            return None
+        key = os.read(fd, 33)
+    finally:
+        os.close(fd)
+    return key if len(key) == 32 else None
+
+
+def _mac(key: bytes, body: bytes) -> bytes:
+    return blake3(body, key=key).hexdigest().encode()
+
+
+def load_snapshot(cache_dir: str, root_real: str, root_digest: str) -> tuple[Snapshot | None, str | None]:
+    """Return the snapshot for this root and manifest, or None with the reason it was not used."""
+    path = snapshot_path(cache_dir, root_real, root_digest)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return None, "no snapshot yet: every file was hashed"
+    except OSError as exc:
+        return None, f"snapshot {path} unreadable ({exc.strerror}): every file was hashed"
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+            return None, f"snapshot {path} ignored: not a private file of this user"
+        data = os.read(fd, _MAX_BYTES + 1)
+    finally:
+        os.close(fd)
+    key = _key(cache_dir, create=False)
+    mac, _, body = data.partition(b"\n")
+    if key is None or not hmac.compare_digest(mac, _mac(key, body)):
+        return None, f"snapshot {path} ignored: it does not check out (edited or corrupt)"
+    try:
+        snap = _decoder.decode(body)
+    except msgspec.MsgspecError:
+        return None, f"snapshot {path} ignored: unreadable contents"
+    if snap.format != _FORMAT or snap.root != root_real or snap.root_digest != root_digest:
+        return None, f"snapshot {path} ignored: it belongs to another tree or manifest"
+    return snap, None
+
+
+def save_snapshot(cache_dir: str, snapshot: Snapshot) -> str | None:
+    """Write the snapshot atomically; return a note if it could not be written (never raises)."""
+    path = snapshot_path(cache_dir, snapshot.root, snapshot.root_digest)
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        os.makedirs(cache_dir, mode=0o700, exist_ok=True)
+        key = _key(cache_dir, create=True)
+        if key is None:
+            return f"snapshot not saved: {cache_dir}/snapshot.key is not a private file of this user"
+        body = _encoder.encode(snapshot)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        try:
+            view = memoryview(_mac(key, body) + b"\n" + body)
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        return f"snapshot not saved in {cache_dir}: {exc.strerror or exc}"
+    return None
+
+
+def now_ns() -> int:
+    return time.time_ns()
