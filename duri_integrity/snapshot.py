@@ -51,6 +51,10 @@ class Snapshot(msgspec.Struct, kw_only=True):
     """Wall-clock time (ns) when the verification that produced it started."""
     files: dict[str, tuple[int, int, int, int, int]]
 
+    def settled_before(self) -> int:
+        """Files whose mtime and ctime are both before this (ns) cannot hide a same-tick write."""
+        return self.taken_ns - RACY_NS
+
     def trusted(self, rel: str, st: os.stat_result) -> bool:
         """True if the file's stat is unchanged and old enough to rule out a same-tick write."""
         known = self.files.get(rel)
@@ -60,7 +64,7 @@ class Snapshot(msgspec.Struct, kw_only=True):
                 return False
         if known != (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns):
             return False
-        return max(st.st_mtime_ns, st.st_ctime_ns) < self.taken_ns - RACY_NS
+        return max(st.st_mtime_ns, st.st_ctime_ns) < self.settled_before()
 
 
 def snapshot_key(rel: str) -> str:

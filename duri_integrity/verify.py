@@ -102,8 +102,14 @@ class _Outcome:
         self.checked = 0
         self.files = 0
         self.hashed = 0
-        self.file_stats: dict[str, StatKey] = {}
-        """Quick mode: the lstat of every regular file, for the next snapshot."""
+        self.quick_files: list[tuple[str, os.stat_result]] = []
+        """Quick mode: every regular file that matched in size, with its lstat, for the next snapshot."""
+
+    def file_stats(self) -> dict[str, StatKey]:
+        return {
+            snapshot_key(rel): (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+            for rel, st in self.quick_files
+        }
 
 
 def _compare(
@@ -137,7 +143,9 @@ def _compare(
             added += 1
         else:
             problems.append(Problem(path=display(rel), kind="type_changed", expected=e.kind, actual="file"))
-    file_stats = out.file_stats
+    quick_files = out.quick_files
+    snap_files = snapshot.files if snapshot is not None else None
+    settled_before = snapshot.settled_before() if snapshot is not None else 0
     for rel, st in walked.others:
         e = pop(rel, None)
         mode = st.st_mode
@@ -161,9 +169,18 @@ def _compare(
                     Problem(path=display(rel), kind="modified", expected=f"size {e.size}", actual=f"size {st.st_size}")
                 )
                 continue
-            file_stats[snapshot_key(rel)] = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-            if snapshot is not None and snapshot.trusted(rel, st):
-                continue
+            quick_files.append((rel, st))
+            if snap_files is not None:
+                known = snap_files.get(rel)
+                if known is None and not rel.isascii():
+                    known = snap_files.get(snapshot_key(rel))
+                if (
+                    known is not None
+                    and known == (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+                    and st.st_mtime_ns < settled_before
+                    and st.st_ctime_ns < settled_before
+                ):
+                    continue
             # The mode was compared above; hand the hasher the mode seen so it is not reported twice.
             jobs.append(FileCheck(prefix + rel, st.st_ino, e.size, perm, e.blake3))
             job_paths.append(rel)
@@ -275,7 +292,7 @@ def verify_integrity(
         return finish("FAILED", None, minfo, outcome, "quick" if snapshot else "full")
     if quick and outcome.hashed:
         # Every file now checks out: remember their stat so the next quick run can skip them.
-        fresh = Snapshot(root=root_real, root_digest=m.root_digest, taken_ns=started_ns, files=outcome.file_stats)
+        fresh = Snapshot(root=root_real, root_digest=m.root_digest, taken_ns=started_ns, files=outcome.file_stats())
         note = save_snapshot(cache, fresh)
         if note:
             notes.append(note)
