@@ -130,11 +130,6 @@ class Manifest(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, fo
     entries: list[Entry]
 
 
-class _RootInput(msgspec.Struct, array_like=False):
-    exclude: list[str]
-    entries: list[Entry]
-
-
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(Manifest)
 
@@ -172,9 +167,21 @@ def entry_key(e: Entry) -> str:
 
 
 def compute_root_digest(exclude: list[str], entries: list[Entry]) -> str:
-    """BLAKE3 (derive-key mode) over the canonical JSON of the exclusions and entries."""
-    data = _encoder.encode(_RootInput(exclude=exclude, entries=entries))
-    return blake3(data, derive_key_context=_ROOT_DIGEST_CONTEXT).hexdigest()
+    """BLAKE3 (derive-key mode) over the canonical JSON of the exclusions and entries.
+
+    The canonical bytes are ``{"exclude":[...],"entries":[...]}`` as msgspec encodes
+    them; they are fed to the hasher in slices so a large manifest is never
+    encoded twice over in memory.
+    """
+    hasher = blake3(derive_key_context=_ROOT_DIGEST_CONTEXT)
+    hasher.update(b'{"exclude":' + _encoder.encode(exclude) + b',"entries":[')
+    step = 4096
+    for k in range(0, len(entries), step):
+        if k:
+            hasher.update(b",")
+        hasher.update(_encoder.encode(entries[k : k + step])[1:-1])
+    hasher.update(b"]}")
+    return hasher.hexdigest()
 
 
 def encode_manifest(m: Manifest) -> bytes:

@@ -14,7 +14,7 @@ from duri_integrity.hashing import SMALL_FILE, FileCheck, check_files, hash_for_
 def _check(p: Path, digest: str | None = None, size: int | None = None, mode: int | None = None) -> FileCheck:
     st = p.lstat()
     return FileCheck(
-        str(p),
+        p.name,
         st.st_ino,
         st.st_size if size is None else size,
         (st.st_mode & 0o7777) if mode is None else mode,
@@ -41,12 +41,12 @@ def test_check_passes_and_catches_one_flipped_byte(tmp_path: Path, size: int) ->
     p = tmp_path / "f"
     p.write_bytes(os.urandom(size))
     job = _check(p)
-    assert check_files([job], workers=2) == []
+    assert check_files(str(tmp_path), [job], workers=2) == []
     if size:
         data = bytearray(p.read_bytes())
         data[size // 2] ^= 0x40
         p.write_bytes(bytes(data))
-        [(i, kind, want, got)] = check_files([job], workers=2)
+        [(i, kind, want, got)] = check_files(str(tmp_path), [job], workers=2)
         assert (i, kind, want) == (0, "modified", f"blake3:{job.blake3}")
         assert got == f"blake3:{blake3(bytes(data)).hexdigest()}"
 
@@ -55,7 +55,7 @@ def test_size_and_mode_checked_from_the_descriptor(tmp_path: Path) -> None:
     """Size and mode differences are reported from fstat, and a size change skips hashing."""
     p = tmp_path / "f"
     p.write_bytes(b"abc")
-    problems = check_files([_check(p, size=4, mode=0o600)], workers=1)
+    problems = check_files(str(tmp_path), [_check(p, size=4, mode=0o600)], workers=1)
     assert sorted(k for _, k, _, _ in problems) == ["mode_changed", "modified"]
 
 
@@ -69,7 +69,7 @@ def test_many_files_all_checked_with_any_worker_count(tmp_path: Path, workers: i
         jobs.append(_check(p))
     bad = {7, 100, 299}
     jobs = [j._replace(blake3="0" * 64) if k in bad else j for k, j in enumerate(jobs)]
-    problems = check_files(jobs, workers=workers)
+    problems = check_files(str(tmp_path), jobs, workers=workers)
     assert sorted(i for i, *_ in problems) == sorted(bad)
 
 
@@ -78,7 +78,7 @@ def test_replaced_file_is_unstable(tmp_path: Path) -> None:
     p = tmp_path / "f"
     p.write_bytes(b"one")
     job = _check(p)
-    [(_, kind, _, _)] = check_files([job._replace(ino=job.ino + 10**9)], workers=1)
+    [(_, kind, _, _)] = check_files(str(tmp_path), [job._replace(ino=job.ino + 10**9)], workers=1)
     assert kind == "unstable"
 
 
@@ -91,7 +91,7 @@ def test_symlink_swapped_in_is_not_followed(tmp_path: Path) -> None:
     job = _check(p)
     p.unlink()
     p.symlink_to(target)
-    [(_, kind, _, _)] = check_files([job], workers=1)
+    [(_, kind, _, _)] = check_files(str(tmp_path), [job], workers=1)
     assert kind == "unstable"
     assert hash_for_build([(str(p), target.lstat())], workers=1)[0].problem == "unstable"
 
@@ -102,7 +102,7 @@ def test_removed_file_is_unstable(tmp_path: Path) -> None:
     p.write_bytes(b"file")
     job = _check(p)
     p.unlink()
-    [(_, kind, _, _)] = check_files([job], workers=1)
+    [(_, kind, _, _)] = check_files(str(tmp_path), [job], workers=1)
     assert kind == "unstable"
 
 
@@ -114,7 +114,7 @@ def test_fifo_swapped_in_does_not_block(tmp_path: Path) -> None:
     st = p.lstat()
     p.unlink()
     os.mkfifo(p)
-    [(_, kind, _, _)] = check_files([job], workers=1)
+    [(_, kind, _, _)] = check_files(str(tmp_path), [job], workers=1)
     assert kind == "unstable"
     assert hash_for_build([(str(p), st)], workers=1)[0].problem == "unstable"
 
@@ -140,4 +140,4 @@ def test_secret_key_content_is_flagged(tmp_path: Path) -> None:
 def test_invalid_worker_count() -> None:
     """A worker count below one is a programming error."""
     with pytest.raises(ValueError, match="workers"):
-        check_files([], workers=-1)
+        check_files("/", [], workers=-1)
