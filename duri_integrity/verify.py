@@ -21,10 +21,10 @@ from .errors import (
 )
 from .exclude import Excluder
 from .hashing import FileCheck, check_files
-from .manifest import MAX_MANIFEST_BYTES, Entry, File, Manifest, Symlink, decode_manifest_keys, display
+from .manifest import MAX_MANIFEST_BYTES, File, Manifest, Symlink, decode_manifest_keys, display
 from .report import ManifestInfo, Mode, Problem, Report, Status, make_report
-from .snapshot import Snapshot, StatKey, default_cache_dir, load_snapshot, save_snapshot, snapshot_key
-from .walk import KIND_BY_FMT, check_root, inside_root, walk_tree
+from .snapshot import RECORD, Snapshot, default_cache_dir, load_snapshot, save_snapshot
+from .walk import KIND_BY_FMT, check_root, inside_root, iter_tree
 
 __all__ = ["ensure_integrity", "verify_integrity"]
 
@@ -102,14 +102,8 @@ class _Outcome:
         self.checked = 0
         self.files = 0
         self.hashed = 0
-        self.quick_files: list[tuple[str, os.stat_result]] = []
-        """Quick mode: every regular file that matched in size, with its lstat, for the next snapshot."""
-
-    def file_stats(self) -> dict[str, StatKey]:
-        return {
-            snapshot_key(rel): (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-            for rel, st in self.quick_files
-        }
+        self.records: bytearray | None = None
+        """Quick mode: the stat record of every file that checked out, for the next snapshot."""
 
 
 def _compare(
@@ -121,31 +115,41 @@ def _compare(
     snapshot: Snapshot | None,
     quick: bool,
 ) -> _Outcome:
-    """Walk the tree and compare it with the manifest, hashing what must be hashed."""
+    """Walk the tree and compare it with the manifest, hashing what must be hashed.
+
+    The walk is consumed as it goes, so nothing per entry is kept but the files
+    still to be hashed: a 100,000-file tree stays well under 100 MiB.
+    """
     out = _Outcome()
     problems = out.problems
-    walked = walk_tree(root_real, Excluder(m.exclude), skip, stat_files=quick)
-    expected: dict[str, Entry] = dict(zip(keys, m.entries, strict=True))
-    problems.extend(Problem(path=display(p), kind="unreadable", actual=msg) for p, msg in walked.errors)
+    entries = m.entries
+    index: dict[str, int] = dict(zip(keys, range(len(keys)), strict=True))
+    pop = index.pop
     prefix = root_real.rstrip("/") + "/"
     jobs: list[FileCheck] = []
-    pop = expected.pop
-    added = 0
-    # Regular files known from the directory entry alone (full mode): the hasher does the rest.
-    for rel, ino in walked.files:
-        e = pop(rel, None)
-        if type(e) is File:
-            jobs.append(FileCheck(rel, ino, e.size, e.mode, e.blake3))
-        elif e is None:
-            problems.append(Problem(path=display(rel), kind="added", actual="file"))
-            added += 1
-        else:
-            problems.append(Problem(path=display(rel), kind="type_changed", expected=e.kind, actual="file"))
-    quick_files = out.quick_files
-    snap_files = snapshot.files if snapshot is not None else None
+    job_index: list[int] = []
+    errors: list[tuple[str, str]] = []
+    seen = added = files = 0
+    records = bytearray(RECORD.size * len(entries)) if quick else None
+    old = snapshot.records if snapshot is not None else None
     settled_before = snapshot.settled_before() if snapshot is not None else 0
-    for rel, st in walked.others:
-        e = pop(rel, None)
+    size_of, pack = RECORD.size, RECORD.pack
+    for rel, st in iter_tree(root_real, Excluder(m.exclude), skip, stat_files=quick, errors=errors):
+        seen += 1
+        i = pop(rel, -1)
+        e = entries[i] if i >= 0 else None
+        if type(st) is int:  # full mode: a regular file known from its directory entry only
+            if type(e) is File:
+                files += 1
+                jobs.append(FileCheck(rel, st, e.size, e.mode, e.blake3))
+                job_index.append(i)
+            elif e is None:
+                problems.append(Problem(path=display(rel), kind="added", actual="file"))
+                added += 1
+            else:
+                problems.append(Problem(path=display(rel), kind="type_changed", expected=e.kind, actual="file"))
+            continue
+        assert isinstance(st, os.stat_result)
         mode = st.st_mode
         kind = KIND_BY_FMT.get(stat.S_IFMT(mode), "unknown")
         if e is None:
@@ -161,26 +165,25 @@ def _compare(
                 Problem(path=display(rel), kind="mode_changed", expected=f"{e.mode:04o}", actual=f"{perm:04o}")
             )
         if type(e) is File:  # quick mode: regular files come with their lstat
-            out.files += 1
+            files += 1
             if st.st_size != e.size:
                 problems.append(
                     Problem(path=display(rel), kind="modified", expected=f"size {e.size}", actual=f"size {st.st_size}")
                 )
                 continue
-            quick_files.append((rel, st))
-            if snap_files is not None:
-                known = snap_files.get(rel)
-                if known is None and not rel.isascii():
-                    known = snap_files.get(snapshot_key(rel))
-                if (
-                    known is not None
-                    and known == (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-                    and st.st_mtime_ns < settled_before
-                    and st.st_ctime_ns < settled_before
-                ):
-                    continue
+            record = pack(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+            assert records is not None
+            records[size_of * i : size_of * (i + 1)] = record
+            if (
+                old is not None
+                and old[size_of * i : size_of * (i + 1)] == record
+                and st.st_mtime_ns < settled_before
+                and st.st_ctime_ns < settled_before
+            ):
+                continue
             # The mode was compared above; hand the hasher the mode seen so it is not reported twice.
             jobs.append(FileCheck(rel, st.st_ino, e.size, perm, e.blake3))
+            job_index.append(i)
         elif type(e) is Symlink:
             try:
                 target = os.readlink(prefix + rel)
@@ -194,13 +197,17 @@ def _compare(
                         path=display(rel), kind="symlink_changed", expected=_describe_target(e), actual=display(target)
                     )
                 )
-    out.checked = len(walked.files) + len(walked.others) - added
-    out.files += len(walked.files)
-    problems.extend(Problem(path=display(rel), kind="missing", expected=e.kind) for rel, e in expected.items())
-    del walked, expected  # a 100,000-file tree: keep only what hashing still needs
-    for i, what, expected_value, got in check_files(root_real, jobs, workers):
-        problems.append(Problem(path=display(jobs[i].path), kind=what, expected=expected_value, actual=got))
+    problems.extend(Problem(path=display(p), kind="unreadable", actual=msg) for p, msg in errors)
+    out.checked, out.files = seen - added, files
+    problems.extend(Problem(path=display(rel), kind="missing", expected=entries[i].kind) for rel, i in index.items())
+    del index
+    for k, what, expected_value, got in check_files(root_real, jobs, workers):
+        problems.append(Problem(path=display(jobs[k].path), kind=what, expected=expected_value, actual=got))
+        if records is not None:  # never remember a file that failed
+            i = job_index[k]
+            records[size_of * i : size_of * (i + 1)] = bytes(size_of)
     out.hashed = len(jobs)
+    out.records = records
     return out
 
 
@@ -276,7 +283,7 @@ def verify_integrity(
         snapshot = None
         cache = settings.cache_dir or default_cache_dir()
         if quick:
-            snapshot, note = load_snapshot(cache, root_real, m.root_digest)
+            snapshot, note = load_snapshot(cache, root_real, m.root_digest, len(m.entries))
             if note:
                 notes.append(note)
         outcome = _compare(m, keys, root_real, skip, settings.workers, snapshot, quick)
@@ -288,9 +295,9 @@ def verify_integrity(
         return finish("ERROR", str(exc))
     if outcome.problems:
         return finish("FAILED", None, minfo, outcome, "quick" if snapshot else "full")
-    if quick and outcome.hashed:
+    if quick and outcome.hashed and outcome.records is not None:
         # Every file now checks out: remember their stat so the next quick run can skip them.
-        fresh = Snapshot(root=root_real, root_digest=m.root_digest, taken_ns=started_ns, files=outcome.file_stats())
+        fresh = Snapshot(root_real, m.root_digest, started_ns, outcome.records)
         note = save_snapshot(cache, fresh)
         if note:
             notes.append(note)
