@@ -270,9 +270,11 @@ def _validate_entries(entries: list[Entry]) -> list[str]:
         if "//" in wrapped or "/./" in wrapped or "/../" in wrapped or "\x00" in wrapped:
             culprit = next(p for p in keys[k : k + 8192] if "\x00" in p or _bad_path(p))
             raise _fail(f"path {display(culprit)!r} is absolute, empty, has a NUL byte, or a '.' or '..' component")
-    digests = "".join([e.blake3 for e in entries if type(e) is File])
-    if not _is_lower_hex(digests, 64):
-        raise _fail("every blake3 value must be 64 lowercase hex digits")
+    digests = [e.blake3 for e in entries if type(e) is File]
+    for k in range(0, len(digests), 8192):
+        if not _is_lower_hex("".join(digests[k : k + 8192]), 64):
+            raise _fail("every blake3 value must be 64 lowercase hex digits")
+    del digests
     for e in entries:
         if type(e) is Symlink:
             if (e.target is None) == (e.target_b64 is None):
