@@ -141,7 +141,8 @@ def _compare(
         if type(st) is int:  # full mode: a regular file known from its directory entry only
             if type(e) is File:
                 files += 1
-                jobs.append(FileCheck(rel, st, e.size, e.mode, e.blake3))
+                # keys[i] is the manifest's own string, equal to rel: sharing it lets the walk's copy go.
+                jobs.append(FileCheck(keys[i], st, e.size, e.mode, e.blake3))
                 job_index.append(i)
             elif e is None:
                 problems.append(Problem(path=display(rel), kind="added", actual="file"))
@@ -182,7 +183,7 @@ def _compare(
             ):
                 continue
             # The mode was compared above; hand the hasher the mode seen so it is not reported twice.
-            jobs.append(FileCheck(rel, st.st_ino, e.size, perm, e.blake3))
+            jobs.append(FileCheck(keys[i], st.st_ino, e.size, perm, e.blake3))
             job_index.append(i)
         elif type(e) is Symlink:
             try:
