@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import os
 import stat
 import time
@@ -34,6 +33,11 @@ __all__ = [
     "sign_bytes",
     "verify_signature",
 ]
+
+try:  # hashlib's own BLAKE2 module, without hashlib's ~3 ms of OpenSSL set-up at start-up
+    from _blake2 import blake2b as _blake2b
+except ImportError:  # pragma: no cover - other Python implementations
+    from hashlib import blake2b as _blake2b
 
 _MAX_KEY_FILE = 4096
 _MAX_SIG_FILE = 16384
@@ -259,7 +263,7 @@ def verify_signature(data: bytes, signature: bytes, trusted: TrustedKeys) -> Sig
     from cryptography.exceptions import InvalidSignature
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-    message = hashlib.blake2b(data).digest() if algorithm == b"ED" else data
+    message = _blake2b(data).digest() if algorithm == b"ED" else data
     try:
         verifier = Ed25519PublicKey.from_public_bytes(pk.key)
         verifier.verify(sig_bytes, message)

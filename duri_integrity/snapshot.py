@@ -16,7 +16,6 @@ timestamps: it is weaker than a full check against anyone who can set ctime
 (root, or raw access to the disk).
 """
 
-from __future__ import annotations
 
 import contextlib
 import hmac
@@ -64,7 +63,7 @@ class Snapshot:
         self.records = records
 
     @classmethod
-    def empty(cls, root: str, root_digest: str, taken_ns: int, entries: int) -> Snapshot:
+    def empty(cls, root: str, root_digest: str, taken_ns: int, entries: int) -> "Snapshot":
         return cls(root, root_digest, taken_ns, bytearray(RECORD.size * entries))
 
     def settled_before(self) -> int:
