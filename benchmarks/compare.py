@@ -136,8 +136,10 @@ def main() -> None:
     build_out = work / "rebuilt.json"
 
     verify_cmd = [cli, "verify", str(tree), "-m", str(manifest), "-p", str(pk), "-q"]
+    quick_cmd = [*verify_cmd, "--quick", "--cache-dir", str(work / "cache")]
     commands: dict[str, Callable[[], float]] = {
         "duri-integrity verify (process)": lambda: timed(verify_cmd),
+        "duri-integrity verify --quick (process)": lambda: timed(quick_cmd),
         "b3sum --quiet --check": lambda: timed([b3sum, "--quiet", "--check", str(b3_list)], cwd=tree),
         "sha256sum --quiet -c": lambda: timed([sha256sum, "--quiet", "-c", str(sha_list)], cwd=tree),
         "duri-integrity build + sign (process)": lambda: timed(
@@ -149,17 +151,20 @@ def main() -> None:
     inproc = (
         "import sys, time, json\n"
         "from duri_integrity import verify_integrity\n"
-        "rounds = int(sys.argv[1]); xs = []\n"
+        "rounds, quick = int(sys.argv[1]), sys.argv[2] == 'quick'; xs = []\n"
         "for _ in range(rounds + 2):\n"
         "    t = time.perf_counter()\n"
         f"    r = verify_integrity({str(tree)!r}, manifest={str(manifest)!r}, public_keys={str(pk)!r},"
-        " use_config_file=False)\n"
+        f" use_config_file=False, quick=quick, cache_dir={str(work / 'cache')!r})\n"
         "    xs.append(time.perf_counter() - t)\n"
         "    assert r.status == 'VERIFIED', r.summary\n"
-        "print(json.dumps(xs[2:]))\n"
+        "    assert r.mode == 'quick' or not quick, r.notes\n"
+        "print(json.dumps({'first': xs[0], 'warm': xs[2:]}))\n"
     )
     results: dict[str, list[float]] = {name: [] for name in commands}
-    results["duri-integrity verify (in-process)"] = []
+    for label in ("", " --quick"):
+        results[f"duri-integrity verify{label} (in-process)"] = []
+        results[f"duri-integrity verify{label} (in-process, first call)"] = []
     for run in commands.values():  # warm the page cache and the venv's .pyc files
         run()
     for _ in range(args.rounds):
@@ -168,8 +173,11 @@ def main() -> None:
         for name in order:
             results[name].append(commands[name]())
         # In-process: a fresh interpreter runs several verifications; its later runs are warm.
-        out = subprocess.run([vpy, "-c", inproc, "3"], check=True, capture_output=True, text=True).stdout
-        results["duri-integrity verify (in-process)"].extend(json.loads(out))
+        for mode, label in (("full", ""), ("quick", " --quick")):
+            out = subprocess.run([vpy, "-c", inproc, "3", mode], check=True, capture_output=True, text=True).stdout
+            got = json.loads(out)
+            results[f"duri-integrity verify{label} (in-process)"].extend(got["warm"])
+            results[f"duri-integrity verify{label} (in-process, first call)"].append(got["first"])
 
     cold: dict[str, list[float]] = {}
     if args.cold:

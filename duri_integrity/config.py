@@ -6,7 +6,6 @@ directory, or the file named by ``DURI_INTEGRITY_CONFIG``. Relative paths in a
 config file are relative to that file's directory.
 """
 
-
 import os
 from collections.abc import Mapping
 from typing import Any

@@ -6,7 +6,6 @@ size and digest is validated, because a valid signature proves who wrote the
 manifest, not that the writer was careful.
 """
 
-
 import itertools
 import operator
 import os

@@ -5,7 +5,6 @@ reads like an object (``r.status``) and like a mapping (``r["status"]``), is
 truthy only when the tree is verified, and serialises to JSON.
 """
 
-
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any, Literal

@@ -16,7 +16,6 @@ timestamps: it is weaker than a full check against anyone who can set ctime
 (root, or raw access to the disk).
 """
 
-
 import contextlib
 import hmac
 import os
