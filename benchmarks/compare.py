@@ -184,7 +184,33 @@ def main() -> None:
         if not can_drop_caches():
             print("cold cache: skipped (cannot write /proc/sys/vm/drop_caches here)", file=sys.stderr)
         else:
+            cold_inproc = (
+                "import sys, time\n"
+                "from duri_integrity import verify_integrity\n"
+                "import duri_integrity.verify, duri_integrity.keys, cryptography.hazmat.primitives.asymmetric.ed25519\n"
+                "print('ready', flush=True); sys.stdin.readline()\n"
+                "t = time.perf_counter()\n"
+                f"r = verify_integrity({str(tree)!r}, manifest={str(manifest)!r}, public_keys={str(pk)!r},"
+                " use_config_file=False)\n"
+                "assert r.status == 'VERIFIED', r.summary\n"
+                "print(time.perf_counter() - t)\n"
+            )
+
+            def inproc_cold() -> float:
+                proc = subprocess.Popen(
+                    [vpy, "-c", cold_inproc], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+                )
+                assert proc.stdin is not None and proc.stdout is not None
+                proc.stdout.readline()
+                drop_caches()
+                proc.stdin.write("go\n")
+                proc.stdin.flush()
+                elapsed = float(proc.stdout.readline())
+                proc.wait()
+                return elapsed
+
             cold_cmds = {
+                "duri-integrity verify (in-process), cold": inproc_cold,
                 "duri-integrity verify (process), cold": lambda: timed(verify_cmd),
                 "duri-integrity verify --workers 8, cold": lambda: timed([*verify_cmd, "--workers", "8"]),
                 "b3sum --quiet --check, cold": commands["b3sum --quiet --check"],
@@ -192,7 +218,8 @@ def main() -> None:
             cold = {k: [] for k in cold_cmds}
             for _ in range(args.cold_rounds):
                 for name in random.sample(list(cold_cmds), len(cold_cmds)):
-                    drop_caches()
+                    if name != "duri-integrity verify (in-process), cold":
+                        drop_caches()
                     cold[name].append(cold_cmds[name]())
 
     ref = statistics.median(results["b3sum --quiet --check"])
