@@ -52,8 +52,7 @@ def signature_path_for(manifest_path: str) -> str:
     return manifest_path + ".minisig"
 
 
-def _link_target(path: str) -> tuple[str | None, bytes | None]:
-    target = os.readlink(path)
+def _link_target(target: str) -> tuple[str | None, bytes | None]:
     try:
         target.encode("utf-8")
         return target, None
@@ -88,12 +87,11 @@ def build_manifest(
     walked = walk_tree(root_real, excluder, skipped, stat_files=True)
     problems = [f"{display(p)}: {msg}" for p, msg in walked.errors]
     warnings: list[str] = []
-    prefix = root_real.rstrip("/") + "/"
-    rows = sorted(((os.fsencode(rel), rel, st) for rel, st in walked.others), key=lambda r: r[0])
-    file_rows = [(prefix + rel, st) for _, rel, st in rows if stat.S_ISREG(st.st_mode)]
-    hashed = iter(hash_for_build(file_rows, workers))
+    rows = sorted(((os.fsencode(rel), rel, st, link) for rel, st, link in walked.others), key=lambda r: r[0])
+    file_rows = [(rel, st) for _, rel, st, _ in rows if stat.S_ISREG(st.st_mode)]
+    hashed = iter(hash_for_build(root_real, file_rows, workers))
     entries: list[Entry] = []
-    for _, rel, st in rows:
+    for _, rel, st, link in rows:
         mode = st.st_mode
         perm = stat.S_IMODE(mode)
         kind = kind_of(mode)
@@ -112,11 +110,7 @@ def build_manifest(
             else:
                 entries.append(File(path=path, path_b64=path_b64, mode=perm, size=st.st_size, blake3=res.digest))
         elif kind == "symlink":
-            try:
-                target, target_b64 = _link_target(prefix + rel)
-            except OSError as exc:
-                problems.append(f"{display(rel)}: cannot read link: {exc.strerror}")
-                continue
+            target, target_b64 = _link_target(link or "")
             entries.append(Symlink(path=path, path_b64=path_b64, mode=perm, target=target, target_b64=target_b64))
         elif kind == "unknown":
             problems.append(f"{display(rel)}: unknown file type {stat.S_IFMT(mode):o}")

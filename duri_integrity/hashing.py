@@ -22,6 +22,8 @@ from typing import NamedTuple
 
 from blake3 import blake3
 
+from .walk import open_dir_beneath, open_root
+
 __all__ = [
     "BuildHash",
     "FileCheck",
@@ -107,61 +109,102 @@ def _hash_chunks(fd: int, size: int, buf: bytearray) -> tuple[str | None, int]:
     return hasher.hexdigest(), total
 
 
-def _check_batch(prefix: str, jobs: Sequence[FileCheck], batch: list[int], buf: bytearray, out: list[Problem]) -> None:
+class _DirCursor:
+    """The directory fd for the files being processed, reopened only when the directory changes.
+
+    Files are opened by name relative to a directory that was itself reached from the
+    root without following symlinks, so nothing outside the root is ever opened, even
+    if a directory is swapped for a symlink after the walk.
+    """
+
+    __slots__ = ("error", "fd", "rel_dir", "root_fd")
+
+    def __init__(self, root_fd: int) -> None:
+        self.root_fd = root_fd
+        self.rel_dir: str | None = None
+        self.fd = -1
+        self.error: OSError | None = None
+
+    def enter(self, rel_dir: str) -> int:
+        """The fd of ``rel_dir``; raises the OSError that opening it gave."""
+        if rel_dir != self.rel_dir:
+            self.close()
+            self.rel_dir = rel_dir
+            try:
+                self.fd = open_dir_beneath(self.root_fd, rel_dir)
+            except OSError as exc:
+                self.error = exc
+        if self.error is not None:
+            raise self.error
+        return self.fd
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+        self.fd, self.error, self.rel_dir = -1, None, None
+
+
+def _check_batch(root_fd: int, jobs: Sequence[FileCheck], batch: list[int], buf: bytearray, out: list[Problem]) -> None:
     """Check a batch of files. The loop is written flat, with local names, because it is
     the innermost loop of verification: each file costs four syscalls and little else."""
     os_open, os_fstat, os_readv, os_close = os.open, os.fstat, os.readv, os.close
     view = memoryview(buf)
     s_isreg, flags, small_limit, append = stat.S_ISREG, OPEN_FLAGS, SMALL_FILE, out.append
-    for i in batch:
-        rel, ino, size, mode, want = jobs[i]
-        try:
-            fd = os_open(prefix + rel, flags)
-        except OSError as exc:
-            kind, why = _open_problem(exc)
-            append((i, kind, None, why))
-            continue
-        try:
-            st = os_fstat(fd)
-            st_mode = st.st_mode
-            if not s_isreg(st_mode) or st.st_ino != ino:
-                append((i, "unstable", None, "replaced during the check"))
+    cursor = _DirCursor(root_fd)
+    try:
+        for i in batch:
+            rel, ino, size, mode, want = jobs[i]
+            rel_dir, _, name = rel.rpartition("/")
+            try:
+                fd = os_open(name, flags, dir_fd=cursor.enter(rel_dir))
+            except OSError as exc:
+                kind, why = _open_problem(exc)
+                append((i, kind, None, why))
                 continue
-            if st_mode & 0o7777 != mode:
-                append((i, "mode_changed", f"{mode:04o}", f"{st_mode & 0o7777:04o}"))
-            if st.st_size != size:
-                append((i, "modified", f"size {size}", f"size {st.st_size}"))
-                continue
-            if size <= small_limit:
-                # Read into the thread's reused buffer: no allocation per file, and a file
-                # that grew shows up as more bytes than expected.
-                n = os_readv(fd, [buf])
-                while 0 < n < size:  # a short read is legal (signals, network filesystems)
-                    more = os_readv(fd, [view[n:]])
-                    if not more:
-                        break
-                    n += more
-                digest = blake3(view[:n]).hexdigest() if n == size else None
-            else:
-                digest, got = _hash_chunks(fd, size, buf)
-                if got != size:
-                    digest = None
-            if digest == want:
-                continue
-            # A mismatch: was the file changing under us, or was it already different?
-            after = os_fstat(fd)
-            if digest is None or (after.st_size, after.st_mtime_ns, after.st_ctime_ns) != (
-                st.st_size,
-                st.st_mtime_ns,
-                st.st_ctime_ns,
-            ):
-                append((i, "unstable", None, "changed while being read"))
-            else:
-                append((i, "modified", f"blake3:{want}", f"blake3:{digest}"))
-        except OSError as exc:
-            append((i, "unreadable", None, exc.strerror or str(exc)))
-        finally:
-            os_close(fd)
+            try:
+                st = os_fstat(fd)
+                st_mode = st.st_mode
+                if not s_isreg(st_mode) or st.st_ino != ino:
+                    append((i, "unstable", None, "replaced during the check"))
+                    continue
+                if st_mode & 0o7777 != mode:
+                    append((i, "mode_changed", f"{mode:04o}", f"{st_mode & 0o7777:04o}"))
+                if st.st_size != size:
+                    append((i, "modified", f"size {size}", f"size {st.st_size}"))
+                    continue
+                if size <= small_limit:
+                    # Read into the thread's reused buffer: no allocation per file, and a file
+                    # that grew shows up as more bytes than expected.
+                    n = os_readv(fd, [buf])
+                    while 0 < n < size:  # a short read is legal (signals, network filesystems)
+                        more = os_readv(fd, [view[n:]])
+                        if not more:
+                            break
+                        n += more
+                    digest = blake3(view[:n]).hexdigest() if n == size else None
+                else:
+                    digest, got = _hash_chunks(fd, size, buf)
+                    if got != size:
+                        digest = None
+                if digest == want:
+                    continue
+                # A mismatch: was the file changing under us, or was it already different?
+                after = os_fstat(fd)
+                if digest is None or (after.st_size, after.st_mtime_ns, after.st_ctime_ns) != (
+                    st.st_size,
+                    st.st_mtime_ns,
+                    st.st_ctime_ns,
+                ):
+                    append((i, "unstable", None, "changed while being read"))
+                else:
+                    append((i, "modified", f"blake3:{want}", f"blake3:{digest}"))
+            except OSError as exc:
+                append((i, "unreadable", None, exc.strerror or str(exc)))
+            finally:
+                os_close(fd)
+    finally:
+        cursor.close()
+        view.release()
 
 
 def _schedule(
@@ -225,11 +268,16 @@ def _schedule(
 
 
 def _split(sizes: Sequence[int], workers: int) -> tuple[list[int], list[int]]:
-    order = sorted(range(len(sizes)), key=sizes.__getitem__, reverse=True)
+    """(small files in their given order, big files largest first).
+
+    Small files keep the walk's order, which groups them by directory, so a batch
+    opens few directories.
+    """
     if workers == 1:
-        return [], order
-    cut = next((k for k, i in enumerate(order) if sizes[i] < SMALL_FILE), len(order))
-    return order[cut:], order[:cut]
+        return list(range(len(sizes))), []
+    big = sorted((i for i, n in enumerate(sizes) if n >= SMALL_FILE), key=sizes.__getitem__, reverse=True)
+    small = [i for i, n in enumerate(sizes) if n < SMALL_FILE]
+    return small, big
 
 
 def check_files(
@@ -248,11 +296,14 @@ def check_files(
     if workers < 1:
         raise ValueError("workers must be at least 1")
     out: list[Problem] = []
-    prefix = root.rstrip("/") + "/"
     small, big = _split([j.size for j in jobs], workers)
     io_threads = min(16, IO_THREADS_PER_CORE * (os.cpu_count() or 1))
     extra = max(0, io_threads - workers) if elastic and workers > 1 else 0
-    _schedule(small, big, lambda batch, buf: _check_batch(prefix, jobs, batch, buf, out), workers, progress, extra)
+    root_fd = open_root(root)
+    try:
+        _schedule(small, big, lambda batch, buf: _check_batch(root_fd, jobs, batch, buf, out), workers, progress, extra)
+    finally:
+        os.close(root_fd)
     return out
 
 
@@ -266,10 +317,11 @@ class BuildHash(NamedTuple):
     """True when the content looks like a minisign secret key file."""
 
 
-def _hash_for_build(path: str, walk: os.stat_result, buf: bytearray) -> BuildHash:
+def _hash_for_build(cursor: _DirCursor, rel: str, walk: os.stat_result, buf: bytearray) -> BuildHash:
     """Hash a file for a manifest: the bytes must be stable from before the open to after the read."""
+    rel_dir, _, name = rel.rpartition("/")
     try:
-        fd = os.open(path, OPEN_FLAGS)
+        fd = os.open(name, OPEN_FLAGS, dir_fd=cursor.enter(rel_dir))
     except OSError as exc:
         kind, why = _open_problem(exc)
         return BuildHash(None, kind, why)
@@ -311,19 +363,28 @@ def _hash_for_build(path: str, walk: os.stat_result, buf: bytearray) -> BuildHas
 
 
 def hash_for_build(
+    root: str,
     files: Sequence[tuple[str, os.stat_result]],
     workers: int | None = None,
 ) -> list[BuildHash]:
-    """Hash (absolute path, lstat) pairs; results in the input order."""
+    """Hash (path relative to ``root``, lstat) pairs; results in the input order."""
     workers = default_workers() if workers is None else workers
     if workers < 1:
         raise ValueError("workers must be at least 1")
     out: list[BuildHash | None] = [None] * len(files)
+    root_fd = open_root(root)
 
     def batch_of(batch: list[int], buf: bytearray) -> None:
-        for i in batch:
-            out[i] = _hash_for_build(files[i][0], files[i][1], buf)
+        cursor = _DirCursor(root_fd)
+        try:
+            for i in batch:
+                out[i] = _hash_for_build(cursor, files[i][0], files[i][1], buf)
+        finally:
+            cursor.close()
 
-    small, big = _split([st.st_size for _, st in files], workers)
-    _schedule(small, big, batch_of, workers, None)
+    try:
+        small, big = _split([st.st_size for _, st in files], workers)
+        _schedule(small, big, batch_of, workers, None)
+    finally:
+        os.close(root_fd)
     return [r if r is not None else BuildHash(None, "unreadable", "not hashed") for r in out]

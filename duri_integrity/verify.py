@@ -125,7 +125,6 @@ def _compare(
     entries = m.entries
     index: dict[str, int] = dict(zip(keys, range(len(keys)), strict=True))
     pop = index.pop
-    prefix = root_real.rstrip("/") + "/"
     jobs: list[FileCheck] = []
     job_index: list[int] = []
     errors: list[tuple[str, str]] = []
@@ -134,7 +133,7 @@ def _compare(
     old = snapshot.records if snapshot is not None else None
     settled_before = snapshot.settled_before() if snapshot is not None else 0
     size_of, pack = RECORD.size, RECORD.pack
-    for rel, st in iter_tree(root_real, Excluder(m.exclude), skip, stat_files=quick, errors=errors):
+    for rel, st, link_target in iter_tree(root_real, Excluder(m.exclude), skip, stat_files=quick, errors=errors):
         seen += 1
         i = pop(rel, -1)
         e = entries[i] if i >= 0 else None
@@ -186,16 +185,14 @@ def _compare(
             jobs.append(FileCheck(keys[i], st.st_ino, e.size, perm, e.blake3))
             job_index.append(i)
         elif type(e) is Symlink:
-            try:
-                target = os.readlink(prefix + rel)
-            except OSError as exc:
-                problems.append(Problem(path=display(rel), kind="unreadable", actual=exc.strerror))
-                continue
             want = e.target if e.target is not None else os.fsdecode(e.target_b64 or b"")
-            if target != want:
+            if link_target != want:
                 problems.append(
                     Problem(
-                        path=display(rel), kind="symlink_changed", expected=_describe_target(e), actual=display(target)
+                        path=display(rel),
+                        kind="symlink_changed",
+                        expected=_describe_target(e),
+                        actual=display(link_target or ""),
                     )
                 )
     problems.extend(Problem(path=display(p), kind="unreadable", actual=msg) for p, msg in errors)

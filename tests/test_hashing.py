@@ -31,7 +31,7 @@ def test_build_digest_matches_reference(tmp_path: Path, size: int) -> None:
     data = os.urandom(size)
     p = tmp_path / "f"
     p.write_bytes(data)
-    res = hash_for_build([(str(p), p.lstat())], workers=2)[0]
+    res = hash_for_build(str(tmp_path), [(p.name, p.lstat())], workers=2)[0]
     assert res.digest == blake3(data).hexdigest() and res.problem is None
 
 
@@ -93,7 +93,7 @@ def test_symlink_swapped_in_is_not_followed(tmp_path: Path) -> None:
     p.symlink_to(target)
     [(_, kind, _, _)] = check_files(str(tmp_path), [job], workers=1)
     assert kind == "unstable"
-    assert hash_for_build([(str(p), target.lstat())], workers=1)[0].problem == "unstable"
+    assert hash_for_build(str(tmp_path), [(p.name, target.lstat())], workers=1)[0].problem == "unstable"
 
 
 def test_removed_file_is_unstable(tmp_path: Path) -> None:
@@ -116,7 +116,7 @@ def test_fifo_swapped_in_does_not_block(tmp_path: Path) -> None:
     os.mkfifo(p)
     [(_, kind, _, _)] = check_files(str(tmp_path), [job], workers=1)
     assert kind == "unstable"
-    assert hash_for_build([(str(p), st)], workers=1)[0].problem == "unstable"
+    assert hash_for_build(str(tmp_path), [(p.name, st)], workers=1)[0].problem == "unstable"
 
 
 def test_build_refuses_a_file_changed_since_listing(tmp_path: Path) -> None:
@@ -125,7 +125,7 @@ def test_build_refuses_a_file_changed_since_listing(tmp_path: Path) -> None:
     p.write_bytes(b"before")
     st = p.lstat()
     p.write_bytes(b"after, longer")
-    assert hash_for_build([(str(p), st)], workers=1)[0].problem == "unstable"
+    assert hash_for_build(str(tmp_path), [(p.name, st)], workers=1)[0].problem == "unstable"
 
 
 def test_secret_key_content_is_flagged(tmp_path: Path) -> None:
@@ -133,11 +133,26 @@ def test_secret_key_content_is_flagged(tmp_path: Path) -> None:
     from duri_integrity.keys import generate_keypair
 
     generate_keypair(str(tmp_path / "k.key"), str(tmp_path / "k.pub"))
-    res = hash_for_build([(str(tmp_path / n), (tmp_path / n).lstat()) for n in ("k.key", "k.pub")], workers=1)
+    res = hash_for_build(str(tmp_path), [(n, (tmp_path / n).lstat()) for n in ("k.key", "k.pub")], workers=1)
     assert [r.secret_key for r in res] == [True, False]
 
 
-def test_invalid_worker_count() -> None:
+def test_invalid_worker_count(tmp_path: Path) -> None:
     """A worker count below one is a programming error."""
     with pytest.raises(ValueError, match="workers"):
-        check_files("/", [], workers=-1)
+        check_files(str(tmp_path), [], workers=-1)
+
+
+def test_directory_swapped_for_symlink_is_not_entered(tmp_path: Path) -> None:
+    """A directory replaced by a symlink after the walk is refused at the directory, not followed."""
+    root = tmp_path / "root"
+    (root / "lib").mkdir(parents=True)
+    (root / "lib" / "x.so").write_bytes(b"inside")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "x.so").write_bytes(b"inside")  # same content: following the link would "verify"
+    job = FileCheck("lib/x.so", (root / "lib" / "x.so").lstat().st_ino, 6, 0o644, blake3(b"inside").hexdigest())
+    (root / "lib").rename(tmp_path / "moved")
+    (root / "lib").symlink_to(outside)
+    [(_, kind, _, detail)] = check_files(str(root), [job], workers=1)
+    assert kind == "unstable" and "symbolic links" in (detail or "")
