@@ -257,6 +257,20 @@ def render_report(report: Report, *, quiet: bool, echo: Callable[..., None] = cl
     help="Re-hash only files whose stat changed since the last verified quick run (trusts timestamps).",
 )
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="Where quick mode keeps its snapshots.")
+@click.option(
+    "--state-dir",
+    help="Where rollback high-water marks are kept [default: /var/lib/duri-integrity as root]; 'none' turns "
+    "rollback protection off.",
+)
+@click.option(
+    "--allow-rollback-to",
+    metavar="RELEASE|SERIAL",
+    help="Approve verifying this older release (by label or serial) on a host that has seen a newer one.",
+)
+@click.option(
+    "--revoked-key", multiple=True, help="Revoked key: a .pub file, a directory, or a key-id list. Repeatable."
+)
+@click.option("--clock-skew", type=click.IntRange(0, 86400), help="Seconds of clock disagreement tolerated [300].")
 @_workers_option
 def verify(
     root: str | None,
@@ -267,6 +281,10 @@ def verify(
     quiet: bool,
     quick: bool,
     cache_dir: str | None,
+    state_dir: str | None,
+    allow_rollback_to: str | None,
+    revoked_key: tuple[str, ...],
+    clock_skew: int | None,
     workers: int | None,
 ) -> None:
     """Verify ROOT against its signed manifest.
@@ -284,6 +302,10 @@ def verify(
         workers=workers,
         quick=quick,
         cache_dir=cache_dir,
+        state_dir=state_dir,
+        allow_rollback_to=allow_rollback_to,
+        revoked_keys=list(revoked_key) or None,
+        clock_skew=clock_skew,
     )
     if as_json:
         click.echo(report.to_json())

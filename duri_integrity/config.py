@@ -33,9 +33,16 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     workers: int | None = None
     release: str | None = None
     cache_dir: str | None = None
+    state_dir: str | None = None
+    """Where rollback high-water marks live; "none" turns rollback protection off."""
+    allow_rollback_to: str | None = None
+    """A release label or serial the operator approves rolling back to."""
+    revoked_keys: list[str] | None = None
+    clock_skew: int | None = None
+    """Seconds a manifest's creation time may lie in the future (and expiry be stretched)."""
 
 
-_PATH_KEYS = ("root", "manifest", "signature", "secret_key", "cache_dir")
+_PATH_KEYS = ("root", "manifest", "signature", "secret_key", "cache_dir", "state_dir")
 _ENV_KEYS = {
     "root": "ROOT",
     "manifest": "MANIFEST",
@@ -45,6 +52,10 @@ _ENV_KEYS = {
     "workers": "WORKERS",
     "release": "RELEASE",
     "cache_dir": "CACHE_DIR",
+    "state_dir": "STATE_DIR",
+    "allow_rollback_to": "ALLOW_ROLLBACK_TO",
+    "revoked_keys": "REVOKED_KEYS",
+    "clock_skew": "CLOCK_SKEW",
 }
 
 
@@ -84,8 +95,9 @@ def load_config_file(cwd: str | None = None) -> tuple[Settings, str | None]:
     if not isinstance(table, dict):
         raise ConfigError(f"{path}: [tool.duri-integrity] must be a table")
     table = {k.replace("-", "_"): v for k, v in table.items()}
-    if isinstance(table.get("public_key"), str):
-        table["public_key"] = [table["public_key"]]
+    for listed in ("public_key", "revoked_keys"):
+        if isinstance(table.get(listed), str):
+            table[listed] = [table[listed]]
     try:
         settings = msgspec.convert(table, Settings)
     except msgspec.ValidationError as exc:
@@ -100,6 +112,10 @@ def load_config_file(cwd: str | None = None) -> tuple[Settings, str | None]:
         updates["public_key"] = [
             k if (k.startswith("RW") and len(k) == 56) else os.path.join(base, k) for k in settings.public_key
         ]
+    if settings.revoked_keys is not None:
+        updates["revoked_keys"] = [os.path.join(base, k) for k in settings.revoked_keys]
+    if settings.state_dir is not None and settings.state_dir.strip().lower() in ("none", "off"):
+        updates["state_dir"] = "none"  # not a path: do not make it relative to the file
     return msgspec.structs.replace(settings, **updates), path
 
 
@@ -109,13 +125,13 @@ def _from_env(env: Mapping[str, str]) -> Settings:
         raw = env.get(ENV_PREFIX + suffix)
         if raw is None or raw == "":
             continue
-        if key == "public_key":
+        if key in ("public_key", "revoked_keys"):
             values[key] = [p for p in raw.split(os.pathsep) if p]
-        elif key == "workers":
+        elif key in ("workers", "clock_skew"):
             try:
                 values[key] = int(raw)
             except ValueError:
-                raise ConfigError(f"{ENV_PREFIX}WORKERS={raw!r} is not a whole number") from None
+                raise ConfigError(f"{ENV_PREFIX}{suffix}={raw!r} is not a whole number") from None
         else:
             values[key] = raw
     return Settings(**values)
@@ -140,4 +156,6 @@ def resolve_settings(
     settings = Settings(**merged)
     if settings.workers is not None and not 1 <= settings.workers <= 256:
         raise ConfigError(f"workers must be between 1 and 256, got {settings.workers}")
+    if settings.clock_skew is not None and not 0 <= settings.clock_skew <= 86400:
+        raise ConfigError(f"clock_skew must be between 0 and 86400 seconds, got {settings.clock_skew}")
     return settings, config_path

@@ -76,7 +76,8 @@ def run_demo(keep: str | None = None) -> int:
         m = result.manifest
         click.echo(f"{manifest}: {len(m.entries)} entries, release {m.release}, root digest {m.root_digest}")
         _step("Verify the untouched tree")
-        first = verify_integrity(tree, public_keys=[pk], use_config_file=False)
+        state = os.path.join(base, "state")  # the demo's rollback marks stay with the demo
+        first = verify_integrity(tree, public_keys=[pk], state_dir=state, use_config_file=False)
         render_report(first, quiet=False)
         click.echo(f'-> r["status"] = {first["status"]!r}, r["recommendation"] = {first["recommendation"]!r}')
         _step("Tamper: edit app/handlers.py, add a file, chmod bin/run")
@@ -86,7 +87,7 @@ def run_demo(keep: str | None = None) -> int:
             f.write("# added after release\n")
         os.chmod(os.path.join(tree, "bin/run"), 0o777)
         _step("Verify again")
-        second = verify_integrity(tree, public_keys=[pk], use_config_file=False)
+        second = verify_integrity(tree, public_keys=[pk], state_dir=state, use_config_file=False)
         render_report(second, quiet=False)
         click.echo(f'-> r["status"] = {second["status"]!r}, r["recommendation"] = {second["recommendation"]!r}')
         ok = first.status == "VERIFIED" and second.status == "FAILED"

@@ -26,6 +26,7 @@ __all__ = [
     "format_key_id",
     "generate_keypair",
     "load_public_key",
+    "load_revoked_key_ids",
     "load_secret_key",
     "load_trusted_keys",
     "parse_public_key",
@@ -142,6 +143,36 @@ def load_trusted_keys(sources: Iterable[str]) -> TrustedKeys:
             keys[pk.key_id] = pk
             where[pk.key_id] = f
     return TrustedKeys(keys, where)
+
+
+def load_revoked_key_ids(sources: Iterable[str]) -> set[str]:
+    """Key ids (as minisign prints them) from ``.pub`` files, directories of them, or id lists.
+
+    An id list is a text file with one 16-hex-digit key id per line; ``#`` starts a comment.
+    """
+    revoked: set[str] = set()
+    for src in sources:
+        if os.path.isdir(src):
+            try:
+                names = sorted(os.listdir(src))
+            except OSError as exc:
+                raise KeyFileError(f"cannot list revoked-key directory {src!r}: {exc.strerror}") from None
+            files = [os.path.join(src, n) for n in names if n.endswith((".pub", ".txt", ".list"))]
+        else:
+            files = [src]
+        for path in files:
+            if path.endswith(".pub"):
+                revoked.add(format_key_id(load_public_key(path).key_id))
+                continue
+            text = _read_small(path, 1 << 20, "revoked-key list").decode("utf-8", "replace")
+            for n, line in enumerate(text.splitlines(), 1):
+                item = line.split("#", 1)[0].strip()
+                if not item:
+                    continue
+                if len(item) != 16 or any(c not in "0123456789abcdefABCDEF" for c in item):
+                    raise KeyFileError(f"{path}:{n}: {item!r} is not a 16-hex-digit key id")
+                revoked.add(item.upper())
+    return revoked
 
 
 def load_secret_key(

@@ -9,21 +9,20 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from . import __version__
-from .config import MANIFEST_NAME, SYSTEM_KEY_DIR, Settings, resolve_settings
+from .config import Settings, resolve_settings
 from .errors import (
     ConfigError,
     IntegrityError,
     KeyFileError,
-    ManifestError,
     NotVerifiedError,
-    SignatureError,
     TreeError,
 )
 from .exclude import Excluder
 from .hashing import FileCheck, check_files
-from .manifest import MAX_MANIFEST_BYTES, File, Manifest, Symlink, decode_manifest_keys, display
+from .manifest import File, Manifest, Symlink, display
 from .report import ManifestInfo, Mode, Problem, Report, Status, make_report
 from .snapshot import RECORD, Snapshot, default_cache_dir, load_snapshot, save_snapshot
+from .trust import Untrusted, load_trusted_manifest, record_verified
 from .walk import KIND_BY_FMT, check_root, inside_root, iter_tree
 
 __all__ = ["ensure_integrity", "verify_integrity"]
@@ -33,65 +32,6 @@ def _describe_target(e: Symlink) -> str:
     if e.target is not None:
         return e.target
     return display(os.fsdecode(e.target_b64 or b""))
-
-
-class _Untrusted(Exception):
-    pass
-
-
-def _load_verified_manifest(settings: Settings, root_real: str) -> tuple[Manifest, list[str], ManifestInfo, str, str]:
-    """Check the signature over the exact bytes, then decode. Raises _Untrusted or IntegrityError."""
-    from .keys import load_trusted_keys, parse_trusted_comment, verify_signature
-
-    sources = list(settings.public_key or ())
-    if not sources and os.path.isdir(SYSTEM_KEY_DIR):
-        sources = [SYSTEM_KEY_DIR]
-    if not sources:
-        raise KeyFileError(
-            "no trusted public key configured (use --public-key, DURI_INTEGRITY_PUBLIC_KEY, "
-            f"the config file, or {SYSTEM_KEY_DIR})"
-        )
-    for src in sources:
-        if os.path.exists(src) and inside_root(root_real, src) is not None:
-            raise _Untrusted(f"trusted key {src!r} is inside the tree being verified; keys must come from outside it")
-    trusted = load_trusted_keys(sources)
-    if not len(trusted):
-        raise KeyFileError(f"no public keys found in {', '.join(sources)}")
-    manifest_path = settings.manifest or os.path.join(root_real, MANIFEST_NAME)
-    sig_path = settings.signature or manifest_path + ".minisig"
-    try:
-        with open(manifest_path, "rb") as f:
-            data = f.read(MAX_MANIFEST_BYTES + 1)
-    except OSError as exc:
-        raise _Untrusted(f"cannot read manifest {manifest_path!r}: {exc.strerror or exc}") from None
-    try:
-        with open(sig_path, "rb") as f:
-            sig = f.read(16385)
-    except OSError as exc:
-        raise _Untrusted(f"cannot read signature {sig_path!r}: {exc.strerror or exc}") from None
-    try:
-        info = verify_signature(data, sig, trusted)
-        m, keys = decode_manifest_keys(data)
-    except (SignatureError, ManifestError) as exc:
-        raise _Untrusted(str(exc)) from None
-    fields = parse_trusted_comment(info.trusted_comment)
-    for name, value in (("root", m.root_digest), ("serial", str(m.serial)), ("release", m.release)):
-        if name in fields and fields[name] != value:
-            raise _Untrusted(f"the signature's trusted comment says {name} {fields[name]!r}, the manifest {value!r}")
-    now = datetime.now(tz=UTC)
-    if m.expires is not None and now >= m.expires:
-        raise _Untrusted(f"manifest expired at {m.expires.isoformat()}")
-    minfo = ManifestInfo(
-        path=manifest_path,
-        release=m.release,
-        serial=m.serial,
-        created=m.created.isoformat().replace("+00:00", "Z"),
-        expires=m.expires.isoformat().replace("+00:00", "Z") if m.expires else None,
-        key_id=info.key_id,
-        root_digest=m.root_digest,
-        entries=len(m.entries),
-    )
-    return m, keys, minfo, manifest_path, sig_path
 
 
 class _Outcome:
@@ -218,6 +158,10 @@ def verify_integrity(
     workers: int | None = None,
     quick: bool = False,
     cache_dir: str | os.PathLike[str] | None = None,
+    state_dir: str | os.PathLike[str] | None = None,
+    allow_rollback_to: str | int | None = None,
+    revoked_keys: str | Sequence[str] | None = None,
+    clock_skew: int | None = None,
     use_config_file: bool = True,
 ) -> Report:
     """Verify a tree against its signed manifest and return a complete :class:`Report`.
@@ -245,6 +189,12 @@ def verify_integrity(
         public_key=[os.fspath(k) for k in public_keys] if public_keys is not None else None,
         workers=workers,
         cache_dir=os.fspath(cache_dir) if cache_dir is not None else None,
+        state_dir=os.fspath(state_dir) if state_dir is not None else None,
+        allow_rollback_to=str(allow_rollback_to) if allow_rollback_to is not None else None,
+        revoked_keys=[revoked_keys]
+        if isinstance(revoked_keys, str)
+        else (list(revoked_keys) if revoked_keys is not None else None),
+        clock_skew=clock_skew,
     )
     root_shown = os.fspath(root) if root is not None else "."
     notes: list[str] = []
@@ -276,8 +226,10 @@ def verify_integrity(
         settings, _ = resolve_settings(overrides, use_config_file=use_config_file)
         root_shown = settings.root or "."
         root_real = check_root(root_shown)
-        m, keys, minfo, manifest_path, sig_path = _load_verified_manifest(settings, root_real)
-        skip = {r for p in (manifest_path, sig_path) if (r := inside_root(root_real, p)) not in (None, ".")}
+        tm = load_trusted_manifest(settings, root_real)
+        m, keys, minfo = tm.manifest, tm.keys, tm.info
+        notes.extend(tm.notes)
+        skip = {r for p in (tm.manifest_path, tm.signature_path) if (r := inside_root(root_real, p)) not in (None, ".")}
         snapshot = None
         cache = settings.cache_dir or default_cache_dir()
         if quick:
@@ -285,7 +237,7 @@ def verify_integrity(
             if note:
                 notes.append(note)
         outcome = _compare(m, keys, root_real, skip, settings.workers, snapshot, quick)
-    except _Untrusted as exc:
+    except Untrusted as exc:
         return finish("UNTRUSTED", str(exc))
     except (ConfigError, KeyFileError, TreeError) as exc:
         return finish("ERROR", str(exc))
@@ -293,6 +245,12 @@ def verify_integrity(
         return finish("ERROR", str(exc))
     if outcome.problems:
         return finish("FAILED", None, minfo, outcome, "quick" if snapshot else "full")
+    try:
+        note = record_verified(tm, root_real)
+    except ConfigError as exc:
+        return finish("ERROR", str(exc), minfo, outcome)
+    if note:
+        notes.append(note)
     if quick and outcome.hashed and outcome.records is not None:
         # Every file now checks out: remember their stat so the next quick run can skip them.
         fresh = Snapshot(root_real, m.root_digest, started_ns, outcome.records)
@@ -311,6 +269,10 @@ def ensure_integrity(
     workers: int | None = None,
     quick: bool = False,
     cache_dir: str | os.PathLike[str] | None = None,
+    state_dir: str | os.PathLike[str] | None = None,
+    allow_rollback_to: str | int | None = None,
+    revoked_keys: str | Sequence[str] | None = None,
+    clock_skew: int | None = None,
     use_config_file: bool = True,
 ) -> Report:
     """Like :func:`verify_integrity`, but raise NotVerifiedError unless the tree is VERIFIED."""
@@ -322,6 +284,10 @@ def ensure_integrity(
         workers=workers,
         quick=quick,
         cache_dir=cache_dir,
+        state_dir=state_dir,
+        allow_rollback_to=allow_rollback_to,
+        revoked_keys=revoked_keys,
+        clock_skew=clock_skew,
         use_config_file=use_config_file,
     )
     if not report.integrity_verified:

@@ -92,6 +92,10 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     monkeypatch.chdir(cwd)
+    # Rollback state and quick-mode snapshots go to the test's own directories, never the host's.
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg-state"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
+    monkeypatch.setattr("duri_integrity.state.default_state_dir", lambda: str(tmp_path / "state"))
 
 
 @pytest.fixture
@@ -138,6 +142,8 @@ def run_cli() -> Callable[..., subprocess.CompletedProcess[str]]:
         *args: str, env: dict[str, str] | None = None, cwd: Path | None = None, input: str | None = None
     ) -> subprocess.CompletedProcess[str]:
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("DURI_INTEGRITY_")}
+        # A separate process cannot see the in-process patch of the default state directory.
+        full_env["DURI_INTEGRITY_STATE_DIR"] = str(Path(os.environ["XDG_STATE_HOME"]) / "duri-integrity")
         full_env.update(env or {})
         return subprocess.run(
             [exe, *args], capture_output=True, text=True, env=full_env, cwd=cwd, input=input, timeout=120, check=False
