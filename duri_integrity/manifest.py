@@ -207,6 +207,10 @@ def decode_manifest_keys(data: bytes, *, max_entries: int = MAX_ENTRIES) -> tupl
     """Like :func:`decode_manifest`, also returning each entry's path as the walk spells it."""
     if len(data) > MAX_MANIFEST_BYTES:
         raise _fail(f"{len(data):,} bytes is over the {MAX_MANIFEST_BYTES:,}-byte limit")
+    # Every entry is a JSON object, so it needs a "{": counting them bounds the entries before
+    # decoding allocates one object each (braces inside names only make the bound looser).
+    if data.count(b"{") > 2 * max_entries + 1:
+        raise _fail(f"more than {max_entries:,} entries (the limit)")
     try:
         m = _decoder.decode(data)
     except msgspec.ValidationError as exc:

@@ -89,6 +89,8 @@ def load_trusted_manifest(settings: Settings, root_real: str) -> TrustedManifest
             data = f.read(MAX_MANIFEST_BYTES + 1)
     except OSError as exc:
         raise Untrusted(f"cannot read manifest {manifest_path!r}: {exc.strerror or exc}") from None
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise Untrusted(f"manifest {manifest_path!r} is over the {MAX_MANIFEST_BYTES:,}-byte limit")
     try:
         with open(sig_path, "rb") as f:
             sig = f.read(16385)
