@@ -185,5 +185,5 @@ def test_truncated_manifest_is_refused(tree: Path) -> None:
 def test_entry_limit(tree: Path) -> None:
     """A manifest with more entries than the limit is refused before anything else is done."""
     data = build_manifest(str(tree)).data
-    with pytest.raises(ManifestError, match="over the limit"):
+    with pytest.raises(ManifestError, match="more than 3 entries"):
         decode_manifest(data, max_entries=3)
