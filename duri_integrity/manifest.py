@@ -217,6 +217,10 @@ def decode_manifest_keys(data: bytes, *, max_entries: int = MAX_ENTRIES) -> tupl
         raise _fail(str(exc)) from None
     except msgspec.DecodeError as exc:
         raise _fail(f"not valid JSON ({exc})") from None
+    except UnicodeDecodeError as exc:  # msgspec lets this through for an unknown field's name
+        raise _fail(f"not valid UTF-8 at byte {exc.start} ({exc.reason})") from None
+    except RecursionError:
+        raise _fail("nested too deeply") from None
     if m.format != FORMAT:
         raise _fail(f"format is {m.format!r}, expected {FORMAT!r}")
     if m.version != FORMAT_VERSION:

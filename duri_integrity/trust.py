@@ -44,7 +44,7 @@ class TrustedManifest:
     notes: list[str] = field(default_factory=list)
 
 
-def _key_sources(settings: Settings) -> list[str]:
+def key_sources(settings: Settings) -> list[str]:
     sources = list(settings.public_key or ())
     if not sources and os.path.isdir(SYSTEM_KEY_DIR):
         sources = [SYSTEM_KEY_DIR]
@@ -71,7 +71,7 @@ def load_trusted_manifest(settings: Settings, root_real: str) -> TrustedManifest
     """Return the manifest once every check passes; raise Untrusted or an IntegrityError otherwise."""
     from .keys import load_revoked_key_ids, load_trusted_keys, parse_trusted_comment, verify_signature
 
-    sources = _key_sources(settings)
+    sources = key_sources(settings)
     for src in sources:
         if os.path.exists(src) and inside_root(root_real, src) is not None:
             raise Untrusted(f"trusted key {src!r} is inside the tree being verified; keys must come from outside it")
