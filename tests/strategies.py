@@ -38,8 +38,25 @@ def mutated(draw: st.DrawFn, seed: bytes) -> bytes:
         elif op == "truncate":
             del data[pos:]
         else:
-            data[pos:pos] = draw(st.sampled_from([b'{"', b'":', b"[", b"]", b"}", b'"\\u0000"', b"1e999", b"-1",
-                                                  b'"../"', b'"/"', b"null", b"true", b"\xff"]))
+            data[pos:pos] = draw(
+                st.sampled_from(
+                    [
+                        b'{"',
+                        b'":',
+                        b"[",
+                        b"]",
+                        b"}",
+                        b'"\\u0000"',
+                        b"1e999",
+                        b"-1",
+                        b'"../"',
+                        b'"/"',
+                        b"null",
+                        b"true",
+                        b"\xff",
+                    ]
+                )
+            )
     return bytes(data)
 
 
@@ -47,11 +64,30 @@ toml_text = st.one_of(
     st.text(max_size=200),
     st.lists(
         st.tuples(
-            st.sampled_from(["root", "manifest", "public_key", "public-key", "workers", "exclude", "cache_dir",
-                             "state_dir", "clock_skew", "revoked_keys", "release", "bogus"]),
-            st.one_of(st.integers(-5, 10**6).map(str), st.text(max_size=20).map(lambda t: '"' + t.replace('"', "")
-                                                                                     .replace("\\", "") + '"'),
-                      st.just("[]"), st.just('["a", 1]'), st.just("true"), st.just("{}")),
+            st.sampled_from(
+                [
+                    "root",
+                    "manifest",
+                    "public_key",
+                    "public-key",
+                    "workers",
+                    "exclude",
+                    "cache_dir",
+                    "state_dir",
+                    "clock_skew",
+                    "revoked_keys",
+                    "release",
+                    "bogus",
+                ]
+            ),
+            st.one_of(
+                st.integers(-5, 10**6).map(str),
+                st.text(max_size=20).map(lambda t: '"' + t.replace('"', "").replace("\\", "") + '"'),
+                st.just("[]"),
+                st.just('["a", 1]'),
+                st.just("true"),
+                st.just("{}"),
+            ),
         ),
         max_size=6,
     ).map(lambda kv: "".join(f"{k} = {v}\n" for k, v in kv)),

@@ -17,8 +17,9 @@ from duri_integrity.manifest import decode_manifest
 
 from .strategies import mutated, toml_text
 
-FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                         HealthCheck.too_slow])
+FUZZ = settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
 SEED_MANIFEST = (
     b'{"format":"duri-integrity-manifest","version":1,"tool":"duri-integrity 0.1.0","release":"v1",'
     b'"created":"2026-11-26T00:00:00Z","serial":1,"exclude":["*.pyc"],"root_digest":"' + b"0" * 64 + b'",'
@@ -82,8 +83,9 @@ def test_public_key_parser(signed_sample, edit: st.DataObject, tmp_path_factory:
 
 @FUZZ
 @given(text=toml_text, env_workers=st.one_of(st.none(), st.text(max_size=5)))
-def test_config_loader_raises_only_config_error(text: str, env_workers: str | None,
-                                                 tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_config_loader_raises_only_config_error(
+    text: str, env_workers: str | None, tmp_path_factory: pytest.TempPathFactory
+) -> None:
     """Any config file text and environment value gives settings or a ConfigError."""
     d = tmp_path_factory.mktemp("cfg")
     (d / "duri-integrity.toml").write_text(text, encoding="utf-8", errors="surrogateescape")

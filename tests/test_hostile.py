@@ -17,8 +17,9 @@ from .conftest import Signed
 def _sign_raw(s: Signed, data: bytes) -> None:
     s.manifest.write_bytes(data)
     comment = make_trusted_comment("MANIFEST.json", "", 1, "0" * 64)
-    s.signature.write_bytes(sign_bytes(data, load_secret_key(str(s.keys.secret)), comment.split("\trelease")[0]
-                                       .split("\tserial")[0]))
+    s.signature.write_bytes(
+        sign_bytes(data, load_secret_key(str(s.keys.secret)), comment.split("\trelease")[0].split("\tserial")[0])
+    )
 
 
 def _doc(s: Signed) -> dict[str, Any]:
@@ -47,8 +48,9 @@ HOSTILE: dict[str, tuple[Any, str]] = {
     "nul": (lambda d: d["entries"].append(_dir("zz\u0000z")), "NUL"),
     "duplicate": (lambda d: d["entries"].append(dict(d["entries"][-1])), "duplicate path"),
     "file and dir at one path": (
-        lambda d: d["entries"].extend([_dir("zzz"), {"type": "file", "path": "zzz", "mode": 420, "size": 1,
-                                                     "blake3": "0" * 64}]),
+        lambda d: d["entries"].extend(
+            [_dir("zzz"), {"type": "file", "path": "zzz", "mode": 420, "size": 1, "blake3": "0" * 64}]
+        ),
         "duplicate path",
     ),
     "absurd size": (

@@ -32,8 +32,9 @@ def releases(tree: Path, keys: Keys, tmp_path: Path) -> tuple[Path, Path]:
 def _verify(tree: Path, keys: Keys, manifest: Path, state: Path, **kw: object):  # type: ignore[no-untyped-def]
     from duri_integrity import verify_integrity
 
-    return verify_integrity(tree, manifest=manifest, public_keys=str(keys.public), state_dir=str(state),
-                            use_config_file=False, **kw)  # type: ignore[arg-type]
+    return verify_integrity(
+        tree, manifest=manifest, public_keys=str(keys.public), state_dir=str(state), use_config_file=False, **kw
+    )  # type: ignore[arg-type]
 
 
 def test_older_manifest_is_refused_and_state_untouched(tree: Path, keys: Keys, releases, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -51,8 +52,13 @@ def test_older_manifest_is_refused_and_state_untouched(tree: Path, keys: Keys, r
 
 
 @pytest.mark.parametrize("approval", ["v1", "100", 100])
-def test_approved_rollback_is_recorded_and_sticks(tree: Path, keys: Keys, releases, tmp_path: Path,  # type: ignore[no-untyped-def]
-                                                   approval: object) -> None:
+def test_approved_rollback_is_recorded_and_sticks(
+    tree: Path,
+    keys: Keys,
+    releases,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
+    approval: object,
+) -> None:
     """An approval naming the release or serial lets v1 verify, says so, and lowers the mark to it."""
     v1, v2 = releases
     state = tmp_path / "state"
@@ -86,8 +92,9 @@ def test_marks_are_per_key(tree: Path, keys: Keys, releases, tmp_path: Path) -> 
     m = _release(tree, other, "w1", 50, tmp_path / "other-releases")
     from duri_integrity import verify_integrity
 
-    r = verify_integrity(tree, manifest=m, public_keys=[str(keys.public), str(other.public)],
-                         state_dir=str(state), use_config_file=False)
+    r = verify_integrity(
+        tree, manifest=m, public_keys=[str(keys.public), str(other.public)], state_dir=str(state), use_config_file=False
+    )
     assert r.status == "VERIFIED", r.summary
 
 
