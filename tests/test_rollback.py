@@ -85,7 +85,7 @@ def test_approval_for_another_release_does_not_help(tree: Path, keys: Keys, rele
 
 def test_marks_are_per_key(tree: Path, keys: Keys, releases, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """A newer serial under one key does not block an older one under another key."""
-    v1, v2 = releases
+    _v1, v2 = releases
     state = tmp_path / "state"
     _verify(tree, keys, v2, state)
     other = new_keys(tmp_path / "other", "o")
