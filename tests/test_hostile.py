@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import tracemalloc
 from pathlib import Path
@@ -32,10 +33,9 @@ def _entries_digest(d: dict[str, Any]) -> None:
 
     from duri_integrity.manifest import Entry, compute_root_digest
 
-    try:
-        d["root_digest"] = compute_root_digest(d.get("exclude", []), msgspec.convert(d["entries"], list[Entry]))  # type: ignore[arg-type]
-    except (msgspec.ValidationError, TypeError):
-        pass
+    with contextlib.suppress(msgspec.ValidationError, TypeError):  # malformed on purpose: the decoder says so
+        entries = msgspec.convert(d["entries"], list[Entry])  # type: ignore[arg-type]
+        d["root_digest"] = compute_root_digest(d.get("exclude", []), entries)
 
 
 def _dir(path: str) -> dict[str, Any]:
