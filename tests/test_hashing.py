@@ -157,3 +157,50 @@ def test_directory_swapped_for_symlink_is_not_entered(tmp_path: Path) -> None:
     [(_, kind, _, detail)] = check_files(str(root), [job], workers=1)
     # O_DIRECTORY|O_NOFOLLOW on a symlink fails with ENOTDIR (or ELOOP): the link is never followed.
     assert kind == "unstable" and ("Not a directory" in (detail or "") or "symbolic links" in (detail or ""))
+
+
+def test_growth_during_a_chunked_read_is_noticed(tmp_path: Path) -> None:
+    """Reading past the size fstat gave means the file grew: no digest is returned for it."""
+    from duri_integrity.hashing import CHUNK, _hash_chunks
+
+    p = tmp_path / "big"
+    p.write_bytes(os.urandom(3 * SMALL_FILE))
+    fd = os.open(p, os.O_RDONLY)
+    try:
+        digest, got = _hash_chunks(fd, 3 * SMALL_FILE - 10, bytearray(CHUNK))  # as if it grew by 10 bytes
+    finally:
+        os.close(fd)
+    assert digest is None and got > 3 * SMALL_FILE - 10
+
+
+def test_files_rewritten_during_verification_never_verify(tmp_path: Path) -> None:
+    """While a writer keeps changing files, every check reports them (modified or unstable), never OK."""
+    import threading
+
+    root = tmp_path / "busy"
+    root.mkdir()
+    names = ["small.txt", "big.bin"]
+    (root / names[0]).write_bytes(b"a" * 5000)
+    (root / names[1]).write_bytes(b"b" * (4 * SMALL_FILE))
+    jobs = [_check(root / n) for n in names]
+    stop = threading.Event()
+
+    def writer() -> None:
+        k = 0
+        while not stop.is_set():
+            k += 1
+            for n in names:
+                with open(root / n, "r+b") as f:
+                    f.seek(k % 4000)
+                    f.write(bytes([k % 251]) * 64)
+
+    t = threading.Thread(target=writer)
+    t.start()
+    try:
+        for _ in range(20):
+            problems = check_files(str(root), jobs, workers=2)
+            assert {i for i, *_ in problems} == {0, 1}
+            assert {kind for _, kind, _, _ in problems} <= {"modified", "unstable"}
+    finally:
+        stop.set()
+        t.join()
