@@ -183,7 +183,7 @@ def test_files_rewritten_during_verification_never_verify(tmp_path: Path) -> Non
     (root / names[0]).write_bytes(b"a" * 5000)
     (root / names[1]).write_bytes(b"b" * (4 * SMALL_FILE))
     jobs = [_check(root / n) for n in names]
-    stop = threading.Event()
+    stop, started = threading.Event(), threading.Event()
 
     def writer() -> None:
         k = 0
@@ -192,10 +192,12 @@ def test_files_rewritten_during_verification_never_verify(tmp_path: Path) -> Non
             for n in names:
                 with open(root / n, "r+b") as f:
                     f.seek(k % 4000)
-                    f.write(bytes([k % 251]) * 64)
+                    f.write(bytes([0xC0 | (k % 64)]) * 64)  # never the original bytes
+            started.set()
 
     t = threading.Thread(target=writer)
     t.start()
+    started.wait()
     try:
         for _ in range(20):
             problems = check_files(str(root), jobs, workers=2)
