@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import stat
 from collections.abc import Sequence
@@ -12,6 +11,7 @@ from typing import NamedTuple
 from . import __version__
 from .errors import IntegrityError, ManifestError, TreeError
 from .exclude import Excluder
+from .files import replace_file
 from .hashing import hash_for_build
 from .keys import load_secret_key, make_trusted_comment, sign_bytes
 from .manifest import (
@@ -140,21 +140,9 @@ def build_manifest(
 
 def write_atomic(path: str, data: bytes, mode: int = 0o644) -> None:
     """Write via a temporary file in the same directory and rename, so readers never see half a file."""
-    directory = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp{os.getpid()}")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), mode)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
+        replace_file(path, data, mode)
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
         raise IntegrityError(f"cannot write {path!r}: {exc.strerror or exc}") from None
 
 

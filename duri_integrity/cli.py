@@ -58,8 +58,22 @@ class _Group(click.Group):
 
 @click.group(cls=_Group, epilog=EXIT_CODE_HELP, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="duri-integrity")
-def main() -> None:
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    help="Write log records to stderr, as text or one JSON object per line [default: no log records].",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    help="Least severe log record written [default: info once --log-format is given].",
+)
+def main(log_format: str | None, log_level: str | None) -> None:
     """Build, sign and verify signed manifests of deployment trees."""
+    if log_format or log_level:  # otherwise stderr keeps its one-line contract
+        from .logs import configure_cli_logging
+
+        configure_cli_logging(log_format or "text", log_level or "info")
 
 
 def _password(password_file: str | None, *, confirm: bool = False) -> str | None:
@@ -271,6 +285,11 @@ def render_report(report: Report, *, quiet: bool, echo: Callable[..., None] = cl
     "--revoked-key", multiple=True, help="Revoked key: a .pub file, a directory, or a key-id list. Repeatable."
 )
 @click.option("--clock-skew", type=click.IntRange(0, 86400), help="Seconds of clock disagreement tolerated [300].")
+@click.option(
+    "--prometheus-textfile",
+    type=click.Path(dir_okay=False),
+    help="Also write the result as node_exporter textfile metrics here (replaced atomically).",
+)
 @_workers_option
 def verify(
     root: str | None,
@@ -285,6 +304,7 @@ def verify(
     allow_rollback_to: str | None,
     revoked_key: tuple[str, ...],
     clock_skew: int | None,
+    prometheus_textfile: str | None,
     workers: int | None,
 ) -> None:
     """Verify ROOT against its signed manifest.
@@ -307,6 +327,10 @@ def verify(
         revoked_keys=list(revoked_key) or None,
         clock_skew=clock_skew,
     )
+    if prometheus_textfile:
+        from .metrics import write_textfile
+
+        write_textfile(report, prometheus_textfile)
     if as_json:
         click.echo(report.to_json())
     else:

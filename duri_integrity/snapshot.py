@@ -16,7 +16,6 @@ timestamps: it is weaker than a full check against anyone who can set ctime
 (root, or raw access to the disk).
 """
 
-import contextlib
 import hmac
 import os
 import stat
@@ -24,6 +23,8 @@ import struct
 
 import msgspec
 from blake3 import blake3
+
+from .files import replace_file
 
 __all__ = [
     "RACY_NS",
@@ -160,7 +161,6 @@ def load_snapshot(cache_dir: str, root_real: str, root_digest: str, entries: int
 def save_snapshot(cache_dir: str, snapshot: Snapshot) -> str | None:
     """Write the snapshot atomically; return a note if it could not be written (never raises)."""
     path = snapshot_path(cache_dir, snapshot.root, snapshot.root_digest)
-    tmp = f"{path}.tmp{os.getpid()}"
     header = _Header(
         format=_FORMAT,
         root=snapshot.root,
@@ -174,16 +174,7 @@ def save_snapshot(cache_dir: str, snapshot: Snapshot) -> str | None:
         if key is None:
             return f"snapshot not saved: {cache_dir}/snapshot.key is not a private file of this user"
         body = msgspec.json.encode(header) + b"\n" + bytes(snapshot.records)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-        try:
-            view = memoryview(_mac(key, body) + b"\n" + body)
-            while view:
-                view = view[os.write(fd, view) :]
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
+        replace_file(path, _mac(key, body) + b"\n" + body, 0o600)
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
         return f"snapshot not saved in {cache_dir}: {exc.strerror or exc}"
     return None

@@ -7,7 +7,6 @@ the mark to it, so the restarted old release keeps verifying, and is recorded.
 A refused check never touches the state.
 """
 
-import contextlib
 import os
 import time
 
@@ -15,6 +14,7 @@ import msgspec
 from blake3 import blake3
 
 from .errors import ConfigError
+from .files import replace_file
 
 __all__ = ["RollbackState", "StateStore", "default_state_dir"]
 
@@ -129,16 +129,7 @@ class StateStore:
                     updated=int(time.time()),
                     approvals=approvals[-50:],
                 )
-                tmp = f"{path}.tmp{os.getpid()}"
-                try:
-                    with open(tmp, "wb") as f:
-                        f.write(msgspec.json.encode(state))
-                        f.flush()
-                        os.fsync(f.fileno())
-                    os.replace(tmp, path)
-                finally:
-                    with contextlib.suppress(OSError):
-                        os.unlink(tmp)
+                replace_file(path, msgspec.json.encode(state), 0o600)
         except OSError as exc:
             message = f"rollback state not recorded in {self.directory}: {exc.strerror or exc}"
             if self.explicit:

@@ -19,6 +19,7 @@ from .errors import (
 )
 from .exclude import Excluder
 from .hashing import FileCheck, check_files
+from .logs import log_report
 from .manifest import File, Manifest, Symlink, display
 from .report import ManifestInfo, Mode, Problem, Report, Status, make_report
 from .snapshot import RECORD, Snapshot, default_cache_dir, load_snapshot, save_snapshot
@@ -206,7 +207,7 @@ def verify_integrity(
         outcome: _Outcome | None = None,
         mode: Mode = "full",
     ) -> Report:
-        return make_report(
+        report = make_report(
             status=status,
             root=root_shown,
             reason=reason,
@@ -221,6 +222,8 @@ def verify_integrity(
             checked_at=checked_at,
             tool_version=__version__,
         )
+        log_report(report)
+        return report
 
     try:
         settings, _ = resolve_settings(overrides, use_config_file=use_config_file)

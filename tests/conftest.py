@@ -96,6 +96,13 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg-state"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
     monkeypatch.setattr("duri_integrity.state.default_state_dir", lambda: str(tmp_path / "state"))
+    # An in-process CLI run may have attached its handler to the package logger: undo that.
+    import logging
+
+    pkg = logging.getLogger("duri_integrity")
+    monkeypatch.setattr(pkg, "handlers", [logging.NullHandler()])
+    monkeypatch.setattr(pkg, "propagate", True)
+    monkeypatch.setattr(pkg, "level", logging.NOTSET)
 
 
 @pytest.fixture
