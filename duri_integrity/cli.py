@@ -102,10 +102,10 @@ def _parse_duration(text: str) -> Any:
     return timedelta(seconds=int(num) * units[unit])
 
 
-_password_option = click.option(
+_password_option: Callable[[Callable[..., Any]], Callable[..., Any]] = click.option(
     "--password-file", type=click.Path(dir_okay=False), help="File whose first line is the key's password."
 )
-_workers_option = click.option(
+_workers_option: Callable[[Callable[..., Any]], Callable[..., Any]] = click.option(
     "--workers", type=click.IntRange(1, 256), default=None, help="Hashing threads [default: CPU count, max 8]."
 )
 
@@ -338,67 +338,8 @@ def verify(
     sys.exit(report.exit_code)
 
 
-@main.command()
-@click.argument("root", type=click.Path(file_okay=False), required=False)
-@click.option("--manifest", "-m", help="Manifest file [default: ROOT/MANIFEST.json].")
-@click.option("--signature", help="Signature file [default: MANIFEST.minisig].")
-@click.option("--public-key", "-p", multiple=True, help="Trusted public key (file, directory or base64). Repeatable.")
-@click.option("--secret-key", "-s", help="Also check this signing key: private, and trusted by the hosts.")
-@click.option("--state-dir", help="Rollback state directory to check ('none' if protection is off).")
-@click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON.")
-@_password_option
-def doctor(
-    root: str | None,
-    manifest: str | None,
-    signature: str | None,
-    public_key: tuple[str, ...],
-    secret_key: str | None,
-    state_dir: str | None,
-    as_json: bool,
-    password_file: str | None,
-) -> None:
-    """Check every precondition of a successful verification, one by one.
+# The operational commands (doctor, diff, serve, demo) live in their own module.
+from .cli_ops import demo, diff, doctor, serve  # noqa: E402 - they use the helpers above
 
-    Trusted keys, the signing key (with --secret-key), the manifest and its
-    signature, the clock, the rollback state directory, and whether every file
-    in the tree can be opened. Exits 0 when all pass, 1 otherwise.
-    """
-    import msgspec
-
-    from .config import Settings, resolve_settings
-    from .doctor import run_doctor
-
-    settings, _ = resolve_settings(
-        Settings(
-            root=root,
-            manifest=manifest,
-            signature=signature,
-            public_key=list(public_key) or None,
-            secret_key=secret_key,
-            state_dir=state_dir,
-        )
-    )
-    password = _password(password_file) if settings.secret_key else None
-    report = run_doctor(settings, secret_key=settings.secret_key, password=password)
-    if as_json:
-        click.echo(msgspec.json.encode(report).decode())
-    else:
-        for c in report.checks:
-            mark = "OK  " if c.ok else "FAIL"
-            click.echo(f"{mark} {c.name}: {c.detail}" + (f"\n     fix: {c.fix}" if c.fix else ""))
-        failed = sum(not c.ok for c in report.checks)
-        click.echo("all checks passed" if report.ok else f"{failed} check(s) failed")
-    sys.exit(EXIT_OK if report.ok else EXIT_FAILED)
-
-
-@main.command()
-@click.option(
-    "--keep",
-    type=click.Path(file_okay=False),
-    help="Build the demo here and keep it, instead of a temporary directory.",
-)
-def demo(keep: str | None) -> None:
-    """Run the whole job on a sample tree: keygen, build, sign, verify, tamper, verify."""
-    from .demo import run_demo
-
-    sys.exit(run_demo(keep))
+for _command in (doctor, diff, serve, demo):
+    main.add_command(_command)

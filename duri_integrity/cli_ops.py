@@ -1,0 +1,170 @@
+"""Operational commands: doctor, diff, serve and demo (registered on the main group)."""
+
+import sys
+
+import click
+
+from .cli import EXIT_FAILED, EXIT_OK, EXIT_UNTRUSTED, _password, _password_option
+
+__all__ = ["demo", "diff", "doctor", "serve"]
+
+
+@click.command()
+@click.argument("root", type=click.Path(file_okay=False), required=False)
+@click.option("--manifest", "-m", help="Manifest file [default: ROOT/MANIFEST.json].")
+@click.option("--signature", help="Signature file [default: MANIFEST.minisig].")
+@click.option("--public-key", "-p", multiple=True, help="Trusted public key (file, directory or base64). Repeatable.")
+@click.option("--secret-key", "-s", help="Also check this signing key: private, and trusted by the hosts.")
+@click.option("--state-dir", help="Rollback state directory to check ('none' if protection is off).")
+@click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON.")
+@_password_option
+def doctor(
+    root: str | None,
+    manifest: str | None,
+    signature: str | None,
+    public_key: tuple[str, ...],
+    secret_key: str | None,
+    state_dir: str | None,
+    as_json: bool,
+    password_file: str | None,
+) -> None:
+    """Check every precondition of a successful verification, one by one.
+
+    Trusted keys, the signing key (with --secret-key), the manifest and its
+    signature, the clock, the rollback state directory, and whether every file
+    in the tree can be opened. Exits 0 when all pass, 1 otherwise.
+    """
+    import msgspec
+
+    from .config import Settings, resolve_settings
+    from .doctor import run_doctor
+
+    settings, _ = resolve_settings(
+        Settings(
+            root=root,
+            manifest=manifest,
+            signature=signature,
+            public_key=list(public_key) or None,
+            secret_key=secret_key,
+            state_dir=state_dir,
+        )
+    )
+    password = _password(password_file) if settings.secret_key else None
+    report = run_doctor(settings, secret_key=settings.secret_key, password=password)
+    if as_json:
+        click.echo(msgspec.json.encode(report).decode())
+    else:
+        for c in report.checks:
+            mark = "OK  " if c.ok else "FAIL"
+            click.echo(f"{mark} {c.name}: {c.detail}" + (f"\n     fix: {c.fix}" if c.fix else ""))
+        failed = sum(not c.ok for c in report.checks)
+        click.echo("all checks passed" if report.ok else f"{failed} check(s) failed")
+    sys.exit(EXIT_OK if report.ok else EXIT_FAILED)
+
+
+@click.command()
+@click.option(
+    "--keep",
+    type=click.Path(file_okay=False),
+    help="Build the demo here and keep it, instead of a temporary directory.",
+)
+def demo(keep: str | None) -> None:
+    """Run the whole job on a sample tree: keygen, build, sign, verify, tamper, verify."""
+    from .demo import run_demo
+
+    sys.exit(run_demo(keep))
+
+
+@click.command()
+@click.argument("old_manifest", type=click.Path(dir_okay=False))
+@click.argument("new_manifest", type=click.Path(dir_okay=False))
+@click.option("--public-key", "-p", multiple=True, help="Check both signatures against these keys. Repeatable.")
+@click.option("--json", "as_json", is_flag=True, help="Print the diff as JSON.")
+def diff(old_manifest: str, new_manifest: str, public_key: tuple[str, ...], as_json: bool) -> None:
+    """Show what NEW_MANIFEST changes against OLD_MANIFEST.
+
+    Every added and removed entry, and every change of content, mode, type or
+    symlink target. With --public-key both signatures are checked first (exit 3
+    if either fails). Exits 0 when the manifests describe the same tree, 1 when
+    they differ.
+    """
+    import msgspec
+
+    from .diff import diff_files
+    from .errors import SignatureError
+    from .keys import load_trusted_keys
+
+    trusted = load_trusted_keys(public_key) if public_key else None
+    try:
+        result = diff_files(old_manifest, new_manifest, trusted)
+    except SignatureError as exc:
+        click.echo(f"duri-integrity: UNTRUSTED: {exc}", err=True)
+        sys.exit(EXIT_UNTRUSTED)
+    if as_json:
+        click.echo(msgspec.json.encode(result).decode())
+    else:
+        o, n = result.old, result.new
+        click.echo(f"{o.release or '-'} (serial {o.serial}) -> {n.release or '-'} (serial {n.serial})")
+        marks = {"added": "+", "removed": "-"}
+        for c in result.changes:
+            values = f"  {c.old} -> {c.new}" if c.kind in ("mode", "type", "target") else ""
+            click.echo(f"{marks.get(c.kind, '~')} {c.kind:<8} {c.path}{values}")
+        if result.exclude_changed:
+            click.echo("~ exclusion patterns changed")
+        for note in result.notes:
+            click.echo(f"note: {note}", err=True)
+        counts = result.counts
+        changed = sum(counts[k] for k in ("content", "mode", "type", "target"))
+        click.echo(f"{counts['added']:,} added, {counts['removed']:,} removed, {changed:,} changed")
+    sys.exit(EXIT_FAILED if result.changes or result.exclude_changed else EXIT_OK)
+
+
+@click.command()
+@click.argument("root", type=click.Path(file_okay=False), required=False)
+@click.option("--bind", default="127.0.0.1:8787", show_default=True, help="HOST:PORT to listen on.")
+@click.option("--manifest", "-m", help="Manifest file [default: ROOT/MANIFEST.json].")
+@click.option("--public-key", "-p", multiple=True, help="Trusted public key (file, directory or base64). Repeatable.")
+@click.option(
+    "--ttl",
+    type=click.FloatRange(1, 86400),
+    default=60,
+    show_default=True,
+    help="Seconds a result is served before it is re-verified in the background.",
+)
+@click.option("--quick", is_flag=True, help="Re-verify in quick mode (re-hash only files whose stat changed).")
+@click.option(
+    "--token-file",
+    type=click.Path(dir_okay=False),
+    help="File holding the bearer token [default: DURI_INTEGRITY_STATUS_TOKEN].",
+)
+def serve(
+    root: str | None,
+    bind: str,
+    manifest: str | None,
+    public_key: tuple[str, ...],
+    ttl: float,
+    quick: bool,
+    token_file: str | None,
+) -> None:
+    """Serve GET /integrity_details and GET /healthz for dashboards, behind a bearer token.
+
+    Results are cached for --ttl seconds and re-verified in the background;
+    concurrent requests share one verification.
+    """
+    from .server import CachedVerification, load_token, make_server, make_wsgi_app
+    from .verify import verify_integrity
+
+    host, sep, port_text = bind.rpartition(":")
+    if not sep or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise click.BadParameter(f"{bind!r} is not HOST:PORT", param_hint="--bind")
+    token = load_token(token_file=token_file)
+    keys = list(public_key) or None
+    status = CachedVerification(lambda: verify_integrity(root, manifest=manifest, public_keys=keys, quick=quick), ttl)
+    server = make_server(make_wsgi_app(status, token), host.strip("[]") or "127.0.0.1", int(port_text))
+    click.echo(f"serving integrity status on http://{bind}/integrity_details (Ctrl-C to stop)", err=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
