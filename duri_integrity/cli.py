@@ -227,6 +227,46 @@ def sign(manifest: str, secret_key: str, allow_insecure_key: bool, password_file
     click.echo(f"signed: {out}")
 
 
+class _Progress:
+    """A one-line progress bar on stderr, drawn only on a terminal and only once a run is slow."""
+
+    WIDTH = 30
+
+    def __init__(self, delay: float) -> None:
+        import time
+
+        self._clock = time.monotonic
+        self._start = self._clock()
+        self._delay = delay
+        self._last = 0.0
+        self._drawn = False
+
+    @classmethod
+    def maybe(cls, *, enabled: bool) -> _Progress | None:
+        if not enabled or not sys.stderr.isatty():
+            return None
+        try:
+            delay = float(os.environ.get("DURI_INTEGRITY_PROGRESS_DELAY", "1"))
+        except ValueError:
+            delay = 1.0
+        return cls(delay)
+
+    def update(self, done: int, total: int) -> None:
+        now = self._clock()
+        if now - self._start < self._delay or (now - self._last < 0.1 and done < total):
+            return
+        self._last = now
+        filled = self.WIDTH * done // max(total, 1)
+        sys.stderr.write(f"\rhashing [{'=' * filled}{' ' * (self.WIDTH - filled)}] {done:,}/{total:,} files")
+        sys.stderr.flush()
+        self._drawn = True
+
+    def clear(self) -> None:
+        if self._drawn:
+            sys.stderr.write("\r" + " " * (self.WIDTH + 40) + "\r")
+            sys.stderr.flush()
+
+
 def render_report(report: Report, *, quiet: bool, echo: Callable[..., None] = click.echo) -> None:
     """Human output: the problems (the first 50 and a count), then one summary line."""
     status_line = f"{report.status}: {report.summary}"
@@ -314,6 +354,7 @@ def verify(
     """
     from .verify import verify_integrity
 
+    bar = _Progress.maybe(enabled=not (quiet or as_json))
     report = verify_integrity(
         root,
         manifest=manifest,
@@ -326,7 +367,10 @@ def verify(
         allow_rollback_to=allow_rollback_to,
         revoked_keys=list(revoked_key) or None,
         clock_skew=clock_skew,
+        progress=bar.update if bar else None,
     )
+    if bar:
+        bar.clear()
     if prometheus_textfile:
         from .metrics import write_textfile
 

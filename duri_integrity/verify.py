@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import stat
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 from . import __version__
@@ -55,6 +56,7 @@ def _compare(
     workers: int | None,
     snapshot: Snapshot | None,
     quick: bool,
+    progress: Callable[[int, int], None] | None = None,
 ) -> _Outcome:
     """Walk the tree and compare it with the manifest, hashing what must be hashed.
 
@@ -140,7 +142,16 @@ def _compare(
     out.checked, out.files = seen - added, files
     problems.extend(Problem(path=display(rel), kind="missing", expected=entries[i].kind) for rel, i in index.items())
     del index
-    for k, what, expected_value, got in check_files(root_real, jobs, workers):
+    tick = None
+    if progress is not None:
+        lock, done, total = threading.Lock(), [0], len(jobs)
+
+        def tick(n: int) -> None:
+            with lock:
+                done[0] += n
+                progress(done[0], total)
+
+    for k, what, expected_value, got in check_files(root_real, jobs, workers, tick):
         problems.append(Problem(path=display(jobs[k].path), kind=what, expected=expected_value, actual=got))
         if records is not None:  # never remember a file that failed
             i = job_index[k]
@@ -164,6 +175,7 @@ def verify_integrity(
     revoked_keys: str | Sequence[str] | None = None,
     clock_skew: int | None = None,
     use_config_file: bool = True,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Report:
     """Verify a tree against its signed manifest and return a complete :class:`Report`.
 
@@ -171,6 +183,9 @@ def verify_integrity(
     then the config file. Operational failures (missing manifest, bad signature,
     missing root, bad configuration) come back as a report with status
     UNTRUSTED or ERROR; only invalid arguments raise.
+
+    ``progress``, if given, is called from the hashing threads as
+    ``progress(files_done, files_to_hash)``.
 
     ``quick=True`` re-hashes only files whose stat changed since the last
     verified run (see :mod:`duri_integrity.snapshot`); it is weaker than a full
@@ -239,7 +254,7 @@ def verify_integrity(
             snapshot, note = load_snapshot(cache, root_real, m.root_digest, len(m.entries))
             if note:
                 notes.append(note)
-        outcome = _compare(m, keys, root_real, skip, settings.workers, snapshot, quick)
+        outcome = _compare(m, keys, root_real, skip, settings.workers, snapshot, quick, progress)
     except Untrusted as exc:
         return finish("UNTRUSTED", str(exc))
     except (ConfigError, KeyFileError, TreeError) as exc:

@@ -220,3 +220,41 @@ def test_demo_runs_and_catches_the_change(run_cli: Run, tmp_path: Path) -> None:
     assert "VERIFIED: " in r.stdout and "FAILED: " in r.stdout
     assert "rollback_integrity" in r.stdout
     assert (tmp_path / "demo" / "release" / "MANIFEST.json.minisig").exists()
+
+
+def _run_on_a_terminal(args: list[str], env: dict[str, str]) -> tuple[int, str, str]:
+    """Run the console script with stderr on a pseudo-terminal; return (code, stdout, terminal output)."""
+    import pty
+
+    exe = console_script()
+    assert exe is not None
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([exe, *args], stdout=subprocess.PIPE, stderr=slave, env={**os.environ, **env})
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # EIO: the other side closed
+            break
+        if not data:
+            break
+        chunks.append(data)
+    out, _ = proc.communicate()
+    os.close(master)
+    return proc.returncode, out.decode(), b"".join(chunks).decode(errors="replace")
+
+
+def test_progress_bar_only_on_a_terminal(signed: Signed, run_cli: Run) -> None:
+    """A progress bar appears on a terminal for a slow run, and never with -q, --json or a pipe."""
+    env = {"DURI_INTEGRITY_PROGRESS_DELAY": "0", "DURI_INTEGRITY_STATE_DIR": "none"}
+    base = ["verify", str(signed.root), "-p", str(signed.keys.public)]
+    code, out, tty = _run_on_a_terminal(base, env)
+    assert code == 0 and "hashing [" in tty and "files" in tty and out.splitlines()[-1].startswith("VERIFIED")
+    for extra in (["-q"], ["--json"]):
+        code, _, tty = _run_on_a_terminal([*base, *extra], env)
+        assert code == 0 and "hashing [" not in tty
+    r = run_cli(*base, env=env)
+    assert "hashing [" not in r.stderr
+    code, _, tty = _run_on_a_terminal(base, {**env, "DURI_INTEGRITY_PROGRESS_DELAY": "60"})
+    assert "hashing [" not in tty  # fast runs stay quiet
