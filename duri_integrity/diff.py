@@ -10,7 +10,8 @@ import os
 import msgspec
 
 from .errors import ManifestError, SignatureError
-from .manifest import Entry, File, Manifest, Symlink, decode_manifest_keys, display
+from .files import read_limited
+from .manifest import MAX_MANIFEST_BYTES, Entry, File, Manifest, Symlink, decode_manifest_keys, display
 
 __all__ = ["Change", "ManifestDiff", "diff_files", "diff_manifests", "load_manifest_for_diff"]
 
@@ -83,15 +84,13 @@ def load_manifest_for_diff(path: str, trusted: object | None) -> tuple[Manifest,
     from .keys import TrustedKeys, verify_signature
 
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        data = read_limited(path, MAX_MANIFEST_BYTES)  # an oversized one is refused by the decoder
     except OSError as exc:
         raise ManifestError(f"cannot read manifest {path!r}: {exc.strerror or exc}") from None
     signed_by = None
     if isinstance(trusted, TrustedKeys):
         try:
-            with open(path + ".minisig", "rb") as f:
-                sig = f.read(16385)
+            sig = read_limited(path + ".minisig", 16384)
         except OSError as exc:
             raise SignatureError(f"cannot read signature {path + '.minisig'!r}: {exc.strerror or exc}") from None
         try:

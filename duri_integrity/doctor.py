@@ -12,6 +12,7 @@ import msgspec
 
 from .config import MANIFEST_NAME, Settings
 from .errors import IntegrityError
+from .files import read_limited
 from .trust import DEFAULT_CLOCK_SKEW, SYSTEM_REVOKED_DIR, key_sources, state_store
 from .walk import check_root, inside_root, iter_tree, open_dir_beneath, open_root
 
@@ -70,7 +71,7 @@ def run_doctor(settings: Settings, *, secret_key: str | None = None, password: s
         parse_public_key,
         verify_signature,
     )
-    from .manifest import decode_manifest
+    from .manifest import MAX_MANIFEST_BYTES, decode_manifest
 
     checks: list[Check] = []
 
@@ -129,10 +130,8 @@ def run_doctor(settings: Settings, *, secret_key: str | None = None, password: s
         manifest_path = settings.manifest or os.path.join(root_real, MANIFEST_NAME)
         sig_path = settings.signature or manifest_path + ".minisig"
         try:
-            with open(manifest_path, "rb") as f:
-                data = f.read()
-            with open(sig_path, "rb") as f:
-                sig = f.read(16385)
+            data = read_limited(manifest_path, MAX_MANIFEST_BYTES)
+            sig = read_limited(sig_path, 16384)
             if trusted is None:
                 raise IntegrityError("no trusted keys to check it with")
             info = verify_signature(data, sig, trusted)

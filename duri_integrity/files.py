@@ -8,7 +8,7 @@ and flushed to disk, then renamed over it.
 import contextlib
 import os
 
-__all__ = ["replace_file"]
+__all__ = ["read_limited", "replace_file"]
 
 
 def replace_file(path: str, data: bytes, mode: int = 0o644) -> None:
@@ -31,3 +31,9 @@ def replace_file(path: str, data: bytes, mode: int = 0o644) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def read_limited(path: str, limit: int) -> bytes:
+    """Read at most ``limit + 1`` bytes, so a caller can tell a file over its limit; raise OSError."""
+    with open(path, "rb") as f:
+        return f.read(limit + 1)

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, NamedTuple
 
 from .errors import KeyFileError, SignatureError
+from .files import read_limited
 
 if TYPE_CHECKING:
     import minisign
@@ -81,8 +82,7 @@ class TrustedKeys:
 
 def _read_small(path: str, limit: int, what: str) -> bytes:
     try:
-        with open(path, "rb") as f:
-            data = f.read(limit + 1)
+        data = read_limited(path, limit)
     except OSError as exc:
         raise KeyFileError(f"cannot read {what} {path!r}: {exc.strerror or exc}") from None
     if len(data) > limit:

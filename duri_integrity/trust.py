@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from . import state as _state
 from .config import MANIFEST_NAME, SYSTEM_KEY_DIR, Settings
 from .errors import KeyFileError, ManifestError, SignatureError
+from .files import read_limited
 from .manifest import MAX_MANIFEST_BYTES, Manifest, decode_manifest_keys
 from .report import ManifestInfo
 from .state import DISABLED, RollbackState, StateStore
@@ -22,6 +23,7 @@ __all__ = ["DEFAULT_CLOCK_SKEW", "SYSTEM_REVOKED_DIR", "TrustedManifest", "Untru
 
 log = logging.getLogger("duri_integrity")
 DEFAULT_CLOCK_SKEW = 300
+MAX_SIGNATURE_BYTES = 16384
 SYSTEM_REVOKED_DIR = "/etc/duri-integrity/revoked-keys.d"
 
 
@@ -85,15 +87,13 @@ def load_trusted_manifest(settings: Settings, root_real: str) -> TrustedManifest
     manifest_path = settings.manifest or os.path.join(root_real, MANIFEST_NAME)
     sig_path = settings.signature or manifest_path + ".minisig"
     try:
-        with open(manifest_path, "rb") as f:
-            data = f.read(MAX_MANIFEST_BYTES + 1)
+        data = read_limited(manifest_path, MAX_MANIFEST_BYTES)
     except OSError as exc:
         raise Untrusted(f"cannot read manifest {manifest_path!r}: {exc.strerror or exc}") from None
     if len(data) > MAX_MANIFEST_BYTES:
         raise Untrusted(f"manifest {manifest_path!r} is over the {MAX_MANIFEST_BYTES:,}-byte limit")
     try:
-        with open(sig_path, "rb") as f:
-            sig = f.read(16385)
+        sig = read_limited(sig_path, MAX_SIGNATURE_BYTES)
     except OSError as exc:
         raise Untrusted(f"cannot read signature {sig_path!r}: {exc.strerror or exc}") from None
     try:

@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from typing import TypedDict, Unpack
 
 from . import __version__
 from .config import Settings, resolve_settings
@@ -27,7 +28,7 @@ from .snapshot import RECORD, Snapshot, default_cache_dir, load_snapshot, save_s
 from .trust import Untrusted, load_trusted_manifest, record_verified
 from .walk import KIND_BY_FMT, check_root, inside_root, iter_tree
 
-__all__ = ["ensure_integrity", "verify_integrity"]
+__all__ = ["VerifyOptions", "ensure_integrity", "verify_integrity"]
 
 
 def _describe_target(e: Symlink) -> str:
@@ -278,36 +279,26 @@ def verify_integrity(
     return finish("VERIFIED", None, minfo, outcome, "quick" if snapshot else "full")
 
 
-def ensure_integrity(
-    root: str | os.PathLike[str] | None = None,
-    *,
-    manifest: str | os.PathLike[str] | None = None,
-    signature: str | os.PathLike[str] | None = None,
-    public_keys: str | Sequence[str] | None = None,
-    workers: int | None = None,
-    quick: bool = False,
-    cache_dir: str | os.PathLike[str] | None = None,
-    state_dir: str | os.PathLike[str] | None = None,
-    allow_rollback_to: str | int | None = None,
-    revoked_keys: str | Sequence[str] | None = None,
-    clock_skew: int | None = None,
-    use_config_file: bool = True,
-) -> Report:
+class VerifyOptions(TypedDict, total=False):
+    """The keyword arguments of :func:`verify_integrity`, for wrappers that pass them on."""
+
+    manifest: str | os.PathLike[str] | None
+    signature: str | os.PathLike[str] | None
+    public_keys: str | Sequence[str] | None
+    workers: int | None
+    quick: bool
+    cache_dir: str | os.PathLike[str] | None
+    state_dir: str | os.PathLike[str] | None
+    allow_rollback_to: str | int | None
+    revoked_keys: str | Sequence[str] | None
+    clock_skew: int | None
+    use_config_file: bool
+    progress: Callable[[int, int], None] | None
+
+
+def ensure_integrity(root: str | os.PathLike[str] | None = None, **options: Unpack[VerifyOptions]) -> Report:
     """Like :func:`verify_integrity`, but raise NotVerifiedError unless the tree is VERIFIED."""
-    report = verify_integrity(
-        root,
-        manifest=manifest,
-        signature=signature,
-        public_keys=public_keys,
-        workers=workers,
-        quick=quick,
-        cache_dir=cache_dir,
-        state_dir=state_dir,
-        allow_rollback_to=allow_rollback_to,
-        revoked_keys=revoked_keys,
-        clock_skew=clock_skew,
-        use_config_file=use_config_file,
-    )
+    report = verify_integrity(root, **options)
     if not report.integrity_verified:
         raise NotVerifiedError(report)
     return report

@@ -122,14 +122,19 @@ def signed(tree: Path, keys: Keys) -> Signed:
     return build_and_sign(tree, keys, release="v1.0.0", exclude=["*.pyc", "__pycache__/"])
 
 
-@pytest.fixture
-def minisign_bin() -> str:
-    path = shutil.which("minisign")
+def require_tool(name: str, package: str) -> str:
+    """A Debian-packaged tool the test needs: skipped locally if missing, a failure in CI."""
+    path = shutil.which(name)
     if path is None:
         if os.environ.get("CI"):
-            pytest.fail("the minisign binary is required in CI (apt-get install minisign)")
-        pytest.skip("minisign binary not installed")
+            pytest.fail(f"{name} is required in CI (apt-get install {package})")
+        pytest.skip(f"{name} not installed")
     return path
+
+
+@pytest.fixture
+def minisign_bin() -> str:
+    return require_tool("minisign", "minisign")
 
 
 def console_script() -> str | None:

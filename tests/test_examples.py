@@ -14,19 +14,14 @@ import yaml
 
 from duri_integrity.metrics import render_textfile
 
-from .conftest import Signed
+from .conftest import Signed, require_tool
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "docs" / "examples"
 
 
 @pytest.fixture
 def jq() -> str:
-    path = shutil.which("jq")
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail("jq is required in CI (apt-get install jq)")
-        pytest.skip("jq not installed")
-    return path
+    return require_tool("jq", "jq")
 
 
 def _env() -> dict[str, str]:
