@@ -155,11 +155,11 @@ def sign_manifest(
     signature_path: str | None = None,
 ) -> str:
     """Sign an existing manifest file's exact bytes; return the signature file's path."""
-    from .manifest import decode_manifest
+    from .files import read_limited
+    from .manifest import MAX_MANIFEST_BYTES, decode_manifest
 
     try:
-        with open(manifest_path, "rb") as f:
-            data = f.read()
+        data = read_limited(manifest_path, MAX_MANIFEST_BYTES)  # an oversized one is refused below
     except OSError as exc:
         raise ManifestError(f"cannot read manifest {manifest_path!r}: {exc.strerror or exc}") from None
     # Refuse to vouch for bytes that are not a valid manifest.
