@@ -6,7 +6,6 @@ logger, with context fields as record attributes (``root``, ``release``,
 never configures the root logger; the CLI attaches a handler to its own logger.
 """
 
-import json
 import logging
 import sys
 import time
@@ -37,6 +36,8 @@ class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message, and any context fields present."""
 
     def format(self, record: logging.LogRecord) -> str:
+        import json
+
         out: dict[str, Any] = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),

@@ -16,7 +16,6 @@ timestamps: it is weaker than a full check against anyone who can set ctime
 (root, or raw access to the disk).
 """
 
-import hmac
 import os
 import stat
 import struct
@@ -138,6 +137,8 @@ def load_snapshot(cache_dir: str, root_real: str, root_digest: str, entries: int
         data = os.read(fd, _MAX_BYTES + 1)
     finally:
         os.close(fd)
+    import hmac  # only here: hashlib's OpenSSL set-up costs ~4 ms of every verify's start-up
+
     key = _key(cache_dir, create=False)
     mac, _, body = data.partition(b"\n")
     if key is None or not hmac.compare_digest(mac, _mac(key, body)):
