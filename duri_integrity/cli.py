@@ -134,7 +134,7 @@ def keygen(secret_key: str, public_key: str, encrypt: bool, force: bool, passwor
 @main.command()
 @click.argument("root", type=click.Path(file_okay=False), required=False)
 @click.option("--manifest", "-m", help="Where to write the manifest [default: ROOT/MANIFEST.json].")
-@click.option("--secret-key", "-s", help="Sign with this key (writes MANIFEST.minisig beside the manifest).")
+@click.option("--secret-key", "-s", help="Sign with this key (writes the manifest path + .minisig beside it).")
 @click.option(
     "--exclude",
     "-x",

@@ -22,7 +22,7 @@ from typing import NamedTuple
 
 from blake3 import blake3
 
-from .walk import open_dir_beneath, open_root
+from .walk import DIR_FLAGS, open_root
 
 __all__ = [
     "BuildHash",
@@ -110,47 +110,76 @@ def _hash_chunks(fd: int, size: int, buf: bytearray) -> tuple[str | None, int]:
 
 
 class _DirCursor:
-    """The directory fd for the files being processed, reopened only when the directory changes.
+    """Directory fds from the root down to the directory being processed, one per component.
 
     Files are opened by name relative to a directory that was itself reached from the
-    root without following symlinks, so nothing outside the root is ever opened, even
-    if a directory is swapped for a symlink after the walk.
+    root one component at a time with O_NOFOLLOW, so nothing outside the root is ever
+    opened, even if a directory is swapped for a symlink after the walk. The chain is
+    kept between files and batches (files come grouped by directory), so moving to a
+    sibling directory costs one open, not one per level.
     """
 
-    __slots__ = ("error", "fd", "rel_dir", "root_fd")
+    __slots__ = ("error", "failed", "fds", "parts", "rel_dir", "root_fd")
 
     def __init__(self, root_fd: int) -> None:
         self.root_fd = root_fd
-        self.rel_dir: str | None = None
-        self.fd = -1
+        self.parts: list[str] = []
+        self.fds: list[int] = []
+        self.rel_dir: str | None = ""
         self.error: OSError | None = None
+        self.failed: str | None = None
 
     def enter(self, rel_dir: str) -> int:
         """The fd of ``rel_dir``; raises the OSError that opening it gave."""
-        if rel_dir != self.rel_dir:
-            self.close()
-            self.rel_dir = rel_dir
-            try:
-                self.fd = open_dir_beneath(self.root_fd, rel_dir)
-            except OSError as exc:
-                self.error = exc
-        if self.error is not None:
+        if rel_dir == self.rel_dir:
+            return self.fds[-1] if self.fds else self.root_fd
+        if rel_dir == self.failed and self.error is not None:
             raise self.error
-        return self.fd
+        parts = rel_dir.split("/") if rel_dir else []
+        keep = 0
+        for have, want in zip(self.parts, parts, strict=False):
+            if have != want:
+                break
+            keep += 1
+        while len(self.fds) > keep:
+            os.close(self.fds.pop())
+            self.parts.pop()
+        self.rel_dir = None
+        for part in parts[keep:]:
+            try:
+                fd = os.open(part, DIR_FLAGS, dir_fd=self.fds[-1] if self.fds else self.root_fd)
+            except OSError as exc:
+                self.error, self.failed = exc, rel_dir
+                raise
+            self.fds.append(fd)
+            self.parts.append(part)
+        self.rel_dir = rel_dir
+        return self.fds[-1] if self.fds else self.root_fd
 
     def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-        self.fd, self.error, self.rel_dir = -1, None, None
+        while self.fds:
+            os.close(self.fds.pop())
+        self.parts.clear()
+        self.rel_dir, self.error, self.failed = "", None, None
 
 
-def _check_batch(root_fd: int, jobs: Sequence[FileCheck], batch: list[int], buf: bytearray, out: list[Problem]) -> None:
+class _Worker:
+    """What one hashing thread keeps between batches: its read buffer and its directory chain."""
+
+    __slots__ = ("buf", "cursor")
+
+    def __init__(self, root_fd: int) -> None:
+        self.buf = bytearray(CHUNK)
+        self.cursor = _DirCursor(root_fd)
+
+
+def _check_batch(jobs: Sequence[FileCheck], batch: list[int], worker: _Worker, out: list[Problem]) -> None:
     """Check a batch of files. The loop is written flat, with local names, because it is
     the innermost loop of verification: each file costs four syscalls and little else."""
     os_open, os_fstat, os_readv, os_close = os.open, os.fstat, os.readv, os.close
+    buf, cursor = worker.buf, worker.cursor
     view = memoryview(buf)
     s_isreg, flags, small_limit, append = stat.S_ISREG, OPEN_FLAGS, SMALL_FILE, out.append
-    cursor = _DirCursor(root_fd)
     try:
         for i in batch:
             rel, ino, size, mode, want = jobs[i]
@@ -203,14 +232,14 @@ def _check_batch(root_fd: int, jobs: Sequence[FileCheck], batch: list[int], buf:
             finally:
                 os_close(fd)
     finally:
-        cursor.close()
         view.release()
 
 
 def _schedule(
     small: list[int],
     big: list[int],
-    run_batch: Callable[[list[int], bytearray], None],
+    run_batch: Callable[[list[int], _Worker], None],
+    root_fd: int,
     workers: int,
     progress: Callable[[int], None] | None,
     extra_when_io_bound: int = 0,
@@ -244,12 +273,12 @@ def _schedule(
             helpers.append(t)
 
     def loop(front: bool) -> None:
-        buf = bytearray(CHUNK)
+        worker = _Worker(root_fd)
         watch = not front and extra_when_io_bound > 0
         try:
             while (batch := take(front)) is not None:
                 t0 = time.perf_counter() if watch else 0.0
-                run_batch(batch, buf)
+                run_batch(batch, worker)
                 if watch:
                     watch = False  # decide once, on the first batch
                     if (time.perf_counter() - t0) / len(batch) > IO_BOUND_SECONDS_PER_FILE:
@@ -258,6 +287,8 @@ def _schedule(
                     progress(len(batch))
         except BaseException as exc:  # re-raised in the caller's thread
             errors.append(exc)
+        finally:
+            worker.cursor.close()
 
     start_helpers(workers - 1)
     loop(not helpers)
@@ -301,7 +332,9 @@ def check_files(
     extra = max(0, io_threads - workers) if elastic and workers > 1 else 0
     root_fd = open_root(root)
     try:
-        _schedule(small, big, lambda batch, buf: _check_batch(root_fd, jobs, batch, buf, out), workers, progress, extra)
+        _schedule(
+            small, big, lambda batch, worker: _check_batch(jobs, batch, worker, out), root_fd, workers, progress, extra
+        )
     finally:
         os.close(root_fd)
     return out
@@ -374,17 +407,13 @@ def hash_for_build(
     out: list[BuildHash | None] = [None] * len(files)
     root_fd = open_root(root)
 
-    def batch_of(batch: list[int], buf: bytearray) -> None:
-        cursor = _DirCursor(root_fd)
-        try:
-            for i in batch:
-                out[i] = _hash_for_build(cursor, files[i][0], files[i][1], buf)
-        finally:
-            cursor.close()
+    def batch_of(batch: list[int], worker: _Worker) -> None:
+        for i in batch:
+            out[i] = _hash_for_build(worker.cursor, files[i][0], files[i][1], worker.buf)
 
     try:
         small, big = _split([st.st_size for _, st in files], workers)
-        _schedule(small, big, batch_of, workers, None)
+        _schedule(small, big, batch_of, root_fd, workers, None)
     finally:
         os.close(root_fd)
     return [r if r is not None else BuildHash(None, "unreadable", "not hashed") for r in out]
