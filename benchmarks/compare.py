@@ -113,6 +113,8 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="write raw results here")
     args = ap.parse_args()
 
+    # Rollback state like a real host keeps it, but in the cache rather than /var/lib.
+    os.environ["DURI_INTEGRITY_STATE_DIR"] = str(CACHE / "state")
     b3sum = ensure_tool("b3sum", "b3sum")
     sha256sum = ensure_tool("sha256sum", "coreutils")
     venv = bench_venv()

@@ -22,6 +22,14 @@ class Bench:
     cache: Path
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _state_in_cache() -> None:
+    """Rollback state like a real host keeps it, but in the cache rather than /var/lib."""
+    import os
+
+    os.environ["DURI_INTEGRITY_STATE_DIR"] = str(CACHE / "state")
+
+
 @pytest.fixture(scope="session")
 def bench() -> Bench:
     from duri_integrity.build import build_manifest, sign_manifest, write_atomic

@@ -69,6 +69,7 @@ def measure(tree: Path, manifest: Path, pk: Path, quick: bool) -> tuple[float, i
 
 
 def main() -> None:
+    os.environ["DURI_INTEGRITY_STATE_DIR"] = str(CACHE / "state")
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--files", type=int, default=100_000)
     ap.add_argument("--rounds", type=int, default=5)
