@@ -13,7 +13,7 @@ import msgspec
 from .config import MANIFEST_NAME, Settings
 from .errors import IntegrityError
 from .files import read_limited
-from .trust import DEFAULT_CLOCK_SKEW, SYSTEM_REVOKED_DIR, key_sources, state_store
+from .trust import DEFAULT_CLOCK_SKEW, SYSTEM_REVOKED_DIR, key_sources, rollback_key, state_store
 from .walk import check_root, inside_root, iter_tree, open_dir_beneath, open_root
 
 __all__ = ["Check", "DoctorReport", "run_doctor"]
@@ -179,7 +179,7 @@ def run_doctor(settings: Settings, *, secret_key: str | None = None, password: s
             if manifest is not None and root_real is not None:
                 prev = None
                 for key_id in trusted.key_ids if trusted is not None else []:
-                    mark = store.read(root_real, key_id)
+                    mark = store.read(rollback_key(settings), key_id)
                     if mark is not None and (prev is None or mark.serial > prev.serial):
                         prev = mark
                 if prev is not None and manifest.serial < prev.serial:

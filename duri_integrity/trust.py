@@ -161,15 +161,22 @@ def load_trusted_manifest(settings: Settings, root_real: str) -> TrustedManifest
         key_id=info.key_id,
         store=state_store(settings),
     )
-    _check_rollback(tm, root_real, settings.allow_rollback_to)
+    _check_rollback(tm, rollback_key(settings), settings.allow_rollback_to)
     return tm
 
 
-def _check_rollback(tm: TrustedManifest, root_real: str, approval: str | None) -> None:
+def rollback_key(settings: Settings) -> str:
+    """The root as configured, made absolute but not resolved: the high-water mark belongs to
+    the place a service runs from (``/srv/app/current``), so pointing that symlink at an older
+    release directory is caught as the rollback it is."""
+    return os.path.abspath(settings.root or ".")
+
+
+def _check_rollback(tm: TrustedManifest, root_key: str, approval: str | None) -> None:
     if tm.store is None:
         tm.notes.append("rollback protection is off (state directory set to none)")
         return
-    prev = tm.previous = tm.store.read(root_real, tm.key_id)
+    prev = tm.previous = tm.store.read(root_key, tm.key_id)
     m = tm.manifest
     if prev is None or m.serial >= prev.serial:
         return
@@ -187,7 +194,7 @@ def _check_rollback(tm: TrustedManifest, root_real: str, approval: str | None) -
     )
 
 
-def record_verified(tm: TrustedManifest, root_real: str) -> str | None:
+def record_verified(tm: TrustedManifest, root_key: str) -> str | None:
     """After a VERIFIED run: raise (or, for an approved rollback, lower) the high-water mark."""
     if tm.store is None:
         return None
@@ -196,7 +203,7 @@ def record_verified(tm: TrustedManifest, root_real: str) -> str | None:
     if prev is not None and not tm.rollback_approved and (prev.serial, prev.root_digest) == (m.serial, m.root_digest):
         return None  # nothing new to record
     return tm.store.record(
-        root_real,
+        root_key,
         tm.key_id,
         m.serial,
         m.release,

@@ -25,7 +25,7 @@ from .logs import log_report
 from .manifest import File, Manifest, Symlink, display
 from .report import ManifestInfo, Mode, Problem, Report, Status, make_report
 from .snapshot import RECORD, Snapshot, default_cache_dir, load_snapshot, save_snapshot
-from .trust import Untrusted, load_trusted_manifest, record_verified
+from .trust import Untrusted, load_trusted_manifest, record_verified, rollback_key
 from .walk import KIND_BY_FMT, check_root, inside_root, iter_tree
 
 __all__ = ["VerifyOptions", "ensure_integrity", "verify_integrity"]
@@ -265,7 +265,7 @@ def verify_integrity(
     if outcome.problems:
         return finish("FAILED", None, minfo, outcome, "quick" if snapshot else "full")
     try:
-        note = record_verified(tm, root_real)
+        note = record_verified(tm, rollback_key(settings))
     except ConfigError as exc:
         return finish("ERROR", str(exc), minfo, outcome)
     if note:

@@ -190,3 +190,27 @@ def test_same_second_rebuild_is_not_a_rollback(tree: Path, keys: Keys) -> None:
     assert s.verify().status == "VERIFIED"
     s = build_and_sign(tree, keys, serial=5)
     assert s.verify().status == "VERIFIED"
+
+
+def test_switching_a_current_symlink_to_an_older_release_is_a_rollback(tmp_path: Path, keys: Keys) -> None:
+    """The mark belongs to the configured root (``current``), not the directory it points at."""
+    from duri_integrity import verify_integrity
+
+    from .conftest import make_tree
+
+    releases = tmp_path / "releases"
+    for name, serial in (("v1", 100), ("v2", 200)):
+        tree = make_tree(releases / name)
+        build_and_sign(tree, keys, release=name, serial=serial)
+    current = tmp_path / "current"
+    state = tmp_path / "state"
+
+    def check():  # type: ignore[no-untyped-def]
+        return verify_integrity(current, public_keys=str(keys.public), state_dir=str(state), use_config_file=False)
+
+    current.symlink_to(releases / "v2")
+    assert check().status == "VERIFIED"
+    current.unlink()
+    current.symlink_to(releases / "v1")
+    r = check()
+    assert r.status == "UNTRUSTED" and "rollback refused" in r.summary
