@@ -12,13 +12,7 @@ from typing import TypedDict, Unpack
 
 from . import __version__
 from .config import Settings, resolve_settings
-from .errors import (
-    ConfigError,
-    IntegrityError,
-    KeyFileError,
-    NotVerifiedError,
-    TreeError,
-)
+from .errors import ConfigError, IntegrityError, NotVerifiedError
 from .exclude import Excluder
 from .hashing import FileCheck, check_files
 from .logs import log_report
@@ -258,10 +252,11 @@ def verify_integrity(
         outcome = _compare(m, keys, root_real, skip, settings.workers, snapshot, quick, progress)
     except Untrusted as exc:
         return finish("UNTRUSTED", str(exc))
-    except (ConfigError, KeyFileError, TreeError) as exc:
+    except IntegrityError as exc:  # configuration, keys, the root, the state: could not verify
         return finish("ERROR", str(exc))
-    except IntegrityError as exc:
-        return finish("ERROR", str(exc))
+    except OSError as exc:  # anything the layers below did not already turn into a message
+        where = f" {exc.filename!r}" if exc.filename else ""
+        return finish("ERROR", f"{exc.strerror or exc}{where}")
     if outcome.problems:
         return finish("FAILED", None, minfo, outcome, "quick" if snapshot else "full")
     try:
