@@ -28,7 +28,8 @@ Exit codes:
   0  VERIFIED   the tree matches a trusted manifest (or the command succeeded)
   1  FAILED     the tree differs from the manifest
   2  usage      invalid command line
-  3  UNTRUSTED  manifest or signature missing, malformed, expired, or not by a trusted key
+  3  UNTRUSTED  manifest or signature missing, malformed or expired; not by a trusted,
+                unrevoked key; or older than a release already verified here
   4  ERROR      could not run: missing root, bad key or config, unreadable input
 """
 
@@ -106,7 +107,7 @@ _password_option: Callable[[Callable[..., Any]], Callable[..., Any]] = click.opt
     "--password-file", type=click.Path(dir_okay=False), help="File whose first line is the key's password."
 )
 _workers_option: Callable[[Callable[..., Any]], Callable[..., Any]] = click.option(
-    "--workers", type=click.IntRange(1, 256), default=None, help="Hashing threads [default: CPU count, max 8]."
+    "--workers", type=click.IntRange(1, 256), default=None, help="Hashing threads [default: one per core, more when files come from disk]."
 )
 
 
@@ -296,7 +297,7 @@ def render_report(report: Report, *, quiet: bool, echo: Callable[..., None] = cl
 @main.command(epilog=EXIT_CODE_HELP)
 @click.argument("root", type=click.Path(file_okay=False), required=False)
 @click.option("--manifest", "-m", help="Manifest file [default: ROOT/MANIFEST.json].")
-@click.option("--signature", help="Signature file [default: MANIFEST.minisig].")
+@click.option("--signature", help="Signature file [default: the manifest path + .minisig].")
 @click.option(
     "--public-key",
     "-p",

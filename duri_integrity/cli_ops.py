@@ -12,7 +12,7 @@ __all__ = ["demo", "diff", "doctor", "serve"]
 @click.command()
 @click.argument("root", type=click.Path(file_okay=False), required=False)
 @click.option("--manifest", "-m", help="Manifest file [default: ROOT/MANIFEST.json].")
-@click.option("--signature", help="Signature file [default: MANIFEST.minisig].")
+@click.option("--signature", help="Signature file [default: the manifest path + .minisig].")
 @click.option("--public-key", "-p", multiple=True, help="Trusted public key (file, directory or base64). Repeatable.")
 @click.option("--secret-key", "-s", help="Also check this signing key: private, and trusted by the hosts.")
 @click.option("--state-dir", help="Rollback state directory to check ('none' if protection is off).")
