@@ -107,7 +107,10 @@ _password_option: Callable[[Callable[..., Any]], Callable[..., Any]] = click.opt
     "--password-file", type=click.Path(dir_okay=False), help="File whose first line is the key's password."
 )
 _workers_option: Callable[[Callable[..., Any]], Callable[..., Any]] = click.option(
-    "--workers", type=click.IntRange(1, 256), default=None, help="Hashing threads [default: one per core, more when files come from disk]."
+    "--workers",
+    type=click.IntRange(1, 256),
+    default=None,
+    help="Hashing threads [default: one per core, more when files come from disk].",
 )
 
 
