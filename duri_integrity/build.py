@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 from typing import NamedTuple
 
 from . import __version__
+from .config import MANIFEST_NAME
 from .errors import IntegrityError, ManifestError, TreeError
 from .exclude import Excluder
 from .files import replace_file
@@ -80,6 +81,8 @@ def build_manifest(
     root_real = check_root(root)
     excluder = Excluder(exclude)
     skipped = {r for p in skip if (r := inside_root(root_real, p)) not in (None, ".")}
+    # The conventional in-tree manifest and its signature are never part of a release's tree.
+    skipped |= {MANIFEST_NAME, MANIFEST_NAME + ".minisig"}
     for key_path in secret_key_paths:
         rel = inside_root(root_real, key_path)
         if rel is not None and rel not in skipped:

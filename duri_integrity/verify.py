@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from typing import TypedDict, Unpack
 
 from . import __version__
-from .config import Settings, resolve_settings
+from .config import MANIFEST_NAME, Settings, resolve_settings
 from .errors import ConfigError, IntegrityError, NotVerifiedError
 from .exclude import Excluder
 from .hashing import FileCheck, check_files
@@ -62,6 +62,9 @@ def _compare(
     problems = out.problems
     entries = m.entries
     index: dict[str, int] = dict(zip(keys, range(len(keys)), strict=True))
+    # The conventional in-tree manifest and signature are never part of the tree, even when
+    # this run uses a copy kept elsewhere (unless the manifest itself lists them).
+    skip = skip | {n for n in (MANIFEST_NAME, MANIFEST_NAME + ".minisig") if n not in index}
     pop = index.pop
     jobs: list[FileCheck] = []
     job_index: list[int] = []

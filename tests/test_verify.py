@@ -315,3 +315,17 @@ def test_verification_never_writes_to_the_tree(signed: Signed) -> None:
     signed.verify()
     signed.verify(workers=1)
     assert _snapshot(signed.root) == before
+
+
+def test_in_tree_manifest_copy_is_skipped_when_verifying_an_outside_copy(
+    tree: Path, keys: Keys, tmp_path: Path
+) -> None:
+    """A release that ships MANIFEST.json inside it verifies against a copy of the manifest kept
+    elsewhere (CI fetching the manifest separately): the in-tree files are not 'added'."""
+    s = build_and_sign(tree, keys)
+    outside = tmp_path / "fetched"
+    outside.mkdir()
+    shutil.copy(s.manifest, outside / "MANIFEST.json")
+    shutil.copy(s.signature, outside / "MANIFEST.json.minisig")
+    r = verify_integrity(tree, manifest=outside / "MANIFEST.json", public_keys=str(keys.public), use_config_file=False)
+    assert r.status == "VERIFIED", r.summary
