@@ -6,7 +6,7 @@ import os
 import stat
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from . import __version__
 from .config import MANIFEST_NAME
@@ -35,6 +35,7 @@ __all__ = [
     "BuildResult",
     "build_manifest",
     "sign_manifest",
+    "signature_for",
     "signature_path_for",
     "write_atomic",
 ]
@@ -149,6 +150,12 @@ def write_atomic(path: str, data: bytes, mode: int = 0o644) -> None:
         raise IntegrityError(f"cannot write {path!r}: {exc.strerror or exc}") from None
 
 
+def signature_for(data: bytes, manifest: Manifest, secret_key: Any, file_name: str) -> bytes:
+    """The .minisig text for a manifest's exact bytes; its trusted comment names release, serial, root."""
+    comment = make_trusted_comment(file_name, manifest.release, manifest.serial, manifest.root_digest)
+    return sign_bytes(data, secret_key, comment)
+
+
 def sign_manifest(
     manifest_path: str,
     secret_key_path: str,
@@ -169,8 +176,7 @@ def sign_manifest(
     m = decode_manifest(data)
     sk = load_secret_key(secret_key_path, password, allow_insecure_permissions=allow_insecure_key)
     try:
-        comment = make_trusted_comment(os.path.basename(manifest_path), m.release, m.serial, m.root_digest)
-        sig = sign_bytes(data, sk, comment)
+        sig = signature_for(data, m, sk, os.path.basename(manifest_path))
     finally:
         sk.wipe()
     out = signature_path or signature_path_for(manifest_path)

@@ -171,7 +171,7 @@ def build(
     workers: int | None,
 ) -> None:
     """Write a manifest of ROOT (and sign it with --secret-key)."""
-    from .build import build_manifest, sign_manifest, write_atomic
+    from .build import build_manifest, signature_for, write_atomic
     from .config import MANIFEST_NAME, Settings, resolve_settings
 
     settings, _ = resolve_settings(
@@ -188,34 +188,36 @@ def build(
     manifest_path = settings.manifest or os.path.join(root, MANIFEST_NAME)
     sig_path = manifest_path + ".minisig"
     key = settings.secret_key
-    if key:  # fail on a bad key before spending time on hashing
+    sk = None
+    if key:  # load (and if need be decrypt) the key first: a bad key fails before any hashing
         from .keys import load_secret_key
 
-        load_secret_key(key, _password(password_file), allow_insecure_permissions=allow_insecure_key).wipe()
-    result = build_manifest(
-        root,
-        exclude=settings.exclude or (),
-        release=settings.release or "",
-        serial=serial,
-        expires_in=expires_in,
-        workers=settings.workers,
-        skip=(manifest_path, sig_path),
-        secret_key_paths=(key,) if key else (),
-    )
-    for w in result.warnings:
-        click.echo(f"warning: {w}", err=True)
-    write_atomic(manifest_path, result.data)
-    m = result.manifest
-    click.echo(f"wrote {manifest_path}: {len(m.entries):,} entries, serial {m.serial}, root digest {m.root_digest}")
-    if key:
-        out = sign_manifest(
-            manifest_path,
-            key,
-            password=_password(password_file),
-            allow_insecure_key=allow_insecure_key,
-            signature_path=sig_path,
+        sk = load_secret_key(key, _password(password_file), allow_insecure_permissions=allow_insecure_key)
+    try:
+        result = build_manifest(
+            root,
+            exclude=settings.exclude or (),
+            release=settings.release or "",
+            serial=serial,
+            expires_in=expires_in,
+            workers=settings.workers,
+            skip=(manifest_path, sig_path),
+            secret_key_paths=(key,) if key else (),
         )
-        click.echo(f"signed: {out}")
+        for w in result.warnings:
+            click.echo(f"warning: {w}", err=True)
+        m = result.manifest
+        signature = signature_for(result.data, m, sk, os.path.basename(manifest_path)) if sk else None
+    finally:
+        if sk is not None:
+            sk.wipe()
+    write_atomic(manifest_path, result.data)
+    click.echo(f"wrote {manifest_path}: {len(m.entries):,} entries, serial {m.serial}, root digest {m.root_digest}")
+    if signature is not None:
+        write_atomic(sig_path, signature)
+        click.echo(f"signed: {sig_path}")
+    elif os.path.exists(sig_path):
+        click.echo(f"warning: {sig_path} is from an earlier build and does not match; sign the new manifest", err=True)
 
 
 @main.command()
