@@ -17,6 +17,11 @@ from duri_integrity.keys import generate_keypair
 
 NON_UTF8_NAME = os.fsdecode(b"caf\xe9-latin1.txt")
 
+# Console-script and other subprocess tests must run the code under test, not whatever copy of
+# the package happens to be installed: put this checkout first on the subprocesses' path.
+_REPO = str(Path(__file__).resolve().parent.parent)
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_REPO, os.environ.get("PYTHONPATH")) if p)
+
 
 def make_tree(root: Path, outside: Path | None = None) -> Path:
     """A tree with the awkward cases: nesting, empty files, Unicode, non-UTF-8, links, exec bits."""

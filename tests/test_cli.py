@@ -258,3 +258,39 @@ def test_progress_bar_only_on_a_terminal(signed: Signed, run_cli: Run) -> None:
     assert "hashing [" not in r.stderr
     code, _, tty = _run_on_a_terminal(base, {**env, "DURI_INTEGRITY_PROGRESS_DELAY": "60"})
     assert "hashing [" not in tty  # fast runs stay quiet
+
+
+def test_encrypted_key_prompts_once_on_a_terminal(tree: Path, tmp_path: Path) -> None:
+    """Building with an encrypted key asks for the password once, on the terminal, and signs."""
+    import pty
+    import select
+
+    from duri_integrity.keys import generate_keypair
+
+    sk, pk = tmp_path / "e.key", tmp_path / "e.pub"
+    generate_keypair(str(sk), str(pk), password="hunter2-hunter2")
+    exe = console_script()
+    assert exe is not None
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DURI_INTEGRITY_")}
+    pid, master = pty.fork()  # the child gets the pty as its controlling terminal, as a person would
+    if pid == 0:
+        os.execve(exe, [exe, "build", str(tree), "-s", str(sk)], env)
+    seen = b""
+    answered = False
+    while True:
+        ready, _, _ = select.select([master], [], [], 60)
+        assert ready, seen
+        try:
+            chunk = os.read(master, 1024)
+        except OSError:  # EIO: the child has exited
+            break
+        if not chunk:
+            break
+        seen += chunk
+        if not answered and b"Password" in seen:
+            os.write(master, b"hunter2-hunter2\n")
+            answered = True
+    _, status = os.waitpid(pid, 0)
+    os.close(master)
+    assert os.waitstatus_to_exitcode(status) == 0, seen
+    assert seen.count(b"Password") == 1 and b"signed:" in seen
