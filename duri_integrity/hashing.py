@@ -68,16 +68,10 @@ def default_workers() -> int:
     return max(1, min(8, os.cpu_count() or 1))
 
 
-class FileCheck(NamedTuple):
-    """A file the manifest expects and the walk found as a regular file."""
-
-    path: str
-    """Path relative to the root (joined to the root only when opened, to keep 100k-file runs small)."""
-    ino: int
-    """Inode number the walk saw (from the directory entry)."""
-    size: int
-    mode: int
-    blake3: str
+FileCheck = tuple[str, int, int, int, str]
+"""A file the manifest expects and the walk found: (path relative to the root, inode the walk
+saw, expected size, expected mode, expected lowercase hex BLAKE3). A plain tuple: building a
+named tuple costs over a microsecond a file, 4 ms of a 3,000-file verification."""
 
 
 Problem = tuple[int, str, "str | None", "str | None"]
@@ -180,12 +174,18 @@ def _check_batch(jobs: Sequence[FileCheck], batch: list[int], worker: _Worker, o
     buf, cursor = worker.buf, worker.cursor
     view = memoryview(buf)
     s_isreg, flags, small_limit, append = stat.S_ISREG, OPEN_FLAGS, SMALL_FILE, out.append
+    cur_dir: str | None = None
+    dir_fd = -1
     try:
         for i in batch:
             rel, ino, size, mode, want = jobs[i]
             rel_dir, _, name = rel.rpartition("/")
             try:
-                fd = os_open(name, flags, dir_fd=cursor.enter(rel_dir))
+                if rel_dir != cur_dir:  # files come grouped by directory: this is rarely true
+                    cur_dir = None
+                    dir_fd = cursor.enter(rel_dir)
+                    cur_dir = rel_dir
+                fd = os_open(name, flags, dir_fd=dir_fd)
             except OSError as exc:
                 kind, why = _open_problem(exc)
                 append((i, kind, None, why))
@@ -327,7 +327,7 @@ def check_files(
     if workers < 1:
         raise ValueError("workers must be at least 1")
     out: list[Problem] = []
-    small, big = _split([j.size for j in jobs], workers)
+    small, big = _split([j[2] for j in jobs], workers)
     io_threads = min(16, IO_THREADS_PER_CORE * (os.cpu_count() or 1))
     extra = max(0, io_threads - workers) if elastic and workers > 1 else 0
     root_fd = open_root(root)

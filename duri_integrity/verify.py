@@ -82,7 +82,7 @@ def _compare(
             if type(e) is File:
                 files += 1
                 # keys[i] is the manifest's own string, equal to rel: sharing it lets the walk's copy go.
-                jobs.append(FileCheck(keys[i], st, e.size, e.mode, e.blake3))
+                jobs.append((keys[i], st, e.size, e.mode, e.blake3))
                 job_index.append(i)
             elif e is None:
                 problems.append(Problem(path=display(rel), kind="added", actual="file"))
@@ -123,7 +123,7 @@ def _compare(
             ):
                 continue
             # The mode was compared above; hand the hasher the mode seen so it is not reported twice.
-            jobs.append(FileCheck(keys[i], st.st_ino, e.size, perm, e.blake3))
+            jobs.append((keys[i], st.st_ino, e.size, perm, e.blake3))
             job_index.append(i)
         elif type(e) is Symlink:
             want = e.target if e.target is not None else os.fsdecode(e.target_b64 or b"")
@@ -150,7 +150,7 @@ def _compare(
                 progress(done[0], total)
 
     for k, what, expected_value, got in check_files(root_real, jobs, workers, tick):
-        problems.append(Problem(path=display(jobs[k].path), kind=what, expected=expected_value, actual=got))
+        problems.append(Problem(path=display(jobs[k][0]), kind=what, expected=expected_value, actual=got))
         if records is not None:  # never remember a file that failed
             i = job_index[k]
             records[size_of * i : size_of * (i + 1)] = bytes(size_of)
