@@ -22,7 +22,7 @@ from typing import NamedTuple
 
 from blake3 import blake3
 
-from .walk import DIR_FLAGS, open_root
+from .walk import DirCursor, open_root
 
 __all__ = [
     "BuildHash",
@@ -103,60 +103,6 @@ def _hash_chunks(fd: int, size: int, buf: bytearray) -> tuple[str | None, int]:
     return hasher.hexdigest(), total
 
 
-class _DirCursor:
-    """Directory fds from the root down to the directory being processed, one per component.
-
-    Files are opened by name relative to a directory that was itself reached from the
-    root one component at a time with O_NOFOLLOW, so nothing outside the root is ever
-    opened, even if a directory is swapped for a symlink after the walk. The chain is
-    kept between files and batches (files come grouped by directory), so moving to a
-    sibling directory costs one open, not one per level.
-    """
-
-    __slots__ = ("error", "failed", "fds", "parts", "rel_dir", "root_fd")
-
-    def __init__(self, root_fd: int) -> None:
-        self.root_fd = root_fd
-        self.parts: list[str] = []
-        self.fds: list[int] = []
-        self.rel_dir: str | None = ""
-        self.error: OSError | None = None
-        self.failed: str | None = None
-
-    def enter(self, rel_dir: str) -> int:
-        """The fd of ``rel_dir``; raises the OSError that opening it gave."""
-        if rel_dir == self.rel_dir:
-            return self.fds[-1] if self.fds else self.root_fd
-        if rel_dir == self.failed and self.error is not None:
-            raise self.error
-        parts = rel_dir.split("/") if rel_dir else []
-        keep = 0
-        for have, want in zip(self.parts, parts, strict=False):
-            if have != want:
-                break
-            keep += 1
-        while len(self.fds) > keep:
-            os.close(self.fds.pop())
-            self.parts.pop()
-        self.rel_dir = None
-        for part in parts[keep:]:
-            try:
-                fd = os.open(part, DIR_FLAGS, dir_fd=self.fds[-1] if self.fds else self.root_fd)
-            except OSError as exc:
-                self.error, self.failed = exc, rel_dir
-                raise
-            self.fds.append(fd)
-            self.parts.append(part)
-        self.rel_dir = rel_dir
-        return self.fds[-1] if self.fds else self.root_fd
-
-    def close(self) -> None:
-        while self.fds:
-            os.close(self.fds.pop())
-        self.parts.clear()
-        self.rel_dir, self.error, self.failed = "", None, None
-
-
 class _Worker:
     """What one hashing thread keeps between batches: its read buffer and its directory chain."""
 
@@ -164,7 +110,7 @@ class _Worker:
 
     def __init__(self, root_fd: int) -> None:
         self.buf = bytearray(CHUNK)
-        self.cursor = _DirCursor(root_fd)
+        self.cursor = DirCursor(root_fd)
 
 
 def _check_batch(jobs: Sequence[FileCheck], batch: list[int], worker: _Worker, out: list[Problem]) -> None:
@@ -350,7 +296,7 @@ class BuildHash(NamedTuple):
     """True when the content looks like a minisign secret key file."""
 
 
-def _hash_for_build(cursor: _DirCursor, rel: str, walk: os.stat_result, buf: bytearray) -> BuildHash:
+def _hash_for_build(cursor: DirCursor, rel: str, walk: os.stat_result, buf: bytearray) -> BuildHash:
     """Hash a file for a manifest: the bytes must be stable from before the open to after the read."""
     rel_dir, _, name = rel.rpartition("/")
     try:
