@@ -4,19 +4,18 @@ The library logs through the standard ``logging`` module on the ``duri_integrity
 logger, with context fields as record attributes (``root``, ``release``,
 ``serial``, ``key_id``, ``status``, ``mode``, counts, ``duration_seconds``). It
 never configures the root logger; the CLI attaches a handler to its own logger.
+Records are emitted only when the process uses ``logging`` at all (an application
+that configured handlers has imported it), so a plain CLI run does not pay for it.
 """
 
-import logging
 import sys
 import time
 from typing import Any
 
-__all__ = ["CONTEXT_FIELDS", "JsonFormatter", "configure_cli_logging", "log_report"]
+__all__ = ["CONTEXT_FIELDS", "LOGGER_NAME", "configure_cli_logging", "log_event", "log_report"]
 
-log = logging.getLogger("duri_integrity")
-# Records propagate to whatever the application configured; with nothing configured they are
-# dropped rather than printed by logging's last-resort handler.
-log.addHandler(logging.NullHandler())
+LOGGER_NAME = "duri_integrity"
+INFO, WARNING, ERROR = 20, 30, 40  # logging's own values, without importing it
 CONTEXT_FIELDS = (
     "root",
     "release",
@@ -32,38 +31,68 @@ CONTEXT_FIELDS = (
 )
 
 
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message, and any context fields present."""
+def _logger() -> Any | None:
+    """The package logger, or None when nothing in this process uses ``logging``.
 
-    def format(self, record: logging.LogRecord) -> str:
-        import json
-
-        out: dict[str, Any] = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        for name in CONTEXT_FIELDS:
-            if name in record.__dict__:
-                out[name] = record.__dict__[name]
-        if record.exc_info:
-            out["exception"] = self.formatException(record.exc_info)
-        return json.dumps(out, default=str)
+    A record can only reach a handler someone configured, and configuring one means
+    importing ``logging``; when no one has, importing it just to drop the record would
+    cost every verify process ~6 ms of start-up.
+    """
+    logging = sys.modules.get("logging")
+    if logging is None:
+        return None
+    log = logging.getLogger(LOGGER_NAME)
+    if not log.handlers:
+        # Records still propagate to whatever the application configured; with nothing
+        # configured they are dropped rather than printed by logging's last-resort handler.
+        log.addHandler(logging.NullHandler())
+    return log
 
 
-class _TextFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        context = " ".join(f"{k}={record.__dict__[k]}" for k in CONTEXT_FIELDS if k in record.__dict__)
-        return f"duri-integrity: {record.levelname.lower()}: {record.getMessage()}" + (
-            f" [{context}]" if context else ""
-        )
+def log_event(level: int, message: str, **fields: Any) -> None:
+    """Log ``message`` at ``level`` with context fields as record attributes."""
+    log = _logger()
+    if log is not None:
+        log.log(level, "%s", message, extra=fields)
+
+
+def _formatter(fmt: str) -> Any:
+    import json
+    import logging
+
+    class JsonFormatter(logging.Formatter):
+        """One JSON object per line: time, level, logger, message, and any context fields present."""
+
+        def format(self, record: logging.LogRecord) -> str:
+            out: dict[str, Any] = {
+                "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+                "level": record.levelname.lower(),
+                "logger": record.name,
+                "message": record.getMessage(),
+            }
+            for name in CONTEXT_FIELDS:
+                if name in record.__dict__:
+                    out[name] = record.__dict__[name]
+            if record.exc_info:
+                out["exception"] = self.formatException(record.exc_info)
+            return json.dumps(out, default=str)
+
+    class TextFormatter(logging.Formatter):
+        def format(self, record: logging.LogRecord) -> str:
+            context = " ".join(f"{k}={record.__dict__[k]}" for k in CONTEXT_FIELDS if k in record.__dict__)
+            line = f"duri-integrity: {record.levelname.lower()}: {record.getMessage()}"
+            return line + (f" [{context}]" if context else "")
+
+    return JsonFormatter() if fmt == "json" else TextFormatter()
 
 
 def configure_cli_logging(fmt: str, level: str) -> None:
     """Send the package's log records to stderr, as text or JSON lines (CLI only)."""
+    import logging
+
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else _TextFormatter())
+    handler.setFormatter(_formatter(fmt))
+    log = logging.getLogger(LOGGER_NAME)
     log.handlers[:] = [handler]
     log.setLevel(level.upper())
     log.propagate = False
@@ -85,7 +114,5 @@ def log_report(report: Any) -> None:
         "duration_seconds": report.elapsed_seconds,
         "reason": report.reason,
     }
-    level = (
-        logging.INFO if report.status == "VERIFIED" else logging.WARNING if report.status == "FAILED" else logging.ERROR
-    )
-    log.log(level, "%s: %s", report.status, report.summary, extra=fields)
+    level = INFO if report.status == "VERIFIED" else WARNING if report.status == "FAILED" else ERROR
+    log_event(level, f"{report.status}: {report.summary}", **fields)

@@ -5,7 +5,6 @@ manifest bytes, revocation, then decoding, the trusted comment, the clock
 (expiry, creation in the future) and the rollback high-water mark.
 """
 
-import logging
 import os
 from datetime import UTC, datetime, timedelta
 
@@ -13,6 +12,7 @@ from . import state as _state
 from .config import MANIFEST_NAME, SYSTEM_KEY_DIR, Settings
 from .errors import KeyFileError, ManifestError, SignatureError
 from .files import read_limited
+from .logs import WARNING, log_event
 from .manifest import MAX_MANIFEST_BYTES, Manifest, decode_manifest_keys
 from .report import ManifestInfo
 from .state import DISABLED, RollbackState, StateStore
@@ -20,7 +20,6 @@ from .walk import inside_root
 
 __all__ = ["DEFAULT_CLOCK_SKEW", "SYSTEM_REVOKED_DIR", "TrustedManifest", "Untrusted", "load_trusted_manifest"]
 
-log = logging.getLogger("duri_integrity")
 DEFAULT_CLOCK_SKEW = 300
 MAX_SIGNATURE_BYTES = 16384
 SYSTEM_REVOKED_DIR = "/etc/duri-integrity/revoked-keys.d"
@@ -186,7 +185,7 @@ def _check_rollback(tm: TrustedManifest, root_key: str, approval: str | None) ->
         tm.rollback_approved = True
         message = f"rollback to {shown} approved by the operator; this host had verified {newest}"
         tm.notes.append(message)
-        log.warning(message)
+        log_event(WARNING, message)
         return
     raise Untrusted(
         f"rollback refused: {shown} is older than {newest} already verified on this host; "
