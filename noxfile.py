@@ -54,6 +54,6 @@ def compare(session: nox.Session) -> None:
 
 @nox.session
 def docs(session: nox.Session) -> None:
-    """Check the docs: links resolve, the README test command is extractable, exit codes agree."""
+    """Check the docs: links resolve, CI runs the README test command verbatim, exit codes agree."""
     session.install("-e", ".[test]")
     session.run("pytest", "tests/test_docs.py")
