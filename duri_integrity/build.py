@@ -6,10 +6,10 @@ import os
 import stat
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 from . import __version__
-from .config import MANIFEST_NAME
+from .config import OWN_FILES, signature_path_for
 from .errors import IntegrityError, ManifestError, TreeError
 from .exclude import Excluder
 from .files import replace_file
@@ -29,14 +29,13 @@ from .manifest import (
     make_entry_path,
     utc_now,
 )
-from .walk import check_root, inside_root, kind_of, walk_tree
+from .walk import check_root, inside_root, iter_tree, kind_of, relative_inside
 
 __all__ = [
     "BuildResult",
     "build_manifest",
     "sign_manifest",
     "signature_for",
-    "signature_path_for",
     "write_atomic",
 ]
 
@@ -48,18 +47,6 @@ class BuildResult(NamedTuple):
     data: bytes
     """The exact encoded manifest bytes (what gets written and signed)."""
     warnings: list[str]
-
-
-def signature_path_for(manifest_path: str) -> str:
-    return manifest_path + ".minisig"
-
-
-def _link_target(target: str) -> tuple[str | None, bytes | None]:
-    try:
-        target.encode("utf-8")
-        return target, None
-    except UnicodeEncodeError:
-        return None, os.fsencode(target)
 
 
 def build_manifest(
@@ -81,17 +68,19 @@ def build_manifest(
     """
     root_real = check_root(root)
     excluder = Excluder(exclude)
-    skipped = {r for p in skip if (r := inside_root(root_real, p)) not in (None, ".")}
-    # The conventional in-tree manifest and its signature are never part of a release's tree.
-    skipped |= {MANIFEST_NAME, MANIFEST_NAME + ".minisig"}
+    skipped = relative_inside(root_real, skip) | set(OWN_FILES)
     for key_path in secret_key_paths:
         rel = inside_root(root_real, key_path)
         if rel is not None and rel not in skipped:
             raise TreeError(f"the signing key {key_path!r} is inside the tree being built; move it out")
-    walked = walk_tree(root_real, excluder, skipped, stat_files=True)
-    problems = [f"{display(p)}: {msg}" for p, msg in walked.errors]
+    errors: list[tuple[str, str]] = []
+    walked = iter_tree(root_real, excluder, skipped, stat_files=True, errors=errors)
+    # Canonical order is by path bytes; every entry comes with its lstat (stat_files=True).
+    rows = sorted(
+        ((os.fsencode(rel), rel, cast(os.stat_result, st), link) for rel, st, link in walked), key=lambda r: r[0]
+    )
+    problems = [f"{display(p)}: {msg}" for p, msg in errors]
     warnings: list[str] = []
-    rows = sorted(((os.fsencode(rel), rel, st, link) for rel, st, link in walked.others), key=lambda r: r[0])
     file_rows = [(rel, st) for _, rel, st, _ in rows if stat.S_ISREG(st.st_mode)]
     hashed = iter(hash_for_build(root_real, file_rows, workers))
     entries: list[Entry] = []
@@ -114,7 +103,7 @@ def build_manifest(
             else:
                 entries.append(File(path=path, path_b64=path_b64, mode=perm, size=st.st_size, blake3=res.digest))
         elif kind == "symlink":
-            target, target_b64 = _link_target(link or "")
+            target, target_b64 = make_entry_path(link or "")
             entries.append(Symlink(path=path, path_b64=path_b64, mode=perm, target=target, target_b64=target_b64))
         elif kind == "unknown":
             problems.append(f"{display(rel)}: unknown file type {stat.S_IFMT(mode):o}")

@@ -172,7 +172,7 @@ def build(
 ) -> None:
     """Write a manifest of ROOT (and sign it with --secret-key)."""
     from .build import build_manifest, signature_for, write_atomic
-    from .config import MANIFEST_NAME, Settings, resolve_settings
+    from .config import Settings, manifest_paths, resolve_settings
 
     settings, _ = resolve_settings(
         Settings(
@@ -185,8 +185,7 @@ def build(
         )
     )
     root = settings.root or "."
-    manifest_path = settings.manifest or os.path.join(root, MANIFEST_NAME)
-    sig_path = manifest_path + ".minisig"
+    manifest_path, sig_path = manifest_paths(settings, root)
     key = settings.secret_key
     sk = None
     if key:  # load (and if need be decrypt) the key first: a bad key fails before any hashing

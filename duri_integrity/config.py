@@ -14,11 +14,28 @@ import msgspec
 
 from .errors import ConfigError
 
-__all__ = ["ENV_PREFIX", "SYSTEM_KEY_DIR", "Settings", "load_config_file", "resolve_settings"]
+__all__ = [
+    "ENV_PREFIX",
+    "MANIFEST_NAME",
+    "OWN_FILES",
+    "SYSTEM_KEY_DIR",
+    "Settings",
+    "load_config_file",
+    "manifest_paths",
+    "resolve_settings",
+    "signature_path_for",
+]
 
 ENV_PREFIX = "DURI_INTEGRITY_"
 SYSTEM_KEY_DIR = "/etc/duri-integrity/trusted-keys.d"
 MANIFEST_NAME = "MANIFEST.json"
+OWN_FILES = (MANIFEST_NAME, MANIFEST_NAME + ".minisig")
+"""The conventional in-tree manifest and signature: never part of the tree they describe."""
+
+
+def signature_path_for(manifest_path: str) -> str:
+    """minisign's own convention (FILE.minisig), so ``minisign -Vm FILE`` finds it."""
+    return manifest_path + ".minisig"
 
 
 class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -159,3 +176,9 @@ def resolve_settings(
     if settings.clock_skew is not None and not 0 <= settings.clock_skew <= 86400:
         raise ConfigError(f"clock_skew must be between 0 and 86400 seconds, got {settings.clock_skew}")
     return settings, config_path
+
+
+def manifest_paths(settings: Settings, root: str) -> tuple[str, str]:
+    """(manifest path, signature path): configured, or the conventional ones in the root."""
+    manifest = settings.manifest or os.path.join(root, MANIFEST_NAME)
+    return manifest, settings.signature or signature_path_for(manifest)

@@ -68,9 +68,7 @@ def run_demo(keep: str | None = None) -> int:
         click.echo(f"key {key_id}: {sk} (0600), {pk}")
         _step("Build and sign the manifest")
         manifest = os.path.join(tree, "MANIFEST.json")
-        result = build_manifest(
-            tree, release="v1.4.2", exclude=["*.pyc", "__pycache__/"], skip=(manifest, manifest + ".minisig")
-        )
+        result = build_manifest(tree, release="v1.4.2", exclude=["*.pyc", "__pycache__/"])
         write_atomic(manifest, result.data)
         sign_manifest(manifest, sk)
         m = result.manifest

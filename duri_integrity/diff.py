@@ -9,6 +9,7 @@ import os
 
 import msgspec
 
+from .config import signature_path_for
 from .errors import ManifestError, SignatureError
 from .files import read_limited
 from .manifest import MAX_MANIFEST_BYTES, Entry, File, Manifest, Symlink, decode_manifest_keys, display
@@ -81,7 +82,7 @@ def diff_manifests(old: tuple[Manifest, list[str]], new: tuple[Manifest, list[st
 
 def load_manifest_for_diff(path: str, trusted: object | None) -> tuple[Manifest, list[str], str | None]:
     """Read a manifest; with trusted keys, check its ``.minisig`` over the exact bytes first."""
-    from .keys import TrustedKeys, verify_signature
+    from .keys import MAX_SIGNATURE_BYTES, TrustedKeys, verify_signature
 
     try:
         data = read_limited(path, MAX_MANIFEST_BYTES)  # an oversized one is refused by the decoder
@@ -90,9 +91,9 @@ def load_manifest_for_diff(path: str, trusted: object | None) -> tuple[Manifest,
     signed_by = None
     if isinstance(trusted, TrustedKeys):
         try:
-            sig = read_limited(path + ".minisig", 16384)
+            sig = read_limited(signature_path_for(path), MAX_SIGNATURE_BYTES)
         except OSError as exc:
-            raise SignatureError(f"cannot read signature {path + '.minisig'!r}: {exc.strerror or exc}") from None
+            raise SignatureError(f"cannot read signature {signature_path_for(path)!r}: {exc.strerror or exc}") from None
         try:
             signed_by = verify_signature(data, sig, trusted).key_id
         except SignatureError as exc:

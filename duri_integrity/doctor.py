@@ -10,11 +10,18 @@ from datetime import UTC, datetime, timedelta
 
 import msgspec
 
-from .config import MANIFEST_NAME, Settings
+from .config import OWN_FILES, Settings, manifest_paths
 from .errors import IntegrityError
-from .files import read_limited
-from .trust import DEFAULT_CLOCK_SKEW, SYSTEM_REVOKED_DIR, key_sources, rollback_key, state_store
-from .walk import check_root, inside_root, iter_tree, open_dir_beneath, open_root
+from .trust import (
+    Untrusted,
+    clock_problem,
+    key_sources,
+    read_signed,
+    revoked_key_ids,
+    rollback_key,
+    state_store,
+)
+from .walk import DirCursor, check_root, inside_root, iter_tree, open_root, relative_inside
 
 __all__ = ["Check", "DoctorReport", "run_doctor"]
 
@@ -42,20 +49,18 @@ def _probe_tree(root_real: str, skip: set[str]) -> tuple[int, list[str]]:
     problems: list[str] = []
     count = 0
     root_fd = open_root(root_real)
+    cursor = DirCursor(root_fd)
     try:
         for rel, st, _ in iter_tree(root_real, Excluder(), skip, stat_files=True, errors=errors):
             count += 1
             if isinstance(st, os.stat_result) and stat.S_ISREG(st.st_mode):
                 rel_dir, _, name = rel.rpartition("/")
                 try:
-                    dir_fd = open_dir_beneath(root_fd, rel_dir)
-                    try:
-                        os.close(os.open(name, OPEN_FLAGS, dir_fd=dir_fd))
-                    finally:
-                        os.close(dir_fd)
+                    os.close(os.open(name, OPEN_FLAGS, dir_fd=cursor.enter(rel_dir)))
                 except OSError as exc:
                     problems.append(f"{rel}: {exc.strerror}")
     finally:
+        cursor.close()
         os.close(root_fd)
     problems[:0] = [f"{p}: {m}" for p, m in errors]
     return count, problems
@@ -65,13 +70,12 @@ def run_doctor(settings: Settings, *, secret_key: str | None = None, password: s
     """Run every check; never raises for an operational problem."""
     from .keys import (
         format_key_id,
-        load_revoked_key_ids,
         load_secret_key,
         load_trusted_keys,
         parse_public_key,
         verify_signature,
     )
-    from .manifest import MAX_MANIFEST_BYTES, decode_manifest
+    from .manifest import decode_manifest
 
     checks: list[Check] = []
 
@@ -90,9 +94,7 @@ def run_doctor(settings: Settings, *, secret_key: str | None = None, password: s
         sources = key_sources(settings)
         inside = [s for s in sources if root_real and os.path.exists(s) and inside_root(root_real, s) is not None]
         trusted = load_trusted_keys(sources)
-        revoked = load_revoked_key_ids(
-            settings.revoked_keys or ([SYSTEM_REVOKED_DIR] if os.path.isdir(SYSTEM_REVOKED_DIR) else [])
-        )
+        revoked = revoked_key_ids(settings)
         bad = sorted(set(trusted.key_ids) & revoked)
         if inside:
             add("trusted keys", False, f"{', '.join(inside)} inside the tree", "keep trusted keys outside the tree")
@@ -126,40 +128,31 @@ def run_doctor(settings: Settings, *, secret_key: str | None = None, password: s
             add("secret key", False, str(exc), "chmod 600 the key, or give the right file or password")
 
     manifest = None
+    signed_by = None
     if root_real is not None:
-        manifest_path = settings.manifest or os.path.join(root_real, MANIFEST_NAME)
-        sig_path = settings.signature or manifest_path + ".minisig"
+        manifest_path, sig_path = manifest_paths(settings, root_real)
         try:
-            data = read_limited(manifest_path, MAX_MANIFEST_BYTES)
-            sig = read_limited(sig_path, 16384)
+            data, sig = read_signed(manifest_path, sig_path)
             if trusted is None:
                 raise IntegrityError("no trusted keys to check it with")
-            info = verify_signature(data, sig, trusted)
-            if info.key_id in revoked:
-                raise IntegrityError(f"signed by revoked key {info.key_id}")
+            signed_by = verify_signature(data, sig, trusted).key_id
+            if signed_by in revoked:
+                raise IntegrityError(f"signed by revoked key {signed_by}")
             manifest = decode_manifest(data)
             add(
                 "manifest",
                 True,
                 f"{manifest_path}: release {manifest.release or '-'}, serial {manifest.serial}, "
-                f"{len(manifest.entries):,} entries, signed by {info.key_id}",
+                f"{len(manifest.entries):,} entries, signed by {signed_by}",
             )
-        except (OSError, IntegrityError) as exc:
-            detail = f"{exc.filename}: {exc.strerror}" if isinstance(exc, OSError) else str(exc)
-            add("manifest", False, detail, "ship MANIFEST.json and its .minisig from the release build")
+        except (Untrusted, IntegrityError) as exc:
+            add("manifest", False, str(exc), "ship MANIFEST.json and its .minisig from the release build")
 
     if manifest is not None:
         now = datetime.now(tz=UTC)
-        skew = timedelta(seconds=DEFAULT_CLOCK_SKEW if settings.clock_skew is None else settings.clock_skew)
-        if manifest.created > now + skew:
-            add(
-                "clock",
-                False,
-                f"manifest created {manifest.created:%Y-%m-%d %H:%M:%S}Z is in the future",
-                "check NTP on this host and on the build host",
-            )
-        elif manifest.expires is not None and now - skew >= manifest.expires:
-            add("clock", False, f"manifest expired {manifest.expires:%Y-%m-%d %H:%M:%S}Z", "build and sign anew")
+        problem = clock_problem(manifest, settings, now)
+        if problem:
+            add("clock", False, problem, "check NTP here and on the build host; rebuild and sign if it expired")
         elif manifest.expires is not None and manifest.expires - now < EXPIRY_WARNING:
             add("clock", True, f"manifest expires soon: {manifest.expires:%Y-%m-%d %H:%M:%S}Z")
         else:
@@ -175,31 +168,22 @@ def run_doctor(settings: Settings, *, secret_key: str | None = None, password: s
             with open(probe, "wb"):
                 pass
             os.unlink(probe)
-            detail = f"{store.directory} writable"
-            if manifest is not None and root_real is not None:
-                prev = None
-                for key_id in trusted.key_ids if trusted is not None else []:
-                    mark = store.read(rollback_key(settings), key_id)
-                    if mark is not None and (prev is None or mark.serial > prev.serial):
-                        prev = mark
-                if prev is not None and manifest.serial < prev.serial:
-                    add(
-                        "rollback state",
-                        False,
-                        f"serial {manifest.serial} is older than {prev.serial} verified here",
-                        "deploy a newer release, or approve with --allow-rollback-to "
-                        f"{manifest.release or manifest.serial}",
-                    )
-                    prev = None
-                    detail = ""
-            if detail:
-                add("rollback state", True, detail)
+            mark = store.read(rollback_key(settings), signed_by) if manifest is not None and signed_by else None
+            if manifest is not None and mark is not None and manifest.serial < mark.serial:
+                add(
+                    "rollback state",
+                    False,
+                    f"serial {manifest.serial} is older than {mark.serial} verified here",
+                    "deploy a newer release, or approve with --allow-rollback-to "
+                    + str(manifest.release or manifest.serial),
+                )
+            else:
+                add("rollback state", True, f"{store.directory} writable")
     except (OSError, IntegrityError) as exc:
         add("rollback state", False, str(exc), "make the state directory writable, or set it to 'none'")
 
     if root_real is not None:
-        skip = {r for p in (settings.manifest, settings.signature) if p and (r := inside_root(root_real, p))}
-        skip |= {MANIFEST_NAME, MANIFEST_NAME + ".minisig"}
+        skip = relative_inside(root_real, manifest_paths(settings, root_real)) | set(OWN_FILES)
         try:
             count, problems = _probe_tree(root_real, skip)
             if problems:

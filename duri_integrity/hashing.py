@@ -5,9 +5,9 @@ truncated under a mapping kills the process with SIGBUS), and the descriptor's
 fstat must show a regular file with the inode the walk saw.
 
 Speed: per-file cost on the hot path is four syscalls (open, fstat, read,
-close). Small files stay on the calling thread; helper threads take the large
-files first and then steal small batches from the other end. Handing small
-files back and forth between threads costs more in GIL hand-offs than it saves.
+close). The calling thread works through small files in batches; helper threads
+take the large files first, then whatever small batches are left, from the
+other end. One task per file would cost more in hand-offs than it saves.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 from blake3 import blake3
 
@@ -41,7 +41,7 @@ OPEN_FLAGS = (
     | getattr(os, "O_NOCTTY", 0)
 )
 SMALL_FILE = 1 << 20
-"""Up to this size a file is read with one os.read; above it, in chunks into a reused buffer."""
+"""Up to this size a file is read whole into the thread's buffer; above it, in chunks."""
 CHUNK = SMALL_FILE + 1
 """Each thread's one read buffer: a small file, plus one byte to notice growth, fits in one read."""
 HUGE_FILE = 256 << 20
@@ -50,7 +50,7 @@ BATCH = 48
 IO_BOUND_SECONDS_PER_FILE = 100e-6
 """Small files from the page cache take ~10-20 us each; ten times that means waiting on a disk."""
 IO_THREADS_PER_CORE = 2
-"""Measured on a 2-core VM with a cold cache: 4 threads beat 2, 8 and 16."""
+"""On a 2-core VM with a cold cache, 4 threads did best of 2, 4, 8 and 16 (docs/performance.md)."""
 _RACE_ERRNOS = (errno.ELOOP, errno.ENOENT, errno.ENOTDIR, errno.ENXIO, errno.EWOULDBLOCK)
 
 # A minisign secret key file: a comment line, then base64 of "Ed" + KDF ("Sc" or none) + "B2".
@@ -66,6 +66,24 @@ def looks_like_secret_key(data: bytes) -> bool:
 
 def default_workers() -> int:
     return max(1, min(8, os.cpu_count() or 1))
+
+
+def _workers(workers: int | None) -> int:
+    workers = default_workers() if workers is None else workers
+    if workers < 1:
+        raise ValueError("workers must be at least 1")
+    return workers
+
+
+def _read_small(fd: int, size: int, buf: bytearray, view: memoryview) -> int:
+    """Read a file of ``size`` bytes into ``buf``; return the bytes read (more means it grew)."""
+    n = os.readv(fd, [buf])
+    while 0 < n < size:  # a short read is legal (signals, network filesystems)
+        more = os.readv(fd, [view[n:]])
+        if not more:
+            break
+        n += more
+    return n
 
 
 FileCheck = tuple[str, int, int, int, str]
@@ -116,7 +134,7 @@ class _Worker:
 def _check_batch(jobs: Sequence[FileCheck], batch: list[int], worker: _Worker, out: list[Problem]) -> None:
     """Check a batch of files. The loop is written flat, with local names, because it is
     the innermost loop of verification: each file costs four syscalls and little else."""
-    os_open, os_fstat, os_readv, os_close = os.open, os.fstat, os.readv, os.close
+    os_open, os_fstat, os_close = os.open, os.fstat, os.close
     buf, cursor = worker.buf, worker.cursor
     view = memoryview(buf)
     s_isreg, flags, small_limit, append = stat.S_ISREG, OPEN_FLAGS, SMALL_FILE, out.append
@@ -148,14 +166,8 @@ def _check_batch(jobs: Sequence[FileCheck], batch: list[int], worker: _Worker, o
                     append((i, "modified", f"size {size}", f"size {st.st_size}"))
                     continue
                 if size <= small_limit:
-                    # Read into the thread's reused buffer: no allocation per file, and a file
-                    # that grew shows up as more bytes than expected.
-                    n = os_readv(fd, [buf])
-                    while 0 < n < size:  # a short read is legal (signals, network filesystems)
-                        more = os_readv(fd, [view[n:]])
-                        if not more:
-                            break
-                        n += more
+                    # Into the thread's reused buffer: no allocation per file.
+                    n = _read_small(fd, size, buf, view)
                     digest = blake3(view[:n]).hexdigest() if n == size else None
                 else:
                     digest, got = _hash_chunks(fd, size, buf)
@@ -250,8 +262,6 @@ def _split(sizes: Sequence[int], workers: int) -> tuple[list[int], list[int]]:
     Small files keep the walk's order, which groups them by directory, so a batch
     opens few directories.
     """
-    if workers == 1:
-        return list(range(len(sizes))), []
     big = sorted((i for i, n in enumerate(sizes) if n >= SMALL_FILE), key=sizes.__getitem__, reverse=True)
     small = [i for i, n in enumerate(sizes) if n < SMALL_FILE]
     return small, big
@@ -269,9 +279,7 @@ def check_files(
     None, one thread per core, plus more if the files turn out to come from disk.
     """
     elastic = workers is None
-    workers = default_workers() if workers is None else workers
-    if workers < 1:
-        raise ValueError("workers must be at least 1")
+    workers = _workers(workers)
     out: list[Problem] = []
     small, big = _split([j[2] for j in jobs], workers)
     io_threads = min(16, IO_THREADS_PER_CORE * (os.cpu_count() or 1))
@@ -296,11 +304,11 @@ class BuildHash(NamedTuple):
     """True when the content looks like a minisign secret key file."""
 
 
-def _hash_for_build(cursor: DirCursor, rel: str, walk: os.stat_result, buf: bytearray) -> BuildHash:
+def _hash_for_build(worker: _Worker, rel: str, walk: os.stat_result) -> BuildHash:
     """Hash a file for a manifest: the bytes must be stable from before the open to after the read."""
     rel_dir, _, name = rel.rpartition("/")
     try:
-        fd = os.open(name, OPEN_FLAGS, dir_fd=cursor.enter(rel_dir))
+        fd = os.open(name, OPEN_FLAGS, dir_fd=worker.cursor.enter(rel_dir))
     except OSError as exc:
         kind, why = _open_problem(exc)
         return BuildHash(None, kind, why)
@@ -321,12 +329,12 @@ def _hash_for_build(cursor: DirCursor, rel: str, walk: os.stat_result, buf: byte
         size = before.st_size
         secret = False
         if size <= SMALL_FILE:
-            data = os.read(fd, size + 1)
-            got = len(data)
-            digest: str | None = blake3(data).hexdigest()
-            secret = looks_like_secret_key(data)
+            with memoryview(worker.buf) as view:
+                got = _read_small(fd, size, worker.buf, view)
+                digest: str | None = blake3(view[:got]).hexdigest()
+                secret = size <= 4096 and looks_like_secret_key(bytes(view[:got]))
         else:
-            digest, got = _hash_chunks(fd, size, buf)
+            digest, got = _hash_chunks(fd, size, worker.buf)
         after = os.fstat(fd)
         if got != size or (after.st_size, after.st_mtime_ns, after.st_ctime_ns) != (
             size,
@@ -347,19 +355,17 @@ def hash_for_build(
     workers: int | None = None,
 ) -> list[BuildHash]:
     """Hash (path relative to ``root``, lstat) pairs; results in the input order."""
-    workers = default_workers() if workers is None else workers
-    if workers < 1:
-        raise ValueError("workers must be at least 1")
+    workers = _workers(workers)
     out: list[BuildHash | None] = [None] * len(files)
     root_fd = open_root(root)
 
     def batch_of(batch: list[int], worker: _Worker) -> None:
         for i in batch:
-            out[i] = _hash_for_build(worker.cursor, files[i][0], files[i][1], worker.buf)
+            out[i] = _hash_for_build(worker, files[i][0], files[i][1])
 
     try:
         small, big = _split([st.st_size for _, st in files], workers)
         _schedule(small, big, batch_of, root_fd, workers, None)
     finally:
         os.close(root_fd)
-    return [r if r is not None else BuildHash(None, "unreadable", "not hashed") for r in out]
+    return cast(list[BuildHash], out)  # _schedule runs every index or raises

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     import minisign
 
 __all__ = [
+    "MAX_SIGNATURE_BYTES",
     "PublicKey",
     "SignatureInfo",
     "TrustedKeys",
@@ -42,12 +43,14 @@ except ImportError:  # pragma: no cover - other Python implementations
     from hashlib import blake2b as _blake2b
 
 _MAX_KEY_FILE = 4096
-_MAX_SIG_FILE = 16384
+MAX_SIGNATURE_BYTES = 16384
+"""A minisign signature file is well under this, trusted comment included."""
 
 
 def format_key_id(key_id: bytes) -> str:
-    """Render a key id the way the minisign tool prints it (a little-endian 64-bit number)."""
-    return key_id[::-1].hex().upper()
+    """Render a key id exactly as the minisign tool prints it: the little-endian 64-bit number
+    in upper-case hex, without leading zeros (``printf("%" PRIX64)``)."""
+    return f"{int.from_bytes(key_id, 'little'):X}"
 
 
 class SignatureInfo(NamedTuple):
@@ -65,9 +68,8 @@ class PublicKey(NamedTuple):
 class TrustedKeys:
     """Trusted public keys by key id."""
 
-    def __init__(self, keys: Mapping[bytes, PublicKey], sources: Mapping[bytes, str]) -> None:
+    def __init__(self, keys: Mapping[bytes, PublicKey]) -> None:
         self._keys = dict(keys)
-        self.sources = dict(sources)
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -125,53 +127,46 @@ def load_public_key(source: str) -> PublicKey:
         raise KeyFileError(f"not a minisign public key: {source!r} ({exc})") from None
 
 
+def _key_files(sources: Iterable[str], suffixes: tuple[str, ...], what: str) -> list[str]:
+    """Each source as given, or, for a directory, its files with one of ``suffixes``, sorted."""
+    files: list[str] = []
+    for src in sources:
+        if not os.path.isdir(src):
+            files.append(src)
+            continue
+        try:
+            names = sorted(n for n in os.listdir(src) if n.endswith(suffixes))
+        except OSError as exc:
+            raise KeyFileError(f"cannot list {what} directory {src!r}: {exc.strerror}") from None
+        files += [os.path.join(src, n) for n in names]
+    return files
+
+
 def load_trusted_keys(sources: Iterable[str]) -> TrustedKeys:
     """Load keys from files, inline base64 keys, or directories of ``*.pub`` files."""
-    keys: dict[bytes, PublicKey] = {}
-    where: dict[bytes, str] = {}
-    for src in sources:
-        if os.path.isdir(src):
-            try:
-                names = sorted(n for n in os.listdir(src) if n.endswith(".pub"))
-            except OSError as exc:
-                raise KeyFileError(f"cannot list key directory {src!r}: {exc.strerror}") from None
-            files = [os.path.join(src, n) for n in names]
-        else:
-            files = [src]
-        for f in files:
-            pk = load_public_key(f)
-            keys[pk.key_id] = pk
-            where[pk.key_id] = f
-    return TrustedKeys(keys, where)
+    keys = [load_public_key(f) for f in _key_files(sources, (".pub",), "key")]
+    return TrustedKeys({pk.key_id: pk for pk in keys})
 
 
 def load_revoked_key_ids(sources: Iterable[str]) -> set[str]:
     """Key ids (as minisign prints them) from ``.pub`` files, directories of them, or id lists.
 
-    An id list is a text file with one 16-hex-digit key id per line; ``#`` starts a comment.
+    An id list is a text file with one key id per line, as minisign prints it (hex, at most
+    16 digits; leading zeros optional); ``#`` starts a comment.
     """
     revoked: set[str] = set()
-    for src in sources:
-        if os.path.isdir(src):
-            try:
-                names = sorted(os.listdir(src))
-            except OSError as exc:
-                raise KeyFileError(f"cannot list revoked-key directory {src!r}: {exc.strerror}") from None
-            files = [os.path.join(src, n) for n in names if n.endswith((".pub", ".txt", ".list"))]
-        else:
-            files = [src]
-        for path in files:
-            if path.endswith(".pub"):
-                revoked.add(format_key_id(load_public_key(path).key_id))
+    for path in _key_files(sources, (".pub", ".txt", ".list"), "revoked-key"):
+        if path.endswith(".pub"):
+            revoked.add(format_key_id(load_public_key(path).key_id))
+            continue
+        text = _read_small(path, 1 << 20, "revoked-key list").decode("utf-8", "replace")
+        for n, line in enumerate(text.splitlines(), 1):
+            item = line.split("#", 1)[0].strip()
+            if not item:
                 continue
-            text = _read_small(path, 1 << 20, "revoked-key list").decode("utf-8", "replace")
-            for n, line in enumerate(text.splitlines(), 1):
-                item = line.split("#", 1)[0].strip()
-                if not item:
-                    continue
-                if len(item) != 16 or any(c not in "0123456789abcdefABCDEF" for c in item):
-                    raise KeyFileError(f"{path}:{n}: {item!r} is not a 16-hex-digit key id")
-                revoked.add(item.upper())
+            if not 0 < len(item) <= 16 or any(c not in "0123456789abcdefABCDEF" for c in item):
+                raise KeyFileError(f"{path}:{n}: {item!r} is not a key id (up to 16 hex digits)")
+            revoked.add(format_key_id(int(item, 16).to_bytes(8, "little")))
     return revoked
 
 
@@ -269,7 +264,7 @@ def verify_signature(data: bytes, signature: bytes, trusted: TrustedKeys) -> Sig
     process, and importing py-minisign (serialization, scrypt) costs about
     30 ms of start-up that Ed25519 verification alone does not need.
     """
-    if len(signature) > _MAX_SIG_FILE:
+    if len(signature) > MAX_SIGNATURE_BYTES:
         raise SignatureError("signature file is too large to be a minisign signature")
     lines = signature.splitlines()
     try:

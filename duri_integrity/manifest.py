@@ -37,7 +37,6 @@ __all__ = [
     "decode_manifest_keys",
     "display",
     "encode_manifest",
-    "entry_key",
     "make_entry_path",
 ]
 
@@ -150,20 +149,12 @@ def _bad_path(path: str) -> bool:
 
 
 def make_entry_path(rel: str) -> tuple[str | None, bytes | None]:
-    """Split a walk path (str, surrogateescape) into the manifest's path/path_b64 pair."""
+    """Split a walk path or link target (str, surrogateescape) into the manifest's str/base64 pair."""
     try:
         rel.encode("utf-8")
         return rel, None
     except UnicodeEncodeError:
         return None, os.fsencode(rel)
-
-
-def entry_key(e: Entry) -> str:
-    """The walk's spelling of an entry's path (str; undecodable bytes as surrogateescape)."""
-    if e.path is not None:
-        return e.path
-    assert e.path_b64 is not None
-    return os.fsdecode(e.path_b64)
 
 
 def compute_root_digest(exclude: list[str], entries: list[Entry]) -> str:

@@ -31,7 +31,6 @@ __all__ = [
     "Snapshot",
     "default_cache_dir",
     "load_snapshot",
-    "record_of",
     "save_snapshot",
     "snapshot_path",
 ]
@@ -61,20 +60,9 @@ class Snapshot:
         self.taken_ns = taken_ns
         self.records = records
 
-    @classmethod
-    def empty(cls, root: str, root_digest: str, taken_ns: int, entries: int) -> "Snapshot":
-        return cls(root, root_digest, taken_ns, bytearray(RECORD.size * entries))
-
     def settled_before(self) -> int:
         """Files whose mtime and ctime are both before this (ns) cannot hide a same-tick write."""
         return self.taken_ns - RACY_NS
-
-    def record(self, index: int) -> bytes | bytearray:
-        return self.records[RECORD.size * index : RECORD.size * (index + 1)]
-
-
-def record_of(st: os.stat_result) -> bytes:
-    return RECORD.pack(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 _header_decoder = msgspec.json.Decoder(_Header)

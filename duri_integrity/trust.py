@@ -9,9 +9,10 @@ import os
 from datetime import UTC, datetime, timedelta
 
 from . import state as _state
-from .config import MANIFEST_NAME, SYSTEM_KEY_DIR, Settings
+from .config import SYSTEM_KEY_DIR, Settings, manifest_paths
 from .errors import KeyFileError, ManifestError, SignatureError
 from .files import read_limited
+from .keys import MAX_SIGNATURE_BYTES
 from .logs import WARNING, log_event
 from .manifest import MAX_MANIFEST_BYTES, Manifest, decode_manifest_keys
 from .report import ManifestInfo
@@ -21,7 +22,6 @@ from .walk import inside_root
 __all__ = ["DEFAULT_CLOCK_SKEW", "SYSTEM_REVOKED_DIR", "TrustedManifest", "Untrusted", "load_trusted_manifest"]
 
 DEFAULT_CLOCK_SKEW = 300
-MAX_SIGNATURE_BYTES = 16384
 SYSTEM_REVOKED_DIR = "/etc/duri-integrity/revoked-keys.d"
 
 
@@ -94,23 +94,18 @@ def state_store(settings: Settings) -> StateStore | None:
     return StateStore(configured or _state.default_state_dir(), explicit=configured is not None)
 
 
-def load_trusted_manifest(settings: Settings, root_real: str) -> TrustedManifest:
-    """Return the manifest once every check passes; raise Untrusted or an IntegrityError otherwise."""
-    from .keys import load_revoked_key_ids, load_trusted_keys, parse_trusted_comment, verify_signature
+def revoked_key_ids(settings: Settings) -> set[str]:
+    """Key ids revoked by configuration, or by the system directory when none is configured."""
+    from .keys import load_revoked_key_ids
 
-    sources = key_sources(settings)
-    for src in sources:
-        if os.path.exists(src) and inside_root(root_real, src) is not None:
-            raise Untrusted(f"trusted key {src!r} is inside the tree being verified; keys must come from outside it")
-    trusted = load_trusted_keys(sources)
-    if not len(trusted):
-        raise KeyFileError(f"no public keys found in {', '.join(sources)}")
-    revoked_sources = list(settings.revoked_keys or ())
-    if not revoked_sources and os.path.isdir(SYSTEM_REVOKED_DIR):
-        revoked_sources = [SYSTEM_REVOKED_DIR]
-    revoked = load_revoked_key_ids(revoked_sources)
-    manifest_path = settings.manifest or os.path.join(root_real, MANIFEST_NAME)
-    sig_path = settings.signature or manifest_path + ".minisig"
+    sources = list(settings.revoked_keys or ())
+    if not sources and os.path.isdir(SYSTEM_REVOKED_DIR):
+        sources = [SYSTEM_REVOKED_DIR]
+    return load_revoked_key_ids(sources)
+
+
+def read_signed(manifest_path: str, sig_path: str) -> tuple[bytes, bytes]:
+    """The manifest's bytes and its signature's, each within its size limit; raise Untrusted."""
     try:
         data = read_limited(manifest_path, MAX_MANIFEST_BYTES)
     except OSError as exc:
@@ -121,6 +116,36 @@ def load_trusted_manifest(settings: Settings, root_real: str) -> TrustedManifest
         sig = read_limited(sig_path, MAX_SIGNATURE_BYTES)
     except OSError as exc:
         raise Untrusted(f"cannot read signature {sig_path!r}: {exc.strerror or exc}") from None
+    return data, sig
+
+
+def clock_problem(m: Manifest, settings: Settings, now: datetime) -> str | None:
+    """Why this host's clock and the manifest's times disagree, or None."""
+    skew = timedelta(seconds=DEFAULT_CLOCK_SKEW if settings.clock_skew is None else settings.clock_skew)
+    if m.created > now + skew:
+        return (
+            f"manifest created at {_iso(m.created)}, {(m.created - now).total_seconds():.0f} s in the future "
+            f"(allowed clock skew {skew.total_seconds():.0f} s): check the clocks of the build host and this host"
+        )
+    if m.expires is not None and now - skew >= m.expires:
+        return f"manifest expired at {_iso(m.expires)}"
+    return None
+
+
+def load_trusted_manifest(settings: Settings, root_real: str) -> TrustedManifest:
+    """Return the manifest once every check passes; raise Untrusted or an IntegrityError otherwise."""
+    from .keys import load_trusted_keys, parse_trusted_comment, verify_signature
+
+    sources = key_sources(settings)
+    for src in sources:
+        if os.path.exists(src) and inside_root(root_real, src) is not None:
+            raise Untrusted(f"trusted key {src!r} is inside the tree being verified; keys must come from outside it")
+    trusted = load_trusted_keys(sources)
+    if not len(trusted):
+        raise KeyFileError(f"no public keys found in {', '.join(sources)}")
+    revoked = revoked_key_ids(settings)
+    manifest_path, sig_path = manifest_paths(settings, root_real)
+    data, sig = read_signed(manifest_path, sig_path)
     try:
         info = verify_signature(data, sig, trusted)
         if info.key_id in revoked:
@@ -133,15 +158,9 @@ def load_trusted_manifest(settings: Settings, root_real: str) -> TrustedManifest
     for name, value in (("root", m.root_digest), ("serial", str(m.serial)), ("release", m.release)):
         if name in fields and fields[name] != value:
             raise Untrusted(f"the signature's trusted comment says {name} {fields[name]!r}, the manifest {value!r}")
-    skew = timedelta(seconds=DEFAULT_CLOCK_SKEW if settings.clock_skew is None else settings.clock_skew)
-    now = datetime.now(tz=UTC)
-    if m.created > now + skew:
-        raise Untrusted(
-            f"manifest created at {_iso(m.created)}, {(m.created - now).total_seconds():.0f} s in the future "
-            f"(allowed clock skew {skew.total_seconds():.0f} s): check the clocks of the build host and this host"
-        )
-    if m.expires is not None and now - skew >= m.expires:
-        raise Untrusted(f"manifest expired at {_iso(m.expires)}")
+    problem = clock_problem(m, settings, datetime.now(tz=UTC))
+    if problem:
+        raise Untrusted(problem)
     tm = TrustedManifest(
         manifest=m,
         keys=keys,

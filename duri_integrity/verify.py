@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from typing import TypedDict, Unpack
 
 from . import __version__
-from .config import MANIFEST_NAME, Settings, resolve_settings
+from .config import OWN_FILES, Settings, resolve_settings
 from .errors import ConfigError, IntegrityError, NotVerifiedError
 from .exclude import Excluder
 from .hashing import FileCheck, check_files
@@ -20,7 +20,7 @@ from .manifest import File, Manifest, Symlink, display
 from .report import ManifestInfo, Mode, Problem, Report, Status, make_report
 from .snapshot import RECORD, Snapshot, default_cache_dir, load_snapshot, save_snapshot
 from .trust import Untrusted, load_trusted_manifest, record_verified, rollback_key
-from .walk import KIND_BY_FMT, check_root, inside_root, iter_tree
+from .walk import KIND_BY_FMT, check_root, iter_tree, relative_inside
 
 __all__ = ["VerifyOptions", "ensure_integrity", "verify_integrity"]
 
@@ -64,7 +64,7 @@ def _compare(
     index: dict[str, int] = dict(zip(keys, range(len(keys)), strict=True))
     # The conventional in-tree manifest and signature are never part of the tree, even when
     # this run uses a copy kept elsewhere (unless the manifest itself lists them).
-    skip = skip | {n for n in (MANIFEST_NAME, MANIFEST_NAME + ".minisig") if n not in index}
+    skip = skip | {n for n in OWN_FILES if n not in index}
     pop = index.pop
     jobs: list[FileCheck] = []
     job_index: list[int] = []
@@ -245,7 +245,7 @@ def verify_integrity(
         tm = load_trusted_manifest(settings, root_real)
         m, keys, minfo = tm.manifest, tm.keys, tm.info
         notes.extend(tm.notes)
-        skip = {r for p in (tm.manifest_path, tm.signature_path) if (r := inside_root(root_real, p)) not in (None, ".")}
+        skip = relative_inside(root_real, (tm.manifest_path, tm.signature_path))
         snapshot = None
         cache = settings.cache_dir or default_cache_dir()
         if quick:

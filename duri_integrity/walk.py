@@ -1,15 +1,16 @@
 """Enumerate a tree without following symlinks or opening anything but directories.
 
-Every object under the root is listed (so additions are seen), with its lstat
-result. Errors do not stop the walk: they are collected and reported.
+Every object under the root is listed (so additions are seen). Directories are
+reached only through descriptors opened with O_NOFOLLOW from the root's, so
+nothing outside the root is entered. Errors do not stop the walk: they are
+collected and reported.
 """
 
 from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Collection, Iterator
-from typing import NamedTuple
+from collections.abc import Collection, Iterable, Iterator
 
 from .errors import TreeError
 from .exclude import Excluder
@@ -18,14 +19,12 @@ __all__ = [
     "DIR_FLAGS",
     "KIND_BY_FMT",
     "DirCursor",
-    "WalkResult",
     "check_root",
     "inside_root",
     "iter_tree",
     "kind_of",
-    "open_dir_beneath",
     "open_root",
-    "walk_tree",
+    "relative_inside",
 ]
 
 # Names for every st_mode file type; these strings are the manifest's "type" values.
@@ -44,15 +43,6 @@ def kind_of(mode: int) -> str:
     return KIND_BY_FMT.get(stat.S_IFMT(mode), "unknown")
 
 
-class WalkResult(NamedTuple):
-    files: list[tuple[str, int]]
-    """(relative POSIX path, inode) of regular files, from the directory entries alone (no stat)."""
-    others: list[tuple[str, os.stat_result, str | None]]
-    """(relative path, lstat result, link target) for everything else; with stat_files, files too."""
-    errors: list[tuple[str, str]]
-    """(relative path, message) for entries that could not be listed or stat-ed."""
-
-
 def check_root(root: str) -> str:
     """Return the root as an absolute, symlink-free path, or raise TreeError."""
     try:
@@ -63,6 +53,11 @@ def check_root(root: str) -> str:
     if not stat.S_ISDIR(st.st_mode):
         raise TreeError(f"root {root!r} is not a directory")
     return real
+
+
+def relative_inside(root_real: str, paths: Iterable[str]) -> set[str]:
+    """The relative paths of those of ``paths`` that resolve strictly inside the root."""
+    return {rel for p in paths if (rel := inside_root(root_real, p)) not in (None, ".")}
 
 
 def inside_root(root_real: str, path: str) -> str | None:
@@ -83,26 +78,6 @@ def open_root(root: str) -> int:
         return os.open(root, DIR_FLAGS)
     except OSError as exc:
         raise TreeError(f"cannot open root {root!r}: {exc.strerror or exc}") from None
-
-
-def open_dir_beneath(root_fd: int, rel_dir: str) -> int:
-    """Open a directory under the root one component at a time, never following a symlink.
-
-    A directory swapped for a symlink after the walk fails here (ELOOP or ENOTDIR)
-    instead of leading outside the root.
-    """
-    fd = os.dup(root_fd)
-    if not rel_dir:
-        return fd
-    try:
-        for part in rel_dir.split("/"):
-            child = os.open(part, DIR_FLAGS, dir_fd=fd)
-            os.close(fd)
-            fd = child
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
 
 
 class DirCursor:
@@ -242,16 +217,3 @@ def iter_tree(
             os.close(dir_fd)
         for dir_fd, _ in pending:
             os.close(dir_fd)
-
-
-def walk_tree(root: str, excluder: Excluder, skip: Collection[str] = (), *, stat_files: bool = False) -> WalkResult:
-    """:func:`iter_tree`, collected into lists."""
-    files: list[tuple[str, int]] = []
-    others: list[tuple[str, os.stat_result, str | None]] = []
-    errors: list[tuple[str, str]] = []
-    for rel, st, target in iter_tree(root, excluder, skip, stat_files=stat_files, errors=errors):
-        if type(st) is int:
-            files.append((rel, st))
-        else:
-            others.append((rel, st, target))  # type: ignore[arg-type]
-    return WalkResult(files, others, errors)

@@ -147,6 +147,10 @@ def test_sign_command(tree: Path, keys: Keys, run_cli: Run) -> None:
     r = run_cli("sign", str(tree / "MANIFEST.json"), "--secret-key", str(keys.secret))
     assert r.returncode == 0, r.stderr
     assert run_cli("verify", str(tree), "-p", str(keys.public)).returncode == 0
+    # rebuilding without a key leaves the old signature: the build says it no longer matches
+    (tree / "new.txt").write_text("x")
+    r = run_cli("build", str(tree))
+    assert r.returncode == 0 and "is from an earlier build and does not match" in r.stderr
 
 
 def test_encrypted_key_with_password_file(tree: Path, tmp_path: Path, run_cli: Run) -> None:

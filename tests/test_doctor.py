@@ -94,3 +94,14 @@ def test_unreadable_file_fails_tree_check(signed: Signed) -> None:
     r = subprocess.run(cmd, capture_output=True, text=True, check=False)
     checks = {c["name"]: c for c in json.loads(r.stdout)["checks"]}
     assert r.returncode == 1 and "app/main.py" in str(checks["tree readable"]["detail"])
+
+
+def test_expiry_within_a_week_is_flagged(tree: Path, keys, run_cli: Run) -> None:  # type: ignore[no-untyped-def]
+    """A manifest that expires within seven days passes the clock check but says so."""
+    from datetime import timedelta
+
+    from .conftest import build_and_sign
+
+    s = build_and_sign(tree, keys, expires_in=timedelta(days=3))
+    code, checks = _doctor(run_cli, s)
+    assert code == 0 and checks["clock"]["ok"] and "expires soon" in str(checks["clock"]["detail"])

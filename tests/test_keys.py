@@ -135,3 +135,24 @@ def test_signatures_from_py_minisign_verify(keys: Keys, prehash: bool) -> None:
     assert info.trusted_comment == "t"
     with pytest.raises(SignatureError):
         verify_signature(b"content!", bytes(sig), load_trusted_keys([str(keys.public)]))
+
+
+def test_key_ids_are_spelled_as_minisign_prints_them() -> None:
+    """Key ids render like minisign's printf("%" PRIX64): upper-case hex, no leading zeros."""
+    from duri_integrity.keys import format_key_id
+
+    assert format_key_id(bytes.fromhex("80aa2b3afc7ebf78")) == "78BF7EFC3A2BAA80"
+    assert format_key_id(bytes.fromhex("13f7ba28ef6fd40c")) == "CD46FEF28BAF713"
+    assert format_key_id(bytes(7) + b"\x01") == "100000000000000"
+
+
+def test_revocation_list_accepts_ids_with_or_without_leading_zeros(tmp_path: Path) -> None:
+    """'0CD46FEF28BAF713' and 'cd46fef28baf713' name the same key."""
+    from duri_integrity.keys import load_revoked_key_ids
+
+    lst = tmp_path / "revoked.list"
+    lst.write_text("0CD46FEF28BAF713\ncd46fef28baf713  # same key\n")
+    assert load_revoked_key_ids([str(lst)]) == {"CD46FEF28BAF713"}
+    lst.write_text("12345678901234567\n")
+    with pytest.raises(KeyFileError, match="up to 16 hex digits"):
+        load_revoked_key_ids([str(lst)])

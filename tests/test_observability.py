@@ -124,3 +124,19 @@ def test_library_logs_with_context_and_leaves_root_logger_alone(
     assert rec.levelno == logging.INFO and rec.status == "VERIFIED"  # type: ignore[attr-defined]
     assert rec.serial > 0 and rec.key_id == signed.keys.key_id  # type: ignore[attr-defined]
     assert root_logger.handlers == handlers and root_logger.level == level
+
+
+def test_no_logging_import_when_nothing_uses_it(signed: Signed) -> None:
+    """A process that never imported logging verifies without importing it (nothing could receive a record)."""
+    import sys
+
+    code = (
+        "import sys\n"
+        "from duri_integrity import verify_integrity\n"
+        f"r = verify_integrity({str(signed.root)!r}, public_keys={str(signed.keys.public)!r}, state_dir='none',"
+        " use_config_file=False)\n"
+        "assert r.status == 'VERIFIED', r.summary\n"
+        "assert 'logging' not in sys.modules, 'logging was imported'\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert r.returncode == 0, r.stderr

@@ -58,13 +58,16 @@ def test_approved_rollback_is_recorded_and_sticks(
     releases,
     tmp_path: Path,  # type: ignore[no-untyped-def]
     approval: object,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """An approval naming the release or serial lets v1 verify, says so, and lowers the mark to it."""
+    """An approval naming the release or serial lets v1 verify, says so, logs it, and lowers the mark."""
     v1, v2 = releases
     state = tmp_path / "state"
     _verify(tree, keys, v2, state)
-    r = _verify(tree, keys, v1, state, allow_rollback_to=approval)
+    with caplog.at_level("WARNING", logger="duri_integrity"):
+        r = _verify(tree, keys, v1, state, allow_rollback_to=approval)
     assert r.status == "VERIFIED"
+    assert any(rec.levelname == "WARNING" and "rollback to release 'v1'" in rec.getMessage() for rec in caplog.records)
     assert any("rollback to release 'v1' (serial 100) approved" in n for n in r.notes)
     [mark] = state.glob("rollback-*.json")
     assert b'"approvals":[{' in mark.read_bytes()
