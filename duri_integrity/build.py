@@ -154,13 +154,13 @@ def sign_manifest(
     signature_path: str | None = None,
 ) -> str:
     """Sign an existing manifest file's exact bytes; return the signature file's path."""
-    from .files import read_limited
+    from .files import UnreadableFile, read_file
     from .manifest import MAX_MANIFEST_BYTES, decode_manifest
 
     try:
-        data = read_limited(manifest_path, MAX_MANIFEST_BYTES)  # an oversized one is refused below
-    except OSError as exc:
-        raise ManifestError(f"cannot read manifest {manifest_path!r}: {exc.strerror or exc}") from None
+        data = read_file(manifest_path, MAX_MANIFEST_BYTES, "manifest")
+    except UnreadableFile as exc:
+        raise ManifestError(str(exc)) from None
     # Refuse to vouch for bytes that are not a valid manifest.
     m = decode_manifest(data)
     sk = load_secret_key(secret_key_path, password, allow_insecure_permissions=allow_insecure_key)

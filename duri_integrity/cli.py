@@ -79,11 +79,10 @@ def main(log_format: str | None, log_level: str | None) -> None:
 
 def _password(password_file: str | None, *, confirm: bool = False) -> str | None:
     if password_file:
-        try:
-            with open(password_file, encoding="utf-8") as f:
-                return f.readline().rstrip("\r\n")
-        except OSError as exc:
-            raise _OperationalError(f"cannot read password file {password_file!r}: {exc.strerror}") from None
+        from .files import read_file
+
+        raw = read_file(password_file, 4096, "password file")
+        return raw.decode("utf-8", "replace").partition("\n")[0].rstrip("\r")
     env = os.environ.get("DURI_INTEGRITY_PASSWORD")
     if env:
         return env

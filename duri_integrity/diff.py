@@ -11,7 +11,7 @@ import msgspec
 
 from .config import signature_path_for
 from .errors import ManifestError, SignatureError
-from .files import read_limited
+from .files import UnreadableFile, read_file
 from .manifest import MAX_MANIFEST_BYTES, Entry, File, Manifest, Symlink, decode_manifest_keys, display
 
 __all__ = ["Change", "ManifestDiff", "diff_files", "diff_manifests", "load_manifest_for_diff"]
@@ -85,15 +85,15 @@ def load_manifest_for_diff(path: str, trusted: object | None) -> tuple[Manifest,
     from .keys import MAX_SIGNATURE_BYTES, TrustedKeys, verify_signature
 
     try:
-        data = read_limited(path, MAX_MANIFEST_BYTES)  # an oversized one is refused by the decoder
-    except OSError as exc:
-        raise ManifestError(f"cannot read manifest {path!r}: {exc.strerror or exc}") from None
+        data = read_file(path, MAX_MANIFEST_BYTES, "manifest")
+    except UnreadableFile as exc:
+        raise ManifestError(str(exc)) from None
     signed_by = None
     if isinstance(trusted, TrustedKeys):
         try:
-            sig = read_limited(signature_path_for(path), MAX_SIGNATURE_BYTES)
-        except OSError as exc:
-            raise SignatureError(f"cannot read signature {signature_path_for(path)!r}: {exc.strerror or exc}") from None
+            sig = read_file(signature_path_for(path), MAX_SIGNATURE_BYTES, "signature")
+        except UnreadableFile as exc:
+            raise SignatureError(str(exc)) from None
         try:
             signed_by = verify_signature(data, sig, trusted).key_id
         except SignatureError as exc:

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, NamedTuple
 
 from .errors import KeyFileError, SignatureError
-from .files import read_limited
+from .files import UnreadableFile, read_file
 
 if TYPE_CHECKING:
     import minisign
@@ -84,12 +84,9 @@ class TrustedKeys:
 
 def _read_small(path: str, limit: int, what: str) -> bytes:
     try:
-        data = read_limited(path, limit)
-    except OSError as exc:
-        raise KeyFileError(f"cannot read {what} {path!r}: {exc.strerror or exc}") from None
-    if len(data) > limit:
-        raise KeyFileError(f"{what} {path!r} is too large to be a minisign {what}")
-    return data
+        return read_file(path, limit, what)
+    except UnreadableFile as exc:
+        raise KeyFileError(str(exc)) from None
 
 
 def _b64(line: bytes | str, length: int, what: str) -> bytes:

@@ -79,11 +79,13 @@ def load_token(token: str | None = None, token_file: str | None = None) -> str:
     token = token or os.environ.get(TOKEN_ENV)
     token_file = token_file or os.environ.get(TOKEN_FILE_ENV)
     if not token and token_file:
+        from .files import UnreadableFile, read_file
+
         try:
-            with open(token_file, encoding="utf-8") as f:
-                token = f.readline().strip()
-        except OSError as exc:
-            raise ConfigError(f"cannot read token file {token_file!r}: {exc.strerror or exc}") from None
+            raw = read_file(token_file, 4096, "token file")
+        except UnreadableFile as exc:
+            raise ConfigError(str(exc)) from None
+        token = raw.decode("utf-8", "replace").partition("\n")[0].strip()
     if not token or len(token) < 16:
         raise ConfigError(
             f"the status endpoint needs a bearer token of 16 characters or more ({TOKEN_ENV} or {TOKEN_FILE_ENV})"

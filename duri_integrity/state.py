@@ -14,7 +14,7 @@ import msgspec
 from blake3 import blake3
 
 from .errors import ConfigError
-from .files import replace_file
+from .files import UnreadableFile, read_file, replace_file
 
 __all__ = ["RollbackState", "StateStore", "default_state_dir"]
 
@@ -68,12 +68,11 @@ class StateStore:
         """The recorded mark, or None if there is none yet. A corrupt file is an error (fail closed)."""
         path = self.path(root, key_id)
         try:
-            with open(path, "rb") as f:
-                data = f.read(1 << 20)
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            raise ConfigError(f"cannot read rollback state {path!r}: {exc.strerror or exc}") from None
+            data = read_file(path, 1 << 20, "rollback state", follow_symlinks=False, private=True)
+        except UnreadableFile as exc:
+            if exc.missing:
+                return None
+            raise ConfigError(str(exc)) from None
         try:
             state = _decoder.decode(data)
         except msgspec.MsgspecError as exc:

@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 from . import state as _state
 from .config import SYSTEM_KEY_DIR, Settings, manifest_paths
 from .errors import KeyFileError, ManifestError, SignatureError
-from .files import read_limited
+from .files import UnreadableFile, read_file
 from .keys import MAX_SIGNATURE_BYTES
 from .logs import WARNING, log_event
 from .manifest import MAX_MANIFEST_BYTES, Manifest, decode_manifest_keys
@@ -107,16 +107,11 @@ def revoked_key_ids(settings: Settings) -> set[str]:
 def read_signed(manifest_path: str, sig_path: str) -> tuple[bytes, bytes]:
     """The manifest's bytes and its signature's, each within its size limit; raise Untrusted."""
     try:
-        data = read_limited(manifest_path, MAX_MANIFEST_BYTES)
-    except OSError as exc:
-        raise Untrusted(f"cannot read manifest {manifest_path!r}: {exc.strerror or exc}") from None
-    if len(data) > MAX_MANIFEST_BYTES:
-        raise Untrusted(f"manifest {manifest_path!r} is over the {MAX_MANIFEST_BYTES:,}-byte limit")
-    try:
-        sig = read_limited(sig_path, MAX_SIGNATURE_BYTES)
-    except OSError as exc:
-        raise Untrusted(f"cannot read signature {sig_path!r}: {exc.strerror or exc}") from None
-    return data, sig
+        return read_file(manifest_path, MAX_MANIFEST_BYTES, "manifest"), read_file(
+            sig_path, MAX_SIGNATURE_BYTES, "signature"
+        )
+    except UnreadableFile as exc:
+        raise Untrusted(str(exc)) from None
 
 
 def clock_problem(m: Manifest, settings: Settings, now: datetime) -> str | None:
