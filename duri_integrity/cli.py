@@ -9,19 +9,21 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import click
 
 from . import __version__
+from .cli_args import check_build_inputs as _check_build_inputs
+from .cli_args import logging_options as _logging_options
+from .cli_args import parse_duration as _parse_duration
+from .cli_args import password as _password
+from .cli_render import Progress, echo_line, render_report
+from .logs import printable
 
-if TYPE_CHECKING:
-    from .report import Report
-
-__all__ = ["EXIT_ERROR", "EXIT_FAILED", "EXIT_OK", "EXIT_UNTRUSTED", "EXIT_USAGE", "main"]
+__all__ = ["EXIT_ERROR", "EXIT_FAILED", "EXIT_OK", "EXIT_UNTRUSTED", "EXIT_USAGE", "main", "render_report"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNTRUSTED, EXIT_ERROR = 0, 1, 2, 3, 4
-MAX_LISTED_PROBLEMS = 50
 
 EXIT_CODE_HELP = """\b
 Exit codes:
@@ -38,10 +40,30 @@ class _OperationalError(click.ClickException):
     exit_code = EXIT_ERROR
 
     def show(self, file: Any = None) -> None:
-        click.echo(f"duri-integrity: error: {self.format_message()}", err=True)
+        click.echo(printable(f"duri-integrity: error: {self.format_message()}"), err=True)
 
 
 class _Group(click.Group):
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        """Run, turning every click failure into one ``duri-integrity: error:`` line and its exit code."""
+        kwargs["standalone_mode"] = False
+        try:
+            rv = super().main(*args, **kwargs)
+        except click.exceptions.NoArgsIsHelpError as exc:
+            exc.show()  # no arguments at all: the help text is the answer
+            sys.exit(exc.exit_code)
+        except click.UsageError as exc:
+            where = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
+            click.echo(printable(f"duri-integrity: error: {exc.format_message().rstrip('.')}{where}"), err=True)
+            sys.exit(EXIT_USAGE)
+        except click.ClickException as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("duri-integrity: interrupted", err=True)
+            sys.exit(130)
+        sys.exit(rv if isinstance(rv, int) else EXIT_OK)
+
     def invoke(self, ctx: click.Context) -> Any:
         from .errors import IntegrityError
 
@@ -59,47 +81,10 @@ class _Group(click.Group):
 
 @click.group(cls=_Group, epilog=EXIT_CODE_HELP, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="duri-integrity")
-@click.option(
-    "--log-format",
-    type=click.Choice(["text", "json"]),
-    help="Write log records to stderr, as text or one JSON object per line [default: no log records].",
-)
-@click.option(
-    "--log-level",
-    type=click.Choice(["debug", "info", "warning", "error"]),
-    help="Least severe log record written [default: info once --log-format is given].",
-)
-def main(log_format: str | None, log_level: str | None) -> None:
+@_logging_options
+def main() -> None:
     """Build, sign and verify signed manifests of deployment trees."""
-    if log_format or log_level:  # otherwise stderr keeps its one-line contract
-        from .logs import configure_cli_logging
-
-        configure_cli_logging(log_format or "text", log_level or "info")
-
-
-def _password(password_file: str | None, *, confirm: bool = False) -> str | None:
-    if password_file:
-        from .files import read_file
-
-        raw = read_file(password_file, 4096, "password file")
-        return raw.decode("utf-8", "replace").partition("\n")[0].rstrip("\r")
-    env = os.environ.get("DURI_INTEGRITY_PASSWORD")
-    if env:
-        return env
-    if confirm or sys.stdin.isatty():
-        value: str = click.prompt("Password", hide_input=True, confirmation_prompt=confirm, err=True)
-        return value
-    return None
-
-
-def _parse_duration(text: str) -> Any:
-    from datetime import timedelta
-
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-    num, unit = text[:-1], text[-1:]
-    if unit not in units or not num.isdigit() or int(num) <= 0:
-        raise click.BadParameter(f"{text!r} is not a duration like 90m, 12h, 30d or 2w")
-    return timedelta(seconds=int(num) * units[unit])
+    # Without --log-format or --log-level no handler is attached: stderr keeps its one-line contract.
 
 
 _password_option: Callable[[Callable[..., Any]], Callable[..., Any]] = click.option(
@@ -129,9 +114,19 @@ def keygen(secret_key: str, public_key: str, encrypt: bool, force: bool, passwor
     """
     from .keys import generate_keypair
 
-    password = _password(password_file, confirm=True) if encrypt else None
+    password = None
+    if encrypt:
+        password = _password(password_file, confirm=True)
+        if password is None:
+            raise click.UsageError(
+                "--encrypt needs a password: give --password-file or DURI_INTEGRITY_PASSWORD, or run on a terminal"
+            )
+        if not password:
+            raise click.UsageError("--encrypt needs a password, and the one given is empty")
+    elif password_file:
+        raise click.UsageError("--password-file is only used with --encrypt")
     key_id = generate_keypair(secret_key, public_key, password=password, force=force)
-    click.echo(f"key {key_id}: secret key {secret_key} (mode 0600), public key {public_key}")
+    echo_line(f"key {key_id}: secret key {secret_key} (mode 0600), public key {public_key}")
 
 
 @main.command()
@@ -184,6 +179,12 @@ def build(
         )
     )
     root = settings.root or "."
+    to_stdout = settings.manifest == "-"
+    if to_stdout:
+        if settings.secret_key:
+            raise click.UsageError("--manifest - writes the manifest to stdout, which cannot be signed; name a file")
+        settings.manifest = None  # "-" is not a file in the tree to leave out
+    _check_build_inputs(settings.release, from_option=release is not None)
     manifest_path, sig_path = manifest_paths(settings, root)
     key = settings.secret_key
     sk = None
@@ -203,19 +204,24 @@ def build(
             secret_key_paths=(key,) if key else (),
         )
         for w in result.warnings:
-            click.echo(f"warning: {w}", err=True)
+            echo_line(f"warning: {w}", err=True)
         m = result.manifest
         signature = signature_for(result.data, m, sk, os.path.basename(manifest_path)) if sk else None
     finally:
         if sk is not None:
             sk.wipe()
+    if to_stdout:
+        sys.stdout.buffer.write(result.data)
+        sys.stdout.flush()
+        echo_line(f"wrote the manifest to stdout: {len(m.entries):,} entries, serial {m.serial}", err=True)
+        return
     write_atomic(manifest_path, result.data)
-    click.echo(f"wrote {manifest_path}: {len(m.entries):,} entries, serial {m.serial}, root digest {m.root_digest}")
+    echo_line(f"wrote {manifest_path}: {len(m.entries):,} entries, serial {m.serial}, root digest {m.root_digest}")
     if signature is not None:
         write_atomic(sig_path, signature)
-        click.echo(f"signed: {sig_path}")
+        echo_line(f"signed: {sig_path}")
     elif os.path.exists(sig_path):
-        click.echo(f"warning: {sig_path} is from an earlier build and does not match; sign the new manifest", err=True)
+        echo_line(f"warning: {sig_path} is from an earlier build and does not match; sign the new manifest", err=True)
 
 
 @main.command()
@@ -228,73 +234,7 @@ def sign(manifest: str, secret_key: str, allow_insecure_key: bool, password_file
     from .build import sign_manifest
 
     out = sign_manifest(manifest, secret_key, password=_password(password_file), allow_insecure_key=allow_insecure_key)
-    click.echo(f"signed: {out}")
-
-
-class _Progress:
-    """A one-line progress bar on stderr, drawn only on a terminal and only once a run is slow."""
-
-    WIDTH = 30
-
-    def __init__(self, delay: float) -> None:
-        import time
-
-        self._clock = time.monotonic
-        self._start = self._clock()
-        self._delay = delay
-        self._last = 0.0
-        self._drawn = False
-
-    @classmethod
-    def maybe(cls, *, enabled: bool) -> _Progress | None:
-        if not enabled or not sys.stderr.isatty():
-            return None
-        try:
-            delay = float(os.environ.get("DURI_INTEGRITY_PROGRESS_DELAY", "1"))
-        except ValueError:
-            delay = 1.0
-        return cls(delay)
-
-    def update(self, done: int, total: int) -> None:
-        now = self._clock()
-        if now - self._start < self._delay or (now - self._last < 0.1 and done < total):
-            return
-        self._last = now
-        filled = self.WIDTH * done // max(total, 1)
-        sys.stderr.write(f"\rhashing [{'=' * filled}{' ' * (self.WIDTH - filled)}] {done:,}/{total:,} files")
-        sys.stderr.flush()
-        self._drawn = True
-
-    def clear(self) -> None:
-        if self._drawn:
-            sys.stderr.write("\r" + " " * (self.WIDTH + 40) + "\r")
-            sys.stderr.flush()
-
-
-def render_report(report: Report, *, quiet: bool, echo: Callable[..., None] = click.echo) -> None:
-    """Human output: the problems (the first 50 and a count), then one summary line."""
-    status_line = f"{report.status}: {report.summary}"
-    if report.status in ("UNTRUSTED", "ERROR"):
-        echo(f"duri-integrity: {status_line}", err=True)
-        return
-    if quiet:
-        if report.status != "VERIFIED":
-            echo(status_line, err=True)
-        return
-    for note in report.notes:
-        echo(f"note: {note}", err=True)
-    for p in report.problems[:MAX_LISTED_PROBLEMS]:
-        detail = ""
-        if p.expected is not None or p.actual is not None:
-            detail = f"  (expected {p.expected or '-'}, actual {p.actual or '-'})"
-        echo(f"{p.kind.upper():<16} {p.path}{detail}")
-    if len(report.problems) > MAX_LISTED_PROBLEMS:
-        echo(f"... and {len(report.problems) - MAX_LISTED_PROBLEMS:,} more problems (use --json for all)")
-    m = report.manifest
-    if m is not None and report.status == "VERIFIED":
-        label = f"release {m.release}, " if m.release else ""
-        echo(f"manifest: {label}serial {m.serial}, key {m.key_id}, root digest {m.root_digest[:16]}")
-    echo(status_line)
+    echo_line(f"signed: {out}")
 
 
 @main.command(epilog=EXIT_CODE_HELP)
@@ -358,7 +298,7 @@ def verify(
     """
     from .verify import verify_integrity
 
-    bar = _Progress.maybe(enabled=not (quiet or as_json))
+    bar = Progress.maybe(enabled=not (quiet or as_json))
     report = verify_integrity(
         root,
         manifest=manifest,
@@ -376,9 +316,13 @@ def verify(
     if bar:
         bar.clear()
     if prometheus_textfile:
+        from .errors import IntegrityError
         from .metrics import write_textfile
 
-        write_textfile(report, prometheus_textfile)
+        try:
+            write_textfile(report, prometheus_textfile)
+        except IntegrityError as exc:  # a side effect: warn, and keep the verdict, its output and exit code
+            echo_line(f"duri-integrity: warning: {exc}", err=True)
     if as_json:
         click.echo(report.to_json())
     else:
@@ -391,3 +335,6 @@ from .cli_ops import demo, diff, doctor, serve  # noqa: E402 - they use the help
 
 for _command in (doctor, diff, serve, demo):
     main.add_command(_command)
+# The global options are accepted after the command name too, as users of git or kubectl expect.
+for _command in main.commands.values():
+    _logging_options(_command)

@@ -4,7 +4,9 @@ import sys
 
 import click
 
-from .cli import EXIT_FAILED, EXIT_OK, EXIT_UNTRUSTED, _password, _password_option
+from .cli import EXIT_FAILED, EXIT_OK, EXIT_UNTRUSTED, _password_option
+from .cli_args import password as _password
+from .cli_render import echo_line
 
 __all__ = ["demo", "diff", "doctor", "serve"]
 
@@ -76,46 +78,46 @@ def demo(keep: str | None) -> None:
 
 
 @click.command()
-@click.argument("old_manifest", type=click.Path(dir_okay=False))
-@click.argument("new_manifest", type=click.Path(dir_okay=False))
+@click.argument("old", type=click.Path())
+@click.argument("new", type=click.Path())
 @click.option("--public-key", "-p", multiple=True, help="Check both signatures against these keys. Repeatable.")
 @click.option("--json", "as_json", is_flag=True, help="Print the diff as JSON.")
-def diff(old_manifest: str, new_manifest: str, public_key: tuple[str, ...], as_json: bool) -> None:
-    """Show what NEW_MANIFEST changes against OLD_MANIFEST.
+def diff(old: str, new: str, public_key: tuple[str, ...], as_json: bool) -> None:
+    """Show what release NEW changes against release OLD.
 
-    Every added and removed entry, and every change of content, mode, type or
-    symlink target. With --public-key both signatures are checked first (exit 3
+    OLD and NEW are manifest files or release directories (their MANIFEST.json,
+    and MANIFEST.json.minisig beside it). Changes use verify's words: added,
+    missing (in OLD, not in NEW), modified, mode_changed, type_changed,
+    symlink_changed. With --public-key both signatures are checked first (exit 3
     if either fails). Exits 0 when the manifests describe the same tree, 1 when
     they differ.
     """
     import msgspec
 
-    from .diff import diff_files
+    from .diff import CHANGE_KINDS, diff_files
     from .errors import SignatureError
     from .keys import load_trusted_keys
 
     trusted = load_trusted_keys(public_key) if public_key else None
     try:
-        result = diff_files(old_manifest, new_manifest, trusted)
+        result = diff_files(old, new, trusted)
     except SignatureError as exc:
-        click.echo(f"duri-integrity: UNTRUSTED: {exc}", err=True)
+        echo_line(f"duri-integrity: UNTRUSTED: {exc}", err=True)
         sys.exit(EXIT_UNTRUSTED)
     if as_json:
         click.echo(msgspec.json.encode(result).decode())
     else:
         o, n = result.old, result.new
-        click.echo(f"{o.release or '-'} (serial {o.serial}) -> {n.release or '-'} (serial {n.serial})")
-        marks = {"added": "+", "removed": "-"}
-        for c in result.changes:
-            values = f"  {c.old} -> {c.new}" if c.kind in ("mode", "type", "target") else ""
-            click.echo(f"{marks.get(c.kind, '~')} {c.kind:<8} {c.path}{values}")
+        echo_line(f"{o.release or '-'} (serial {o.serial}) -> {n.release or '-'} (serial {n.serial})")
+        for c in result.changes:  # the layout of verify's problem lines
+            echo_line(f"{c.kind.upper():<16} {c.path}  (old {c.old or '-'}, new {c.new or '-'})")
         if result.exclude_changed:
-            click.echo("~ exclusion patterns changed")
+            echo_line("exclusion patterns changed")
         for note in result.notes:
-            click.echo(f"note: {note}", err=True)
+            echo_line(f"note: {note}", err=True)
         counts = result.counts
-        changed = sum(counts[k] for k in ("content", "mode", "type", "target"))
-        click.echo(f"{counts['added']:,} added, {counts['removed']:,} removed, {changed:,} changed")
+        detail = ", ".join(f"{counts[k]:,} {k.replace('_', ' ')}" for k in CHANGE_KINDS if counts[k])
+        echo_line(f"{len(result.changes):,} changes" + (f": {detail}" if detail else ""))
     sys.exit(EXIT_FAILED if result.changes or result.exclude_changed else EXIT_OK)
 
 

@@ -1,28 +1,34 @@
 """What one release changes against another: a diff of two manifests.
 
-Review a release before it ships: every added and removed entry, and every
+Review a release before it ships: every added and missing entry, and every
 change of content, mode, type or symlink target. Signatures are checked first
 when trusted keys are given.
+
+The change kinds are verify's problem kinds (:data:`~duri_integrity.report.PROBLEM_KINDS`),
+with OLD in the manifest's place and NEW in the tree's: ``missing`` is in OLD and not
+in NEW, ``added`` the reverse; one vocabulary in every command, in JSON and in text.
 """
 
 import os
 
 import msgspec
 
-from .config import signature_path_for
+from .config import MANIFEST_NAME, signature_path_for
 from .errors import ManifestError, SignatureError
 from .files import UnreadableFile, read_file
 from .manifest import MAX_MANIFEST_BYTES, Entry, File, Manifest, Symlink, decode_manifest_keys, display
+from .report import PROBLEM_KINDS
 
-__all__ = ["Change", "ManifestDiff", "diff_files", "diff_manifests", "load_manifest_for_diff"]
+__all__ = ["CHANGE_KINDS", "Change", "ManifestDiff", "diff_files", "diff_manifests", "load_manifest_for_diff"]
 
-CHANGE_KINDS = ("added", "removed", "content", "mode", "type", "target")
+# The problem kinds a difference between two manifests can show, in verify's order.
+CHANGE_KINDS = tuple(k for k in PROBLEM_KINDS if k not in ("unreadable", "unstable"))
 
 
 class Change(msgspec.Struct, frozen=True, kw_only=True):
     path: str
     kind: str
-    """One of added, removed, content, mode, type, target."""
+    """One of modified, missing, added, type_changed, mode_changed, symlink_changed."""
     old: str | None = None
     new: str | None = None
 
@@ -65,19 +71,24 @@ def diff_manifests(old: tuple[Manifest, list[str]], new: tuple[Manifest, list[st
             changes.append(Change(path=path, kind="added", new=_describe(e)))
             continue
         if was.kind != e.kind:
-            changes.append(Change(path=path, kind="type", old=was.kind, new=e.kind))
+            changes.append(Change(path=path, kind="type_changed", old=was.kind, new=e.kind))
             continue
         if was.mode != e.mode:
-            changes.append(Change(path=path, kind="mode", old=f"{was.mode:04o}", new=f"{e.mode:04o}"))
+            changes.append(Change(path=path, kind="mode_changed", old=f"{was.mode:04o}", new=f"{e.mode:04o}"))
         if type(e) is File and type(was) is File and (was.blake3, was.size) != (e.blake3, e.size):
-            changes.append(Change(path=path, kind="content", old=_describe(was), new=_describe(e)))
+            changes.append(Change(path=path, kind="modified", old=_describe(was), new=_describe(e)))
         if type(e) is Symlink and type(was) is Symlink and (was.target, was.target_b64) != (e.target, e.target_b64):
-            changes.append(Change(path=path, kind="target", old=_describe(was), new=_describe(e)))
+            changes.append(Change(path=path, kind="symlink_changed", old=_describe(was), new=_describe(e)))
     changes.extend(
-        Change(path=display(key), kind="removed", old=_describe(e)) for key, e in before.items() if key not in after
+        Change(path=display(key), kind="missing", old=_describe(e)) for key, e in before.items() if key not in after
     )
     changes.sort(key=lambda c: (c.path, CHANGE_KINDS.index(c.kind)))
     return changes
+
+
+def manifest_file(path: str) -> str:
+    """``path`` itself, or for a release directory the manifest in it (``DIR/MANIFEST.json``)."""
+    return os.path.join(path, MANIFEST_NAME) if os.path.isdir(path) else path
 
 
 def load_manifest_for_diff(path: str, trusted: object | None) -> tuple[Manifest, list[str], str | None]:
@@ -103,7 +114,8 @@ def load_manifest_for_diff(path: str, trusted: object | None) -> tuple[Manifest,
 
 
 def diff_files(old_path: str, new_path: str, trusted: object | None = None) -> ManifestDiff:
-    """Load both manifests (checking signatures when keys are given) and diff them."""
+    """Load both manifests (files or release directories; signatures checked when keys are given) and diff them."""
+    old_path, new_path = manifest_file(old_path), manifest_file(new_path)
     old_m, old_k, old_by = load_manifest_for_diff(old_path, trusted)
     new_m, new_k, new_by = load_manifest_for_diff(new_path, trusted)
     changes = diff_manifests((old_m, old_k), (new_m, new_k))

@@ -8,11 +8,12 @@ Records are emitted only when the process uses ``logging`` at all (an applicatio
 that configured handlers has imported it), so a plain CLI run does not pay for it.
 """
 
+import re
 import sys
 import time
 from typing import Any
 
-__all__ = ["CONTEXT_FIELDS", "LOGGER_NAME", "configure_cli_logging", "log_event", "log_report"]
+__all__ = ["CONTEXT_FIELDS", "LOGGER_NAME", "configure_cli_logging", "log_event", "log_report", "printable"]
 
 LOGGER_NAME = "duri_integrity"
 INFO, WARNING, ERROR = 20, 30, 40  # logging's own values, without importing it
@@ -29,6 +30,29 @@ CONTEXT_FIELDS = (
     "duration_seconds",
     "reason",
 )
+
+
+# What a terminal acts on instead of showing: C0 controls (ESC, CR, LF, TAB, ...), DEL, C1
+# controls (including CSI and NEL), the Unicode line and paragraph separators, and the
+# bidirectional controls that reorder what is drawn ("Trojan Source").
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]")
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def printable(text: str) -> str:
+    """``text`` with every character a terminal would act on spelled as ``\\xNN`` / ``\\uNNNN``.
+
+    Names in a tree are chosen by whoever wrote the tree: printed raw, a name with a
+    carriage return or an escape sequence could redraw a FAILED run as ``VERIFIED:``
+    or forge a log line. JSON output needs no such care (the encoder escapes them).
+    """
+    if text.isprintable():  # the common case, at C speed; isprintable() is False for all of _UNSAFE
+        return text
+    return _UNSAFE.sub(_escape, text)
 
 
 def _logger() -> Any | None:
@@ -81,7 +105,8 @@ def _formatter(fmt: str) -> Any:
         def format(self, record: logging.LogRecord) -> str:
             context = " ".join(f"{k}={record.__dict__[k]}" for k in CONTEXT_FIELDS if k in record.__dict__)
             line = f"duri-integrity: {record.levelname.lower()}: {record.getMessage()}"
-            return line + (f" [{context}]" if context else "")
+            # One record, one line: nothing in a message or a field can start a forged line.
+            return printable(line + (f" [{context}]" if context else ""))
 
     return JsonFormatter() if fmt == "json" else TextFormatter()
 
@@ -90,7 +115,13 @@ def configure_cli_logging(fmt: str, level: str) -> None:
     """Send the package's log records to stderr, as text or JSON lines (CLI only)."""
     import logging
 
-    handler = logging.StreamHandler(sys.stderr)
+    class BestEffortHandler(logging.StreamHandler):  # type: ignore[type-arg]
+        """Logs are a side effect: one that cannot be written must not change the verdict or print a traceback."""
+
+        def handleError(self, record: logging.LogRecord) -> None:
+            pass
+
+    handler = BestEffortHandler(sys.stderr)
     handler.setFormatter(_formatter(fmt))
     log = logging.getLogger(LOGGER_NAME)
     log.handlers[:] = [handler]

@@ -32,12 +32,14 @@ __all__ = [
     "Manifest",
     "Socket",
     "Symlink",
+    "check_release",
     "compute_root_digest",
     "decode_manifest",
     "decode_manifest_keys",
     "display",
     "encode_manifest",
     "make_entry_path",
+    "utc_now",
 ]
 
 FORMAT = "duri-integrity-manifest"
@@ -179,10 +181,21 @@ def encode_manifest(m: Manifest) -> bytes:
     """Encode with one entry per line, so manifests diff and grep well."""
     header = _encoder.encode(msgspec.structs.replace(m, entries=[]))
     assert header.endswith(b'"entries":[]}')
+    # Build-side check: the header must pass the very decoder verify uses (release label,
+    # serial and time bounds), so nothing is written or signed that verify would refuse.
+    try:
+        _decoder.decode(header)
+    except msgspec.ValidationError as exc:
+        raise _fail(str(exc)) from None
+    if len(m.entries) > MAX_ENTRIES:
+        raise _fail(f"{len(m.entries):,} entries is over the limit of {MAX_ENTRIES:,}")
     if not m.entries:
         return header + b"\n"
     body = b",\n".join(_encoder.encode(e) for e in m.entries)
-    return header[:-2] + b"\n" + body + b"\n]}\n"
+    data = header[:-2] + b"\n" + body + b"\n]}\n"
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise _fail(f"{len(data):,} bytes is over the {MAX_MANIFEST_BYTES:,}-byte limit")
+    return data
 
 
 def _fail(msg: str) -> ManifestError:
@@ -302,12 +315,45 @@ def display(path: str) -> str:
         return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
+# --- Build-side checks: what build signs, verify must accept (same model, same bounds). ---
+
+_MAX_SERIAL = 2**63 - 1
+
+
+def check_release(label: str) -> str:
+    """Return ``label`` if the manifest model accepts it as a release; else raise ManifestError.
+
+    The check is the decoder's own (:data:`Release`), so build can never sign a label
+    that verify would refuse.
+    """
+    try:
+        return msgspec.convert(label, Release)
+    except msgspec.ValidationError:
+        pass
+    if len(label) > 200:
+        raise ManifestError(f"a release label is at most 200 characters, not {len(label):,}")
+    bad = next(c for c in label if not " " <= c <= "~")
+    raise ManifestError(
+        f"a release label is printable ASCII (letters, digits, punctuation, spaces); "
+        f"{bad!a} at position {label.index(bad) + 1} is not"
+    )
+
+
 def utc_now() -> datetime:
-    """Now in UTC, to the second; honours SOURCE_DATE_EPOCH for reproducible builds."""
+    """Now in UTC, to the second; honours SOURCE_DATE_EPOCH for reproducible builds.
+
+    SOURCE_DATE_EPOCH must be a whole number of seconds from 0 up to the largest
+    serial: the default serial is the creation time, and verify refuses a negative one.
+    """
     sde = os.environ.get("SOURCE_DATE_EPOCH")
     if sde:
         try:
-            return datetime.fromtimestamp(int(sde), tz=UTC)
+            seconds = int(sde) if sde.isascii() and sde.isdigit() else -1
+            if not 0 <= seconds <= _MAX_SERIAL:
+                raise ValueError
+            return datetime.fromtimestamp(seconds, tz=UTC)
         except (ValueError, OverflowError, OSError):
-            raise ManifestError(f"SOURCE_DATE_EPOCH={sde!r} is not a Unix time") from None
+            raise ManifestError(
+                f"SOURCE_DATE_EPOCH={sde[:40]!r} is not a Unix time (whole seconds since 1970, not negative)"
+            ) from None
     return datetime.now(tz=UTC).replace(microsecond=0)

@@ -1,4 +1,4 @@
-"""duri-integrity diff: what a release adds, removes and changes."""
+"""duri-integrity diff: what a release adds, removes and changes, in verify's vocabulary."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from duri_integrity.build import build_manifest, sign_manifest, write_atomic
+from duri_integrity.report import PROBLEM_KINDS
 
 from .conftest import Keys, new_keys
 
@@ -39,27 +40,28 @@ def _two_releases(tree: Path, keys: Keys, tmp_path: Path) -> tuple[Path, Path]:
 
 
 def test_diff_reports_every_kind_of_change(tree: Path, keys: Keys, tmp_path: Path, run_cli: Run) -> None:
-    """Added, removed, content, mode, type and target changes all appear, as JSON and as text."""
+    """Every kind of change appears under verify's name for it, as JSON and as text."""
     old, new = _two_releases(tree, keys, tmp_path)
     r = run_cli("diff", str(old), str(new), "-p", str(keys.public), "--json")
     assert r.returncode == 1, r.stderr
     d = json.loads(r.stdout)
     got = {(c["path"], c["kind"]) for c in d["changes"]}
     assert got == {
-        ("app/main.py", "content"),
+        ("app/main.py", "modified"),
         ("app/new.py", "added"),
-        ("bin/run", "mode"),
-        ("data/empty", "removed"),
-        ("link-inside", "target"),
-        ("empty-dir", "type"),
+        ("bin/run", "mode_changed"),
+        ("data/empty", "missing"),
+        ("link-inside", "symlink_changed"),
+        ("empty-dir", "type_changed"),
     }
+    assert {k for _, k in got} <= set(PROBLEM_KINDS)
     assert d["old"]["signed_by"] == keys.key_id and d["new"]["release"] == "v2" and d["notes"] == []
     text = run_cli("diff", str(old), str(new), "-p", str(keys.public))
     lines = text.stdout.splitlines()
     assert lines[0] == "v1 (serial 1) -> v2 (serial 2)"
-    assert "~ mode     bin/run  0755 -> 0700" in lines
-    assert "~ target   link-inside  app/main.py -> bin/run" in lines
-    assert lines[-1] == "1 added, 1 removed, 4 changed"
+    assert "MODE_CHANGED     bin/run  (old 0755, new 0700)" in lines
+    assert "SYMLINK_CHANGED  link-inside  (old app/main.py, new bin/run)" in lines
+    assert lines[-1] == "6 changes: 1 modified, 1 missing, 1 added, 1 type changed, 1 mode changed, 1 symlink changed"
 
 
 def test_identical_manifests_exit_0(tree: Path, keys: Keys, tmp_path: Path, run_cli: Run) -> None:
@@ -67,7 +69,7 @@ def test_identical_manifests_exit_0(tree: Path, keys: Keys, tmp_path: Path, run_
     a = _manifest(tree, keys, tmp_path / "a", "v1", 1)
     b = _manifest(tree, keys, tmp_path / "b", "v1", 2)
     r = run_cli("diff", str(a), str(b))
-    assert r.returncode == 0 and r.stdout.splitlines()[-1] == "0 added, 0 removed, 0 changed"
+    assert r.returncode == 0 and r.stdout.splitlines()[-1] == "0 changes"
     assert "signatures not checked" in r.stderr
 
 
@@ -100,3 +102,28 @@ def test_non_utf8_names_in_diff(tree: Path, keys: Keys, tmp_path: Path, run_cli:
     new = _manifest(tree, keys, tmp_path / "n", "v2", 2)
     r = run_cli("diff", str(old), str(new), "--json")
     assert [c["path"] for c in json.loads(r.stdout)["changes"]] == ["added-\\xfe"]
+
+
+def test_diff_takes_release_directories(tree: Path, keys: Keys, tmp_path: Path, run_cli: Run) -> None:
+    """OLD and NEW may be release directories: their MANIFEST.json and its signature are used."""
+    old, new = _two_releases(tree, keys, tmp_path)
+    r = run_cli("diff", str(old.parent), str(new.parent), "-p", str(keys.public), "--json")
+    assert r.returncode == 1, r.stderr
+    d = json.loads(r.stdout)
+    assert d["old"]["path"] == str(old) and d["new"]["signed_by"] == keys.key_id
+    (new.parent / "MANIFEST.json.minisig").unlink()
+    r = run_cli("diff", str(old.parent), str(new.parent), "-p", str(keys.public))
+    assert r.returncode == 3 and "cannot read signature" in r.stderr
+
+
+def test_verify_and_diff_name_a_change_alike(tree: Path, keys: Keys, tmp_path: Path, run_cli: Run) -> None:
+    """The kinds verify reports for a changed tree are exactly the kinds diff reports between the manifests."""
+    old, new = _two_releases(tree, keys, tmp_path)
+    shutil.copy(old, tree / "MANIFEST.json")
+    shutil.copy(str(old) + ".minisig", tree / "MANIFEST.json.minisig")
+    v = run_cli("verify", str(tree), "-p", str(keys.public), "--json", env={"DURI_INTEGRITY_STATE_DIR": "none"})
+    verified = {(p["path"], p["kind"]) for p in json.loads(v.stdout)["problems"]}
+    diffed = {
+        (c["path"], c["kind"]) for c in json.loads(run_cli("diff", str(old), str(new), "--json").stdout)["changes"]
+    }
+    assert verified == diffed

@@ -1,0 +1,96 @@
+"""Command-line input helpers: global options, passwords, durations, build inputs.
+
+Kept apart from :mod:`duri_integrity.cli` so the command definitions stay readable.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+__all__ = ["check_build_inputs", "logging_options", "parse_duration", "password"]
+
+
+def _configure_logging(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    """--log-format / --log-level, before or after the command name (the later one wins)."""
+    if value is None:
+        return
+    meta = ctx.meta.setdefault("duri_integrity.logging", {})
+    meta[param.name] = value
+    from .logs import configure_cli_logging
+
+    configure_cli_logging(meta.get("log_format") or "text", meta.get("log_level") or "info")
+
+
+def logging_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    f = click.option(
+        "--log-level",
+        type=click.Choice(["debug", "info", "warning", "error"]),
+        expose_value=False,
+        callback=_configure_logging,
+        help="Least severe log record written [default: info once --log-format is given].",
+    )(f)
+    return click.option(
+        "--log-format",
+        type=click.Choice(["text", "json"]),
+        expose_value=False,
+        callback=_configure_logging,
+        help="Write log records to stderr, as text or one JSON object per line [default: no log records].",
+    )(f)
+
+
+def password(password_file: str | None, *, confirm: bool = False) -> str | None:
+    """The secret key's password: --password-file, DURI_INTEGRITY_PASSWORD, or a prompt on a terminal.
+
+    None when there is none to be had (no file, no variable, no terminal). ``confirm``
+    (keygen) asks twice.
+    """
+    if password_file:
+        from .files import read_file
+
+        raw = read_file(password_file, 4096, "password file")
+        return raw.decode("utf-8", "replace").partition("\n")[0].rstrip("\r")
+    env = os.environ.get("DURI_INTEGRITY_PASSWORD")
+    if env:
+        return env
+    if not (sys.stdin.isatty() and sys.stderr.isatty()):
+        return None  # never read a password from a pipe, and never prompt where no one can see it
+    try:
+        value: str = click.prompt("Password", hide_input=True, confirmation_prompt=confirm, err=True)
+    except click.Abort:  # end of input at the prompt
+        return None
+    return value
+
+
+_MAX_DURATION = 100 * 365 * 86400  # a manifest valid for longer than a century is a typo
+
+
+def parse_duration(text: str) -> Any:
+    from datetime import timedelta
+
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+    num, unit = text[:-1], text[-1:]
+    # ASCII digits only: str.isdigit() also accepts characters int() refuses ("²").
+    if unit not in units or not (num.isascii() and num.isdigit()) or int(num) <= 0:
+        raise click.BadParameter(f"{text!r} is not a duration like 90m, 12h, 30d or 2w")
+    if len(num) > 12 or int(num) * units[unit] > _MAX_DURATION:
+        raise click.BadParameter(f"{text!r} is longer than 100 years")
+    return timedelta(seconds=int(num) * units[unit])
+
+
+def check_build_inputs(release: str | None, *, from_option: bool) -> None:
+    """Refuse, before any hashing, what the manifest model would refuse at verify time."""
+    from .errors import ManifestError
+    from .manifest import check_release, utc_now
+
+    try:
+        check_release(release or "")
+    except ManifestError as exc:
+        if from_option:
+            raise click.BadParameter(str(exc), param_hint="'--release'") from None
+        raise ManifestError(f"release (from the environment or config): {exc}") from None
+    utc_now()  # a bad SOURCE_DATE_EPOCH fails here, not after hashing the tree
