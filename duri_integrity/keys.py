@@ -118,6 +118,9 @@ def load_public_key(source: str) -> PublicKey:
     """Load a public key from a ``.pub`` file, or from its base64 line given inline."""
     inline = not os.path.exists(source) and source.startswith("RW") and len(source) == 56
     data = source.encode() if inline else _read_small(source, _MAX_KEY_FILE, "public key")
+    if data.startswith(b"untrusted comment: ") and len(data.splitlines()[-1].strip()) == 212:
+        # 212 base64 characters: the 158-byte minisign secret key, where its public key belongs.
+        raise KeyFileError(f"{source!r} is a secret key, not a public key: give its .pub file (and keep it secret)")
     try:
         return parse_public_key(data)
     except ValueError as exc:
