@@ -5,11 +5,16 @@
 #   canary-gate.sh RELEASE_DIR [PUBLIC_KEY]
 #
 # The public key defaults to DURI_INTEGRITY_PUBLIC_KEY or /etc/duri-integrity/trusted-keys.d.
-set -u
+#
+# It fails closed: plain sh has no pipefail, so the exit code of duri-integrity is checked
+# before jq reads anything (a missing tool exits 127, a failed check 1, 3 or 4), and jq must
+# then see exactly one report that says verified (jq 1.6 exits 0 on empty input).
+set -eu
 release_dir=$1
 if [ $# -ge 2 ]; then
     set -- --public-key "$2"
 else
     set --
 fi
-duri-integrity verify "$release_dir" "$@" --json | jq -e '.integrity_verified' > /dev/null
+report=$(duri-integrity verify "$release_dir" "$@" --json) || exit
+printf '%s\n' "$report" | jq -s -e 'length == 1 and .[0].integrity_verified == true' > /dev/null
