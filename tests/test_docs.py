@@ -193,7 +193,9 @@ def test_plain_shell_ci_step_fails_closed(signed: Signed, tmp_path: Path) -> Non
     service = signed.root.rename(work / "dist" / "myservice")
 
     def run(path: str) -> int:
-        r = subprocess.run(["/bin/sh", "-c", step], cwd=work, env={**base, "PATH": path}, capture_output=True, check=False)
+        r = subprocess.run(
+            ["/bin/sh", "-c", step], cwd=work, env={**base, "PATH": path}, capture_output=True, check=False
+        )
         return r.returncode
 
     with_tool = f"{bindir}{os.pathsep}{os.path.dirname(exe)}{os.pathsep}/usr/bin:/bin"
