@@ -101,3 +101,57 @@ def test_alerting_rules_parse_and_use_emitted_metrics(signed: Signed) -> None:
     for rule in alerts.values():
         for name in re.findall(r"duri_integrity_\w+", rule["expr"]):
             assert name in emitted, f"{rule['alert']} uses {name}, which is never written"
+
+
+def _promtool_case(textfile: str, rules: dict, eval_minutes: int, firing: list[str]) -> dict:  # type: ignore[type-arg]
+    """A promtool alert test: the textfile's samples held constant; which alerts fire at ``eval_minutes``."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    series = []
+    for family in text_string_to_metric_families(textfile):
+        for s in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
+            series.append({"series": f"{s.name}{{{labels}}}", "values": f"{s.value!r}x300"})
+    alerts = {r["alert"]: r for g in rules["groups"] for r in g["rules"]}
+    verified = next(s for s in series if s["series"].startswith("duri_integrity_verified{"))
+    labels = dict(re.findall(r'(\w+)="([^"]*)"', verified["series"]))
+
+    def expected(name: str) -> list[dict]:  # type: ignore[type-arg]
+        if name not in firing:
+            return []
+        rule = alerts[name]
+        fill = lambda t: re.sub(r"\{\{ \$labels\.(\w+) \}\}", lambda m: labels.get(m.group(1), ""), t)  # noqa: E731
+        return [
+            {
+                "exp_labels": {**labels, **rule["labels"]},
+                "exp_annotations": {k: fill(v) for k, v in rule.get("annotations", {}).items()},
+            }
+        ]
+
+    cases = [
+        {"eval_time": f"{eval_minutes}m", "alertname": a, "exp_alerts": expected(a)}
+        for a in ("IntegrityNotVerified", "IntegrityCheckStale")
+    ]
+    return {"interval": "1m", "input_series": series, "alert_rule_test": cases}
+
+
+def test_alerting_rules_fire_on_the_written_metrics(signed: Signed, tmp_path: Path) -> None:
+    """promtool: the rules fire on real textfile output — stale only after 2 h + 10 min, not-verified at once."""
+    promtool = require_tool("promtool", "prometheus")
+    rules_file = EXAMPLES / "duri-integrity.rules.yml"
+    rules = yaml.safe_load(rules_file.read_text())
+    ok = render_textfile(signed.verify(), now=60.0)  # last run one minute into promtool's clock
+    (signed.root / "app" / "main.py").write_text("tampered\n")
+    bad = render_textfile(signed.verify(state_dir="none"), now=60.0)
+    tests = [
+        _promtool_case(ok, rules, 5, []),
+        _promtool_case(ok, rules, 125, []),  # 2 h 4 min after the run: pending, not yet firing
+        _promtool_case(ok, rules, 140, ["IntegrityCheckStale"]),
+        _promtool_case(bad, rules, 5, ["IntegrityNotVerified"]),
+    ]
+    spec = tmp_path / "rules-test.yml"
+    spec.write_text(yaml.safe_dump({"rule_files": [str(rules_file)], "evaluation_interval": "1m", "tests": tests}))
+    r = subprocess.run([promtool, "check", "rules", str(rules_file)], capture_output=True, text=True, check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = subprocess.run([promtool, "test", "rules", str(spec)], capture_output=True, text=True, check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
