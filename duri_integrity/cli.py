@@ -6,6 +6,7 @@ Heavy imports happen inside the commands that need them.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from collections.abc import Callable
@@ -37,10 +38,9 @@ Exit codes:
 
 
 class _OperationalError(click.ClickException):
-    exit_code = EXIT_ERROR
+    """A library failure, printed by :meth:`_Group.main` as one line; exit 4."""
 
-    def show(self, file: Any = None) -> None:
-        click.echo(printable(f"duri-integrity: error: {self.format_message()}"), err=True)
+    exit_code = EXIT_ERROR
 
 
 class _Group(click.Group):
@@ -56,8 +56,8 @@ class _Group(click.Group):
             where = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
             click.echo(printable(f"duri-integrity: error: {exc.format_message().rstrip('.')}{where}"), err=True)
             sys.exit(EXIT_USAGE)
-        except click.ClickException as exc:
-            exc.show()
+        except click.ClickException as exc:  # ours (exit 4) and any other command's (one line all the same)
+            click.echo(printable(f"duri-integrity: error: {exc.format_message()}"), err=True)
             sys.exit(exc.exit_code)
         except click.Abort:
             click.echo("duri-integrity: interrupted", err=True)
@@ -71,6 +71,10 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except IntegrityError as exc:
             raise _OperationalError(str(exc)) from None
+        except BrokenPipeError:  # the reader went away: the output was not delivered, so not a success
+            with contextlib.suppress(OSError, ValueError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+            raise _OperationalError("stdout was closed before the output was written (broken pipe)") from None
         except OSError as exc:  # anything the library did not already turn into a clear message
             where = f" {exc.filename!r}" if exc.filename else ""
             raise _OperationalError(f"{exc.strerror or exc}{where}") from None

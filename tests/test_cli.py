@@ -485,3 +485,24 @@ def test_control_characters_in_names_cannot_forge_output(signed: Signed, run_cli
     assert log.startswith("duri-integrity: warning: FAILED: ")
     r = run_cli("verify", str(signed.root), "-p", str(signed.keys.public), "--json")
     assert FORGED in {p["path"] for p in json.loads(r.stdout)["problems"]}
+
+
+def test_closed_stdout_is_one_line_and_not_success(signed: Signed) -> None:
+    """A reader that goes away before the report is written: one line, exit 4, no traceback."""
+    exe = console_script()
+    assert exe is not None
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # no reader at all: the first write fails
+    try:
+        r = subprocess.run(
+            [exe, "verify", str(signed.root), "-p", str(signed.keys.public), "--json"],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "DURI_INTEGRITY_STATE_DIR": "none"},
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+    _one_line_and_code(r, 4)
+    assert "broken pipe" in r.stderr
