@@ -340,6 +340,8 @@ def test_keygen_encrypt_without_a_terminal_fails_cleanly(tmp_path: Path) -> None
         _one_line_and_code(r, 2)
         assert "needs a password" in r.stderr and "Warning" not in r.stderr and "Aborted" not in r.stderr
         assert not sk.exists() and not pk.exists()
+    docs = (Path(__file__).resolve().parent.parent / "docs" / "cli.md").read_text()
+    assert r.stderr.strip() in docs  # the reference shows the real line
 
 
 def test_keygen_encrypt_refuses_an_empty_password(tmp_path: Path, run_cli: Run) -> None:
