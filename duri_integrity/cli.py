@@ -169,7 +169,7 @@ def build(
     workers: int | None,
 ) -> None:
     """Write a manifest of ROOT (and sign it with --secret-key)."""
-    from .build import build_manifest, signature_for, write_atomic
+    from .build import build_manifest, signature_for
     from .config import Settings, manifest_paths, resolve_settings
 
     settings, _ = resolve_settings(
@@ -214,12 +214,19 @@ def build(
     finally:
         if sk is not None:
             sk.wipe()
-    if to_stdout:
-        sys.stdout.buffer.write(result.data)
+    _write_build(result.data, m, None if to_stdout else manifest_path, sig_path, signature)
+
+
+def _write_build(data: bytes, m: Any, manifest_path: str | None, sig_path: str, signature: bytes | None) -> None:
+    """Write the manifest (to stdout when ``manifest_path`` is None) and its signature, and say so."""
+    from .build import write_atomic
+
+    if manifest_path is None:
+        sys.stdout.buffer.write(data)
         sys.stdout.flush()
         echo_line(f"wrote the manifest to stdout: {len(m.entries):,} entries, serial {m.serial}", err=True)
         return
-    write_atomic(manifest_path, result.data)
+    write_atomic(manifest_path, data)
     echo_line(f"wrote {manifest_path}: {len(m.entries):,} entries, serial {m.serial}, root digest {m.root_digest}")
     if signature is not None:
         write_atomic(sig_path, signature)
