@@ -49,13 +49,23 @@ def password(password_file: str | None, *, confirm: bool = False) -> str | None:
     None when there is none to be had (no file, no variable, no terminal). ``confirm``
     (keygen) asks twice.
     """
+    from .errors import KeyFileError
+
     if password_file:
         from .files import read_file
 
-        raw = read_file(password_file, 4096, "password file")
-        return raw.decode("utf-8", "replace").partition("\n")[0].rstrip("\r")
+        raw = read_file(password_file, 4096, "password file").partition(b"\n")[0].rstrip(b"\r")
+        try:
+            # Strict: "replace" would map distinct invalid bytes to one character, one password.
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise KeyFileError(f"the password in {password_file!r} is not valid UTF-8") from None
     env = os.environ.get("DURI_INTEGRITY_PASSWORD")
     if env:
+        try:
+            env.encode("utf-8")  # os.environ keeps undecodable bytes as surrogates
+        except UnicodeEncodeError:
+            raise KeyFileError("DURI_INTEGRITY_PASSWORD is not valid UTF-8") from None
         return env
     if not (sys.stdin.isatty() and sys.stderr.isatty()):
         return None  # never read a password from a pipe, and never prompt where no one can see it

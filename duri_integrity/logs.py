@@ -34,12 +34,15 @@ CONTEXT_FIELDS = (
 
 # What a terminal acts on instead of showing: C0 controls (ESC, CR, LF, TAB, ...), DEL, C1
 # controls (including CSI and NEL), the Unicode line and paragraph separators, and the
-# bidirectional controls that reorder what is drawn ("Trojan Source").
-_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]")
+# bidirectional controls that reorder what is drawn ("Trojan Source"); and lone surrogates,
+# which is how Python carries bytes that are not UTF-8 (a raw 0x9b byte is CSI to some terminals).
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069\ud800-\udfff]")
 
 
 def _escape(match: re.Match[str]) -> str:
     code = ord(match.group())
+    if 0xDC80 <= code <= 0xDCFF:  # an undecodable byte (surrogateescape): show the byte, as display() does
+        code -= 0xDC00
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 

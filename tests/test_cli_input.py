@@ -224,3 +224,24 @@ def test_closed_stdout_is_one_line_and_not_success(signed: Signed) -> None:
         os.close(write_end)
     _one_line_and_code(r, 4)
     assert "broken pipe" in r.stderr
+
+
+def test_passwords_must_be_utf8(tree: Path, tmp_path: Path, run_cli: Run) -> None:
+    """A password that is not UTF-8 (file or variable) is one line and exit 4, never a traceback or a lossy decode."""
+    sk, pk = tmp_path / "e.key", tmp_path / "e.pub"
+    bad = tmp_path / "bad.pw"
+    bad.write_bytes(b"\xff\xfe\n")
+    r = run_cli("keygen", "--encrypt", "--password-file", str(bad), "-s", str(sk), "-p", str(pk))
+    _one_line_and_code(r, 4)
+    assert "not valid UTF-8" in r.stderr and not sk.exists()
+    r = run_cli("keygen", "--encrypt", "-s", str(sk), "-p", str(pk), env={"DURI_INTEGRITY_PASSWORD": "\udcff"})
+    _one_line_and_code(r, 4)
+    assert "not valid UTF-8" in r.stderr and not sk.exists()
+
+
+def test_undecodable_bytes_in_arguments_are_escaped(tree: Path, tmp_path: Path, run_cli: Run) -> None:
+    """A path argument with a byte that is not UTF-8 (0x9b is CSI to 8-bit terminals) is printed as \\x9b."""
+    out = os.fsdecode(os.fsencode(tmp_path) + b"/m\x9b.json")
+    r = run_cli("build", str(tree), "-m", out)
+    assert r.returncode == 0, r.stderr
+    assert "m\\x9b.json" in r.stdout
