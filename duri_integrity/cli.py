@@ -118,6 +118,8 @@ def keygen(secret_key: str, public_key: str, encrypt: bool, force: bool, passwor
     """
     from .keys import generate_keypair
 
+    if "-" in (secret_key, public_key):
+        raise click.UsageError("keygen writes key files: name them (standard output is not supported)")
     password = None
     if encrypt:
         password = _password(password_file, confirm=True)
@@ -188,7 +190,7 @@ def build(
         if settings.secret_key:
             raise click.UsageError("--manifest - writes the manifest to stdout, which cannot be signed; name a file")
         settings.manifest = None  # "-" is not a file in the tree to leave out
-    _check_build_inputs(settings.release, from_option=release is not None)
+    _check_build_inputs(settings.release, exclude, from_option=release is not None)
     manifest_path, sig_path = manifest_paths(settings, root)
     key = settings.secret_key
     sk = None

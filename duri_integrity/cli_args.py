@@ -92,10 +92,17 @@ def parse_duration(text: str) -> Any:
     return timedelta(seconds=int(num) * units[unit])
 
 
-def check_build_inputs(release: str | None, *, from_option: bool) -> None:
+def check_build_inputs(release: str | None, exclude: tuple[str, ...], *, from_option: bool) -> None:
     """Refuse, before any hashing, what the manifest model would refuse at verify time."""
     from .errors import ManifestError
     from .manifest import check_release, utc_now
+
+    for pattern in exclude:
+        try:
+            pattern.encode("utf-8")  # the manifest is JSON: a pattern with bytes that are not UTF-8 cannot be stored
+        except UnicodeEncodeError:
+            shown = pattern.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            raise click.BadParameter(f"{shown!r} is not valid UTF-8", param_hint="'--exclude'") from None
 
     try:
         check_release(release or "")

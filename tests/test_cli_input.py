@@ -109,6 +109,8 @@ def _hostile_cases(t: Path, k: Keys, fifo: Path, d: Path) -> list[list[str]]:
         ["diff", str(d), str(d)],
         ["diff", str(t / "missing"), str(t)],
         ["keygen", "-s", str(d), "-p", str(d / "x.pub")],
+        ["keygen", "-s", "-", "-p", str(d / "x.pub")],
+        ["build", str(t), "-x", "\udcff"],
         ["keygen", "--encrypt", "--password-file", str(fifo), "-s", str(d / "n.key"), "-p", str(d / "n.pub")],
         ["serve", str(t), "--bind", f"127.0.0.1:{big}"],
         ["serve", str(t), "--token-file", str(fifo)],
