@@ -105,6 +105,19 @@ def _parse_duration(text: str) -> Any:
 _password_option: Callable[[Callable[..., Any]], Callable[..., Any]] = click.option(
     "--password-file", type=click.Path(dir_okay=False), help="File whose first line is the key's password."
 )
+_config_option: Callable[[Callable[..., Any]], Callable[..., Any]] = click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False),
+    help="Config file to read [default: DURI_INTEGRITY_CONFIG, else /etc/duri-integrity/config.toml; "
+    "never one in the working directory].",
+)
+_deployment_option: Callable[[Callable[..., Any]], Callable[..., Any]] = click.option(
+    "--deployment",
+    "-d",
+    metavar="NAME",
+    help="The deployment (service) this release is for, or this host runs; signed into the manifest.",
+)
 _workers_option: Callable[[Callable[..., Any]], Callable[..., Any]] = click.option(
     "--workers",
     type=click.IntRange(1, 256),
@@ -145,6 +158,7 @@ def keygen(secret_key: str, public_key: str, encrypt: bool, force: bool, passwor
     metavar="PATTERN",
     help="gitignore-style pattern to leave out; stored in the signed manifest. Repeatable.",
 )
+@_deployment_option
 @click.option("--release", "-r", default=None, help="Release label, e.g. a git tag or commit.")
 @click.option(
     "--serial", type=click.IntRange(0, 2**63 - 1), help="Serial number [default: creation time in Unix seconds]."
@@ -157,19 +171,22 @@ def keygen(secret_key: str, public_key: str, encrypt: bool, force: bool, passwor
 @click.option("--allow-insecure-key", is_flag=True, help="Sign even if the secret key file is readable by others.")
 @_password_option
 @_workers_option
+@_config_option
 def build(
     root: str | None,
     manifest: str | None,
     secret_key: str | None,
     exclude: tuple[str, ...],
+    deployment: str | None,
     release: str | None,
     serial: int | None,
     expires_in: Any,
     allow_insecure_key: bool,
     password_file: str | None,
     workers: int | None,
+    config_file: str | None,
 ) -> None:
-    """Write a manifest of ROOT (and sign it with --secret-key)."""
+    """Write a manifest of ROOT for one deployment (and sign it with --secret-key)."""
     from .build import build_manifest, signature_for, write_atomic
     from .config import Settings, manifest_paths, resolve_settings
 
@@ -180,9 +197,16 @@ def build(
             secret_key=secret_key,
             exclude=list(exclude) or None,
             release=release,
+            deployment=deployment,
             workers=workers,
-        )
+        ),
+        config_file=config_file,
     )
+    if not settings.deployment:
+        raise click.UsageError(
+            "name the deployment this release is for with --deployment NAME (or DURI_INTEGRITY_DEPLOYMENT): "
+            "hosts refuse a manifest for another deployment"
+        )
     root = settings.root or "."
     manifest_path, sig_path = manifest_paths(settings, root)
     key = settings.secret_key
@@ -194,6 +218,7 @@ def build(
     try:
         result = build_manifest(
             root,
+            deployment=settings.deployment,
             exclude=settings.exclude or (),
             release=settings.release or "",
             serial=serial,
@@ -307,6 +332,7 @@ def render_report(report: Report, *, quiet: bool, echo: Callable[..., None] = cl
     multiple=True,
     help="Trusted public key: a .pub file, a directory of them, or the base64 key. Repeatable.",
 )
+@_deployment_option
 @click.option("--json", "as_json", is_flag=True, help="Print the full report as JSON on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing when verified; only the summary otherwise.")
 @click.option(
@@ -322,8 +348,8 @@ def render_report(report: Report, *, quiet: bool, echo: Callable[..., None] = cl
 )
 @click.option(
     "--allow-rollback-to",
-    metavar="RELEASE|SERIAL",
-    help="Approve verifying this older release (by label or serial) on a host that has seen a newer one.",
+    metavar="SERIAL|LABEL@SERIAL",
+    help="Approve verifying exactly this older release on a host that has seen a newer one.",
 )
 @click.option(
     "--revoked-key", multiple=True, help="Revoked key: a .pub file, a directory, or a key-id list. Repeatable."
@@ -335,11 +361,13 @@ def render_report(report: Report, *, quiet: bool, echo: Callable[..., None] = cl
     help="Also write the result as node_exporter textfile metrics here (replaced atomically).",
 )
 @_workers_option
+@_config_option
 def verify(
     root: str | None,
     manifest: str | None,
     signature: str | None,
     public_key: tuple[str, ...],
+    deployment: str | None,
     as_json: bool,
     quiet: bool,
     quick: bool,
@@ -350,11 +378,13 @@ def verify(
     clock_skew: int | None,
     prometheus_textfile: str | None,
     workers: int | None,
+    config_file: str | None,
 ) -> None:
-    """Verify ROOT against its signed manifest.
+    """Verify ROOT against its signed manifest for this host's deployment.
 
     Settings not given here come from DURI_INTEGRITY_* environment variables,
-    then duri-integrity.toml or [tool.duri-integrity] in pyproject.toml.
+    then the config file (--config, DURI_INTEGRITY_CONFIG, or
+    /etc/duri-integrity/config.toml; never the working directory).
     """
     from .verify import verify_integrity
 
@@ -364,6 +394,7 @@ def verify(
         manifest=manifest,
         signature=signature,
         public_keys=list(public_key) or None,
+        deployment=deployment,
         workers=workers,
         quick=quick,
         cache_dir=cache_dir,
@@ -371,6 +402,7 @@ def verify(
         allow_rollback_to=allow_rollback_to,
         revoked_keys=list(revoked_key) or None,
         clock_skew=clock_skew,
+        config_file=config_file,
         progress=bar.update if bar else None,
     )
     if bar:

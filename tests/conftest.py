@@ -82,6 +82,7 @@ def new_keys(where: Path, name: str = "k") -> Keys:
 def build_and_sign(root: Path, keys: Keys, **kw: object) -> Signed:
     manifest = root / "MANIFEST.json"
     sig = root / "MANIFEST.json.minisig"
+    kw.setdefault("deployment", "svc")
     res = build_manifest(str(root), skip=(str(manifest), str(sig)), **kw)  # type: ignore[arg-type]
     write_atomic(str(manifest), res.data)
     sign_manifest(str(manifest), str(keys.secret))
@@ -97,6 +98,11 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     monkeypatch.chdir(cwd)
+    # The deployment every test tree is built for and every test host runs (tests of the
+    # deployment check itself remove or change it).
+    monkeypatch.setenv("DURI_INTEGRITY_DEPLOYMENT", "svc")
+    # What is installed under /etc on the machine running the tests must not matter.
+    monkeypatch.setenv("DURI_INTEGRITY_SYSTEM_DIR", str(tmp_path / "etc"))
     # Rollback state and quick-mode snapshots go to the test's own directories, never the host's.
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg-state"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
@@ -159,6 +165,8 @@ def run_cli() -> Callable[..., subprocess.CompletedProcess[str]]:
         *args: str, env: dict[str, str] | None = None, cwd: Path | None = None, input: str | None = None
     ) -> subprocess.CompletedProcess[str]:
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("DURI_INTEGRITY_")}
+        full_env["DURI_INTEGRITY_DEPLOYMENT"] = "svc"
+        full_env["DURI_INTEGRITY_SYSTEM_DIR"] = os.environ["DURI_INTEGRITY_SYSTEM_DIR"]
         # A separate process cannot see the in-process patch of the default state directory.
         full_env["DURI_INTEGRITY_STATE_DIR"] = str(Path(os.environ["XDG_STATE_HOME"]) / "duri-integrity")
         full_env.update(env or {})
