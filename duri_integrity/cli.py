@@ -187,8 +187,8 @@ def build(
     config_file: str | None,
 ) -> None:
     """Write a manifest of ROOT for one deployment (and sign it with --secret-key)."""
-    from .build import build_manifest, signature_for, write_atomic
     from .config import Settings, manifest_paths, resolve_settings
+    from .release import build_and_sign
 
     settings, _ = resolve_settings(
         Settings(
@@ -210,37 +210,26 @@ def build(
     root = settings.root or "."
     manifest_path, sig_path = manifest_paths(settings, root)
     key = settings.secret_key
-    sk = None
-    if key:  # load (and if need be decrypt) the key first: a bad key fails before any hashing
-        from .keys import load_secret_key
-
-        sk = load_secret_key(key, _password(password_file), allow_insecure_permissions=allow_insecure_key)
-    try:
-        result = build_manifest(
-            root,
-            deployment=settings.deployment,
-            exclude=settings.exclude or (),
-            release=settings.release or "",
-            serial=serial,
-            expires_in=expires_in,
-            workers=settings.workers,
-            skip=(manifest_path, sig_path),
-            secret_key_paths=(key,) if key else (),
-        )
-        for w in result.warnings:
-            click.echo(f"warning: {w}", err=True)
-        m = result.manifest
-        signature = signature_for(result.data, m, sk, os.path.basename(manifest_path)) if sk else None
-    finally:
-        if sk is not None:
-            sk.wipe()
-    write_atomic(manifest_path, result.data)
+    done = build_and_sign(
+        root,
+        deployment=settings.deployment,
+        secret_key=key,
+        manifest_path=manifest_path,
+        signature_path=sig_path,
+        password=_password(password_file) if key else None,
+        allow_insecure_key=allow_insecure_key,
+        exclude=settings.exclude or (),
+        release=settings.release or "",
+        serial=serial,
+        expires_in=expires_in,
+        workers=settings.workers,
+    )
+    for w in done.warnings:
+        click.echo(f"warning: {w}", err=True)
+    m = done.manifest
     click.echo(f"wrote {manifest_path}: {len(m.entries):,} entries, serial {m.serial}, root digest {m.root_digest}")
-    if signature is not None:
-        write_atomic(sig_path, signature)
-        click.echo(f"signed: {sig_path}")
-    elif os.path.exists(sig_path):
-        click.echo(f"warning: {sig_path} is from an earlier build and does not match; sign the new manifest", err=True)
+    if done.signature_path is not None:
+        click.echo(f"signed: {done.signature_path}")
 
 
 @main.command()

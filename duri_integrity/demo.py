@@ -47,9 +47,9 @@ def _step(text: str) -> None:
 
 def run_demo(keep: str | None = None) -> int:
     """Return 0 when every step behaved as it should."""
-    from .build import build_manifest, sign_manifest, write_atomic
     from .cli import render_report
     from .keys import generate_keypair
+    from .release import build_and_sign
     from .verify import verify_integrity
 
     with tempfile.TemporaryDirectory(prefix="duri-integrity-demo-") as tmp:
@@ -67,11 +67,8 @@ def run_demo(keep: str | None = None) -> int:
         key_id = generate_keypair(sk, pk, force=True)
         click.echo(f"key {key_id}: {sk} (0600), {pk}")
         _step("Build and sign the manifest")
-        manifest = os.path.join(tree, "MANIFEST.json")
-        result = build_manifest(tree, deployment="myservice", release="v1.4.2")
-        write_atomic(manifest, result.data)
-        sign_manifest(manifest, sk)
-        m = result.manifest
+        done = build_and_sign(tree, deployment="myservice", release="v1.4.2", secret_key=sk)
+        manifest, m = done.manifest_path, done.manifest
         click.echo(
             f"{manifest}: {len(m.entries)} entries, deployment {m.deployment}, release {m.release}, "
             f"root digest {m.root_digest}"

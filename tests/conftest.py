@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from duri_integrity.build import build_manifest, sign_manifest, write_atomic
 from duri_integrity.keys import generate_keypair
 
 NON_UTF8_NAME = os.fsdecode(b"caf\xe9-latin1.txt")
@@ -80,13 +79,12 @@ def new_keys(where: Path, name: str = "k") -> Keys:
 
 
 def build_and_sign(root: Path, keys: Keys, **kw: object) -> Signed:
-    manifest = root / "MANIFEST.json"
-    sig = root / "MANIFEST.json.minisig"
+    """Build and sign the tree in place with the library's one release operation."""
+    from duri_integrity.release import build_and_sign as release
+
     kw.setdefault("deployment", "svc")
-    res = build_manifest(str(root), skip=(str(manifest), str(sig)), **kw)  # type: ignore[arg-type]
-    write_atomic(str(manifest), res.data)
-    sign_manifest(str(manifest), str(keys.secret))
-    return Signed(root, manifest, sig, keys)
+    done = release(str(root), secret_key=str(keys.secret), **kw)  # type: ignore[arg-type]
+    return Signed(root, Path(done.manifest_path), Path(str(done.signature_path)), keys)
 
 
 @pytest.fixture(autouse=True)
