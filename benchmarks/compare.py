@@ -129,7 +129,9 @@ def main() -> None:
     if not sk.exists():
         subprocess.run([cli, "keygen", "-s", str(sk), "-p", str(pk), "--force"], check=True, capture_output=True)
     manifest = work / "MANIFEST.json"
-    subprocess.run([cli, "build", str(tree), "-m", str(manifest), "-s", str(sk)], check=True, capture_output=True)
+    subprocess.run(
+        [cli, "build", str(tree), "-d", "bench", "-m", str(manifest), "-s", str(sk)], check=True, capture_output=True
+    )
     rel_files = sorted(str(p.relative_to(tree)) for p in tree.rglob("*") if p.is_file() and not p.is_symlink())
     (work / "files.txt").write_text("\n".join(rel_files) + "\n")
     b3_list, sha_list = work / "b3.txt", work / "sha256.txt"
@@ -137,7 +139,7 @@ def main() -> None:
     sha_list.write_bytes(subprocess.run([sha256sum, *rel_files], cwd=tree, check=True, capture_output=True).stdout)
     build_out = work / "rebuilt.json"
 
-    verify_cmd = [cli, "verify", str(tree), "-m", str(manifest), "-p", str(pk), "-q"]
+    verify_cmd = [cli, "verify", str(tree), "-d", "bench", "-m", str(manifest), "-p", str(pk), "-q"]
     quick_cmd = [*verify_cmd, "--quick", "--cache-dir", str(work / "cache")]
     commands: dict[str, Callable[[], float]] = {
         "duri-integrity verify (process)": lambda: timed(verify_cmd),
@@ -145,7 +147,7 @@ def main() -> None:
         "b3sum --quiet --check": lambda: timed([b3sum, "--quiet", "--check", str(b3_list)], cwd=tree),
         "sha256sum --quiet -c": lambda: timed([sha256sum, "--quiet", "-c", str(sha_list)], cwd=tree),
         "duri-integrity build + sign (process)": lambda: timed(
-            [cli, "build", str(tree), "-m", str(build_out), "-s", str(sk)]
+            [cli, "build", str(tree), "-d", "bench", "-m", str(build_out), "-s", str(sk)]
         ),
         "b3sum FILES (hash only)": lambda: timed([b3sum, *rel_files], cwd=tree),
         "python -c pass (interpreter start)": lambda: timed([vpy, "-c", "pass"]),
@@ -157,7 +159,7 @@ def main() -> None:
         "for _ in range(rounds + 2):\n"
         "    t = time.perf_counter()\n"
         f"    r = verify_integrity({str(tree)!r}, manifest={str(manifest)!r}, public_keys={str(pk)!r},"
-        f" use_config_file=False, quick=quick, cache_dir={str(work / 'cache')!r})\n"
+        f" deployment='bench', use_config_file=False, quick=quick, cache_dir={str(work / 'cache')!r})\n"
         "    xs.append(time.perf_counter() - t)\n"
         "    assert r.status == 'VERIFIED', r.summary\n"
         "    assert r.mode == 'quick' or not quick, r.notes\n"
@@ -193,7 +195,7 @@ def main() -> None:
                 "print('ready', flush=True); sys.stdin.readline()\n"
                 "t = time.perf_counter()\n"
                 f"r = verify_integrity({str(tree)!r}, manifest={str(manifest)!r}, public_keys={str(pk)!r},"
-                " use_config_file=False)\n"
+                " deployment='bench', use_config_file=False)\n"
                 "assert r.status == 'VERIFIED', r.summary\n"
                 "print(time.perf_counter() - t)\n"
             )

@@ -41,6 +41,6 @@ def bench() -> Bench:
     sk, pk = work / "b.key", work / "b.pub"
     generate_keypair(str(sk), str(pk), force=True)
     manifest = work / "MANIFEST.json"
-    write_atomic(str(manifest), build_manifest(str(tree)).data)
+    write_atomic(str(manifest), build_manifest(str(tree), deployment="bench").data)
     sign_manifest(str(manifest), str(sk))
     return Bench(tree, manifest, pk, sk, work / "cache")

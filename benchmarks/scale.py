@@ -41,7 +41,7 @@ def prepare(files: int) -> tuple[Path, Path, Path]:
             capture_output=True,
         )
     subprocess.run(
-        [py, "-m", "duri_integrity", "build", str(tree), "-m", str(manifest), "-s", str(sk)],
+        [py, "-m", "duri_integrity", "build", str(tree), "-d", "bench", "-m", str(manifest), "-s", str(sk)],
         check=True,
         capture_output=True,
     )
@@ -53,7 +53,7 @@ def measure(tree: Path, manifest: Path, pk: Path, quick: bool) -> tuple[float, i
     code = (
         "import sys, time\n"
         "from duri_integrity import verify_integrity\n"
-        f"r = verify_integrity({str(tree)!r}, manifest={str(manifest)!r}, public_keys={str(pk)!r},"
+        f"r = verify_integrity({str(tree)!r}, manifest={str(manifest)!r}, public_keys={str(pk)!r}, deployment='bench',"
         f" use_config_file=False, quick={quick}, cache_dir={str(CACHE / 'scale-cache')!r})\n"
         "assert r.status == 'VERIFIED', r.summary\n"
         "print(r.elapsed_seconds)\n"

@@ -13,7 +13,9 @@ from .conftest import Bench
 
 
 def _verify(b: Bench, **kw: object):  # type: ignore[no-untyped-def]
-    r = verify_integrity(b.tree, manifest=b.manifest, public_keys=str(b.public), use_config_file=False, **kw)
+    r = verify_integrity(
+        b.tree, manifest=b.manifest, public_keys=str(b.public), deployment="bench", use_config_file=False, **kw
+    )
     assert r.status == "VERIFIED", r.summary
     return r
 
@@ -32,7 +34,7 @@ def test_verify_quick(benchmark: pytest.FixtureRequest, bench: Bench) -> None:
 
 def test_build(benchmark: pytest.FixtureRequest, bench: Bench) -> None:
     """build_manifest in-process: walk with lstat, hash every file, encode."""
-    benchmark(build_manifest, str(bench.tree))  # type: ignore[operator]
+    benchmark(build_manifest, str(bench.tree), deployment="bench")  # type: ignore[operator]
 
 
 def test_decode_manifest(benchmark: pytest.FixtureRequest, bench: Bench) -> None:

@@ -20,6 +20,7 @@ __all__ = [
     "SignatureError",
     "TreeError",
     "__version__",
+    "build_and_sign",
     "build_manifest",
     "ensure_integrity",
     "generate_keypair",
@@ -39,10 +40,12 @@ if TYPE_CHECKING:
         TreeError,
     )
     from .keys import generate_keypair
+    from .release import build_and_sign
     from .report import Report
     from .verify import ensure_integrity, verify_integrity
 
 _WHERE = {
+    "build_and_sign": "release",
     "build_manifest": "build",
     "sign_manifest": "build",
     "generate_keypair": "keys",

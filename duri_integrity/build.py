@@ -52,6 +52,7 @@ class BuildResult(NamedTuple):
 def build_manifest(
     root: str,
     *,
+    deployment: str,
     exclude: Sequence[str] = (),
     release: str = "",
     serial: int | None = None,
@@ -63,11 +64,15 @@ def build_manifest(
 ) -> BuildResult:
     """Walk and hash ``root``; return the manifest and its exact bytes.
 
-    Raises TreeError if any object cannot be read (a manifest must be complete)
-    or if the tree holds a minisign secret key.
+    ``deployment`` names the service the release is for; hosts are told which
+    deployment they run and refuse a manifest for another. Raises TreeError if any
+    object cannot be read (a manifest must be complete) or if the tree holds a
+    minisign secret key; ManifestError if a label is not one the verifier accepts.
     """
+    check_labels(deployment, release)
     root_real = check_root(root)
     excluder = Excluder(exclude)
+    warnings = code_exclusion_warnings(excluder)
     skipped = relative_inside(root_real, skip) | set(OWN_FILES)
     for key_path in secret_key_paths:
         rel = inside_root(root_real, key_path)
@@ -80,7 +85,6 @@ def build_manifest(
         ((os.fsencode(rel), rel, cast(os.stat_result, st), link) for rel, st, link in walked), key=lambda r: r[0]
     )
     problems = [f"{display(p)}: {msg}" for p, msg in errors]
-    warnings: list[str] = []
     file_rows = [(rel, st) for _, rel, st, _ in rows if stat.S_ISREG(st.st_mode)]
     hashed = iter(hash_for_build(root_real, file_rows, workers))
     entries: list[Entry] = []
@@ -103,6 +107,8 @@ def build_manifest(
             else:
                 entries.append(File(path=path, path_b64=path_b64, mode=perm, size=st.st_size, blake3=res.digest))
         elif kind == "symlink":
+            if leaves_tree(rel, link or ""):
+                warnings.append(f"{display(rel)}: symlink to {display(link or '')!r} points outside the tree")
             target, target_b64 = make_entry_path(link or "")
             entries.append(Symlink(path=path, path_b64=path_b64, mode=perm, target=target, target_b64=target_b64))
         elif kind == "unknown":
@@ -120,6 +126,7 @@ def build_manifest(
         format=FORMAT,
         version=FORMAT_VERSION,
         tool=f"duri-integrity {__version__}",
+        deployment=deployment,
         release=release,
         created=when,
         serial=int(when.timestamp()) if serial is None else serial,
@@ -129,6 +136,67 @@ def build_manifest(
         entries=entries,
     )
     return BuildResult(manifest, encode_manifest(manifest), warnings)
+
+
+_CODE_SAMPLES = (
+    ("pkg/__pycache__", True),
+    ("pkg/__pycache__/mod.cpython-311.pyc", False),
+    ("pkg/mod.pyc", False),
+    ("pkg/_speedups.cpython-311-x86_64-linux-gnu.so", False),
+    ("pkg/lib.so", False),
+    ("site-packages/extra.pth", False),
+    ("pkg/mod.py", False),
+    ("sitecustomize.py", False),
+)
+"""Paths an interpreter loads as code: excluding any of them lets code go unchecked."""
+
+
+def code_exclusion_warnings(excluder: Excluder) -> list[str]:
+    """A warning for each kind of code the exclusion patterns would leave unchecked.
+
+    CPython prefers a ``__pycache__/*.pyc`` whose header says "unchecked hash" over
+    the ``.py`` beside it, so excluded bytecode is a place to hide code in a tree
+    that still verifies. Compile bytecode at build time instead, so it is covered.
+    """
+    if not excluder:
+        return []
+    hit = sorted({rel for rel, is_dir in _CODE_SAMPLES if excluder.excluded(rel, is_dir)})
+    if not hit:
+        return []
+    return [
+        "the exclusion patterns leave code unchecked (for example "
+        + ", ".join(hit[:3])
+        + "): an interpreter loads it, so an attacker can hide code there and the tree still verifies; "
+        "compile bytecode at build time and keep it in the manifest instead (docs/threat-model.md)"
+    ]
+
+
+def leaves_tree(rel: str, target: str) -> bool:
+    """True when a symlink at ``rel`` with ``target`` points outside the tree (judged by its text)."""
+    if target.startswith("/"):
+        return True
+    depth = rel.count("/")
+    for part in target.split("/"):
+        if part == "..":
+            depth -= 1
+            if depth < 0:
+                return True
+        elif part not in ("", "."):
+            depth += 1
+    return False
+
+
+def check_labels(deployment: str, release: str) -> None:
+    """Refuse a deployment name or release label the verifier would refuse (same rules as decoding)."""
+    import re
+
+    from .manifest import DEPLOYMENT_PATTERN
+
+    if not re.fullmatch(DEPLOYMENT_PATTERN, deployment):
+        raise ManifestError(
+            f"deployment {deployment!r} is not a valid name (letters, digits, '.', '_', '-'; "
+            "up to 100 characters, starting with a letter or digit)"
+        )
 
 
 def write_atomic(path: str, data: bytes, mode: int = 0o644) -> None:
@@ -141,7 +209,9 @@ def write_atomic(path: str, data: bytes, mode: int = 0o644) -> None:
 
 def signature_for(data: bytes, manifest: Manifest, secret_key: Any, file_name: str) -> bytes:
     """The .minisig text for a manifest's exact bytes; its trusted comment names release, serial, root."""
-    comment = make_trusted_comment(file_name, manifest.release, manifest.serial, manifest.root_digest)
+    comment = make_trusted_comment(
+        file_name, manifest.deployment, manifest.release, manifest.serial, manifest.root_digest
+    )
     return sign_bytes(data, secret_key, comment)
 
 

@@ -94,6 +94,19 @@ def main() -> None:
 _password_option: Callable[[Callable[..., Any]], Callable[..., Any]] = click.option(
     "--password-file", type=click.Path(dir_okay=False), help="File whose first line is the key's password."
 )
+_config_option: Callable[[Callable[..., Any]], Callable[..., Any]] = click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False),
+    help="Config file to read [default: DURI_INTEGRITY_CONFIG, else /etc/duri-integrity/config.toml; "
+    "never one in the working directory].",
+)
+_deployment_option: Callable[[Callable[..., Any]], Callable[..., Any]] = click.option(
+    "--deployment",
+    "-d",
+    metavar="NAME",
+    help="The deployment (service) this release is for, or this host runs; signed into the manifest.",
+)
 _workers_option: Callable[[Callable[..., Any]], Callable[..., Any]] = click.option(
     "--workers",
     type=click.IntRange(1, 256),
@@ -146,6 +159,7 @@ def keygen(secret_key: str, public_key: str, encrypt: bool, force: bool, passwor
     metavar="PATTERN",
     help="gitignore-style pattern to leave out; stored in the signed manifest. Repeatable.",
 )
+@_deployment_option
 @click.option("--release", "-r", default=None, help="Release label, e.g. a git tag or commit.")
 @click.option(
     "--serial", type=click.IntRange(0, 2**63 - 1), help="Serial number [default: creation time in Unix seconds]."
@@ -158,21 +172,24 @@ def keygen(secret_key: str, public_key: str, encrypt: bool, force: bool, passwor
 @click.option("--allow-insecure-key", is_flag=True, help="Sign even if the secret key file is readable by others.")
 @_password_option
 @_workers_option
+@_config_option
 def build(
     root: str | None,
     manifest: str | None,
     secret_key: str | None,
     exclude: tuple[str, ...],
+    deployment: str | None,
     release: str | None,
     serial: int | None,
     expires_in: Any,
     allow_insecure_key: bool,
     password_file: str | None,
     workers: int | None,
+    config_file: str | None,
 ) -> None:
-    """Write a manifest of ROOT (and sign it with --secret-key)."""
-    from .build import build_manifest, signature_for
+    """Write a manifest of ROOT for one deployment (and sign it with --secret-key)."""
     from .config import Settings, manifest_paths, resolve_settings
+    from .release import build_and_sign
 
     settings, _ = resolve_settings(
         Settings(
@@ -181,9 +198,16 @@ def build(
             secret_key=secret_key,
             exclude=list(exclude) or None,
             release=release,
+            deployment=deployment,
             workers=workers,
-        )
+        ),
+        config_file=config_file,
     )
+    if not settings.deployment:
+        raise click.UsageError(
+            "name the deployment this release is for with --deployment NAME (or DURI_INTEGRITY_DEPLOYMENT): "
+            "hosts refuse a manifest for another deployment"
+        )
     root = settings.root or "."
     to_stdout = settings.manifest == "-"
     if to_stdout:
@@ -193,48 +217,51 @@ def build(
     _check_build_inputs(settings.release, exclude, from_option=release is not None)
     manifest_path, sig_path = manifest_paths(settings, root)
     key = settings.secret_key
-    sk = None
-    if key:  # load (and if need be decrypt) the key first: a bad key fails before any hashing
-        from .keys import load_secret_key
-
-        sk = load_secret_key(key, _password(password_file), allow_insecure_permissions=allow_insecure_key)
-    try:
-        result = build_manifest(
-            root,
-            exclude=settings.exclude or (),
-            release=settings.release or "",
-            serial=serial,
-            expires_in=expires_in,
-            workers=settings.workers,
-            skip=(manifest_path, sig_path),
-            secret_key_paths=(key,) if key else (),
-        )
-        for w in result.warnings:
-            echo_line(f"warning: {w}", err=True)
-        m = result.manifest
-        signature = signature_for(result.data, m, sk, os.path.basename(manifest_path)) if sk else None
-    finally:
-        if sk is not None:
-            sk.wipe()
-    _write_build(result.data, m, None if to_stdout else manifest_path, sig_path, signature)
-
-
-def _write_build(data: bytes, m: Any, manifest_path: str | None, sig_path: str, signature: bytes | None) -> None:
-    """Write the manifest (to stdout when ``manifest_path`` is None) and its signature, and say so."""
-    from .build import write_atomic
-
-    if manifest_path is None:
-        sys.stdout.buffer.write(data)
-        sys.stdout.flush()
-        echo_line(f"wrote the manifest to stdout: {len(m.entries):,} entries, serial {m.serial}", err=True)
+    if to_stdout:
+        _build_to_stdout(root, settings, serial, expires_in, skip=(manifest_path, sig_path))
         return
-    write_atomic(manifest_path, data)
+    done = build_and_sign(
+        root,
+        deployment=settings.deployment,
+        secret_key=key,
+        manifest_path=manifest_path,
+        signature_path=sig_path,
+        password=_password(password_file) if key else None,
+        allow_insecure_key=allow_insecure_key,
+        exclude=settings.exclude or (),
+        release=settings.release or "",
+        serial=serial,
+        expires_in=expires_in,
+        workers=settings.workers,
+    )
+    for w in done.warnings:
+        echo_line(f"warning: {w}", err=True)
+    m = done.manifest
     echo_line(f"wrote {manifest_path}: {len(m.entries):,} entries, serial {m.serial}, root digest {m.root_digest}")
-    if signature is not None:
-        write_atomic(sig_path, signature)
-        echo_line(f"signed: {sig_path}")
-    elif os.path.exists(sig_path):
-        echo_line(f"warning: {sig_path} is from an earlier build and does not match; sign the new manifest", err=True)
+    if done.signature_path is not None:
+        echo_line(f"signed: {done.signature_path}")
+
+
+def _build_to_stdout(root: str, settings: Any, serial: int | None, expires_in: Any, skip: tuple[str, str]) -> None:
+    """build -m -: the manifest on stdout (unsigned: a signature needs a file), the summary on stderr."""
+    from .build import build_manifest
+
+    result = build_manifest(
+        root,
+        deployment=settings.deployment,
+        exclude=settings.exclude or (),
+        release=settings.release or "",
+        serial=serial,
+        expires_in=expires_in,
+        workers=settings.workers,
+        skip=skip,
+    )
+    for w in result.warnings:
+        echo_line(f"warning: {w}", err=True)
+    sys.stdout.buffer.write(result.data)
+    sys.stdout.flush()
+    m = result.manifest
+    echo_line(f"wrote the manifest to stdout: {len(m.entries):,} entries, serial {m.serial}", err=True)
 
 
 @main.command()
@@ -260,6 +287,7 @@ def sign(manifest: str, secret_key: str, allow_insecure_key: bool, password_file
     multiple=True,
     help="Trusted public key: a .pub file, a directory of them, or the base64 key. Repeatable.",
 )
+@_deployment_option
 @click.option("--json", "as_json", is_flag=True, help="Print the full report as JSON on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing when verified; only the summary otherwise.")
 @click.option(
@@ -275,8 +303,8 @@ def sign(manifest: str, secret_key: str, allow_insecure_key: bool, password_file
 )
 @click.option(
     "--allow-rollback-to",
-    metavar="RELEASE|SERIAL",
-    help="Approve verifying this older release (by label or serial) on a host that has seen a newer one.",
+    metavar="SERIAL|LABEL@SERIAL",
+    help="Approve verifying exactly this older release on a host that has seen a newer one.",
 )
 @click.option(
     "--revoked-key", multiple=True, help="Revoked key: a .pub file, a directory, or a key-id list. Repeatable."
@@ -288,11 +316,13 @@ def sign(manifest: str, secret_key: str, allow_insecure_key: bool, password_file
     help="Also write the result as node_exporter textfile metrics here (replaced atomically).",
 )
 @_workers_option
+@_config_option
 def verify(
     root: str | None,
     manifest: str | None,
     signature: str | None,
     public_key: tuple[str, ...],
+    deployment: str | None,
     as_json: bool,
     quiet: bool,
     quick: bool,
@@ -303,11 +333,13 @@ def verify(
     clock_skew: int | None,
     prometheus_textfile: str | None,
     workers: int | None,
+    config_file: str | None,
 ) -> None:
-    """Verify ROOT against its signed manifest.
+    """Verify ROOT against its signed manifest for this host's deployment.
 
     Settings not given here come from DURI_INTEGRITY_* environment variables,
-    then duri-integrity.toml or [tool.duri-integrity] in pyproject.toml.
+    then the config file (--config, DURI_INTEGRITY_CONFIG, or
+    /etc/duri-integrity/config.toml; never the working directory).
     """
     from .verify import verify_integrity
 
@@ -317,6 +349,7 @@ def verify(
         manifest=manifest,
         signature=signature,
         public_keys=list(public_key) or None,
+        deployment=deployment,
         workers=workers,
         quick=quick,
         cache_dir=cache_dir,
@@ -324,6 +357,7 @@ def verify(
         allow_rollback_to=allow_rollback_to,
         revoked_keys=list(revoked_key) or None,
         clock_skew=clock_skew,
+        config_file=config_file,
         progress=bar.update if bar else None,
     )
     if bar:

@@ -4,7 +4,14 @@ import sys
 
 import click
 
-from .cli import EXIT_FAILED, EXIT_OK, EXIT_UNTRUSTED, _password_option
+from .cli import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_UNTRUSTED,
+    _config_option,
+    _deployment_option,
+    _password_option,
+)
 from .cli_args import password as _password
 from .cli_render import echo_line
 
@@ -16,43 +23,76 @@ __all__ = ["demo", "diff", "doctor", "serve"]
 @click.option("--manifest", "-m", help="Manifest file [default: ROOT/MANIFEST.json].")
 @click.option("--signature", help="Signature file [default: the manifest path + .minisig].")
 @click.option("--public-key", "-p", multiple=True, help="Trusted public key (file, directory or base64). Repeatable.")
-@click.option("--secret-key", "-s", help="Also check this signing key: private, and trusted by the hosts.")
+@_deployment_option
+@click.option("--secret-key", "-s", help="Also check this signing key: private, outside the tree, trusted.")
 @click.option("--state-dir", help="Rollback state directory to check ('none' if protection is off).")
+@click.option("--allow-rollback-to", metavar="SERIAL|LABEL@SERIAL", help="The one older release approved, as verify.")
+@click.option("--revoked-key", multiple=True, help="Revoked key: a .pub file, a directory, or a key-id list.")
+@click.option("--clock-skew", type=click.IntRange(0, 86400), help="Seconds of clock disagreement tolerated [300].")
+@click.option(
+    "--check-dir",
+    multiple=True,
+    type=click.Path(file_okay=False),
+    help="A log or artifact directory that must exist with safe permissions. Repeatable.",
+)
+@click.option("--serving", is_flag=True, help="Also check that the status endpoint has its bearer token.")
 @click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON.")
 @_password_option
+@_config_option
 def doctor(
     root: str | None,
     manifest: str | None,
     signature: str | None,
     public_key: tuple[str, ...],
+    deployment: str | None,
     secret_key: str | None,
     state_dir: str | None,
+    allow_rollback_to: str | None,
+    revoked_key: tuple[str, ...],
+    clock_skew: int | None,
+    check_dir: tuple[str, ...],
+    serving: bool,
     as_json: bool,
     password_file: str | None,
+    config_file: str | None,
 ) -> None:
-    """Check every precondition of a successful verification, one by one.
+    """Check every precondition of a successful verification, one by one, then verify.
 
-    Trusted keys, the signing key (with --secret-key), the manifest and its
-    signature, the clock, the rollback state directory, and whether every file
-    in the tree can be opened. Exits 0 when all pass, 1 otherwise.
+    Trusted and revoked keys, the rollback state, the deployment, the manifest
+    and its signature, the clock, the signing key (with --secret-key), signing
+    keys left near the tree, the directories named with --check-dir, the status
+    token (with --serving), and finally a full verification that records
+    nothing. Exits 0 when all pass, 1 otherwise.
     """
     import msgspec
 
     from .config import Settings, resolve_settings
     from .doctor import run_doctor
 
-    settings, _ = resolve_settings(
+    settings, used = resolve_settings(
         Settings(
             root=root,
             manifest=manifest,
             signature=signature,
             public_key=list(public_key) or None,
+            deployment=deployment,
             secret_key=secret_key,
             state_dir=state_dir,
-        )
+            allow_rollback_to=allow_rollback_to,
+            revoked_keys=list(revoked_key) or None,
+            clock_skew=clock_skew,
+        ),
+        config_file=config_file,
     )
     password = _password(password_file) if settings.secret_key else None
-    report = run_doctor(settings, secret_key=settings.secret_key, password=password)
+    report = run_doctor(
+        settings,
+        config_file=used,
+        secret_key=settings.secret_key,
+        password=password,
+        check_dirs=check_dir,
+        serving=serving,
+    )
     if as_json:
         click.echo(msgspec.json.encode(report).decode())
     else:

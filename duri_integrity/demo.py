@@ -47,9 +47,9 @@ def _step(text: str) -> None:
 
 def run_demo(keep: str | None = None) -> int:
     """Return 0 when every step behaved as it should."""
-    from .build import build_manifest, sign_manifest, write_atomic
     from .cli import render_report
     from .keys import generate_keypair
+    from .release import build_and_sign
     from .verify import verify_integrity
 
     with tempfile.TemporaryDirectory(prefix="duri-integrity-demo-") as tmp:
@@ -67,15 +67,15 @@ def run_demo(keep: str | None = None) -> int:
         key_id = generate_keypair(sk, pk, force=True)
         click.echo(f"key {key_id}: {sk} (0600), {pk}")
         _step("Build and sign the manifest")
-        manifest = os.path.join(tree, "MANIFEST.json")
-        result = build_manifest(tree, release="v1.4.2", exclude=["*.pyc", "__pycache__/"])
-        write_atomic(manifest, result.data)
-        sign_manifest(manifest, sk)
-        m = result.manifest
-        click.echo(f"{manifest}: {len(m.entries)} entries, release {m.release}, root digest {m.root_digest}")
+        done = build_and_sign(tree, deployment="myservice", release="v1.4.2", secret_key=sk)
+        manifest, m = done.manifest_path, done.manifest
+        click.echo(
+            f"{manifest}: {len(m.entries)} entries, deployment {m.deployment}, release {m.release}, "
+            f"root digest {m.root_digest}"
+        )
         _step("Verify the untouched tree")
         state = os.path.join(base, "state")  # the demo's rollback marks stay with the demo
-        first = verify_integrity(tree, public_keys=[pk], state_dir=state, use_config_file=False)
+        first = verify_integrity(tree, public_keys=[pk], deployment="myservice", state_dir=state, use_config_file=False)
         render_report(first, quiet=False)
         click.echo(f'-> r["status"] = {first["status"]!r}, r["recommendation"] = {first["recommendation"]!r}')
         _step("Tamper: edit app/handlers.py, add a file, chmod bin/run")
@@ -85,7 +85,9 @@ def run_demo(keep: str | None = None) -> int:
             f.write("# added after release\n")
         os.chmod(os.path.join(tree, "bin/run"), 0o777)
         _step("Verify again")
-        second = verify_integrity(tree, public_keys=[pk], state_dir=state, use_config_file=False)
+        second = verify_integrity(
+            tree, public_keys=[pk], deployment="myservice", state_dir=state, use_config_file=False
+        )
         render_report(second, quiet=False)
         click.echo(f'-> r["status"] = {second["status"]!r}, r["recommendation"] = {second["recommendation"]!r}')
         ok = first.status == "VERIFIED" and second.status == "FAILED"

@@ -1,31 +1,44 @@
 """The pre-deploy checklist: every precondition of a successful verification, checked one by one.
 
 Each check says OK or what to fix, so a deploy can be stopped before it starts
-instead of rolled back after.
+instead of rolled back after. The trust checks are the steps of the very
+pipeline ``verify`` runs (:mod:`duri_integrity.trust`), in the same order with
+the same inputs, and the last check is a full verification that records
+nothing; so ``doctor`` cannot pass what ``verify`` refuses.
 """
 
 import os
+import shutil
 import stat
-from datetime import UTC, datetime, timedelta
+import subprocess
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
 
 import msgspec
 
-from .config import OWN_FILES, Settings, manifest_paths
-from .errors import IntegrityError
+from .config import Settings, state_disabled
+from .errors import IntegrityError, UntrustedError
+from .manifest import Manifest
 from .trust import (
-    Untrusted,
-    clock_problem,
-    key_sources,
+    DEFAULT_CLOCK_SKEW,
+    check_clock,
+    check_comment,
+    check_deployment,
+    check_rollback,
+    check_signature,
+    decode,
+    host_deployment,
+    load_keys,
+    open_store,
+    parse_approval,
     read_signed,
-    revoked_key_ids,
-    rollback_key,
-    state_store,
 )
-from .walk import DirCursor, check_root, inside_root, iter_tree, open_root, relative_inside
+from .walk import check_root, inside_root
 
 __all__ = ["Check", "DoctorReport", "run_doctor"]
 
 EXPIRY_WARNING = timedelta(days=7)
+_CLOCK_TIMEOUT = 3.0
 
 
 class Check(msgspec.Struct, kw_only=True):
@@ -40,157 +53,263 @@ class DoctorReport(msgspec.Struct, kw_only=True):
     checks: list[Check]
 
 
-def _probe_tree(root_real: str, skip: set[str]) -> tuple[int, list[str]]:
-    """Walk the whole tree and open every regular file (without reading): (entries, problems)."""
-    from .exclude import Excluder
-    from .hashing import OPEN_FLAGS
+class _Checklist:
+    def __init__(self) -> None:
+        self.checks: list[Check] = []
 
-    errors: list[tuple[str, str]] = []
-    problems: list[str] = []
-    count = 0
-    root_fd = open_root(root_real)
-    cursor = DirCursor(root_fd)
-    try:
-        for rel, st, _ in iter_tree(root_real, Excluder(), skip, stat_files=True, errors=errors):
-            count += 1
-            if isinstance(st, os.stat_result) and stat.S_ISREG(st.st_mode):
-                rel_dir, _, name = rel.rpartition("/")
-                try:
-                    os.close(os.open(name, OPEN_FLAGS, dir_fd=cursor.enter(rel_dir)))
-                except OSError as exc:
-                    problems.append(f"{rel}: {exc.strerror}")
-    finally:
-        cursor.close()
-        os.close(root_fd)
-    problems[:0] = [f"{p}: {m}" for p, m in errors]
-    return count, problems
+    def add(self, name: str, ok: bool, detail: str, fix: str | None = None) -> bool:
+        self.checks.append(Check(name=name, ok=ok, detail=detail, fix=None if ok else fix))
+        return ok
+
+    def run(self, name: str, fix: str, step: Callable[[], str]) -> bool:
+        """Run one step; its return value is the OK detail, an IntegrityError the failure."""
+        try:
+            return self.add(name, True, step())
+        except IntegrityError as exc:
+            return self.add(name, False, str(exc), fix)
 
 
-def run_doctor(settings: Settings, *, secret_key: str | None = None, password: str | None = None) -> DoctorReport:
+def run_doctor(
+    settings: Settings,
+    *,
+    config_file: str | None = None,
+    secret_key: str | None = None,
+    password: str | None = None,
+    check_dirs: Sequence[str] = (),
+    serving: bool = False,
+) -> DoctorReport:
     """Run every check; never raises for an operational problem."""
-    from .keys import (
-        format_key_id,
-        load_secret_key,
-        load_trusted_keys,
-        parse_public_key,
-        verify_signature,
-    )
-    from .manifest import decode_manifest
+    c = _Checklist()
+    root_real: str | None = None
 
-    checks: list[Check] = []
-
-    def add(name: str, ok: bool, detail: str, fix: str | None = None) -> None:
-        checks.append(Check(name=name, ok=ok, detail=detail, fix=None if ok else fix))
-
-    root_real = None
-    try:
+    def root_step() -> str:
+        nonlocal root_real
         root_real = check_root(settings.root or ".")
-        add("root", True, root_real)
-    except IntegrityError as exc:
-        add("root", False, str(exc), "point --root / DURI_INTEGRITY_ROOT at the release directory")
+        return root_real
 
-    trusted = None
-    try:
-        sources = key_sources(settings)
-        inside = [s for s in sources if root_real and os.path.exists(s) and inside_root(root_real, s) is not None]
-        trusted = load_trusted_keys(sources)
-        revoked = revoked_key_ids(settings)
-        bad = sorted(set(trusted.key_ids) & revoked)
-        if inside:
-            add("trusted keys", False, f"{', '.join(inside)} inside the tree", "keep trusted keys outside the tree")
-        elif not len(trusted):
-            add("trusted keys", False, f"no .pub files in {', '.join(sources)}", "install the release public key")
-        elif bad:
-            add("trusted keys", False, f"revoked yet trusted: {', '.join(bad)}", "remove revoked keys from the trust")
-        else:
-            add("trusted keys", True, f"{len(trusted)} key(s): {', '.join(trusted.key_ids)}")
-    except IntegrityError as exc:
-        add("trusted keys", False, str(exc), "fix or replace the key file")
-        revoked = set()
-
+    c.run("root", "give the release directory as ROOT (or DURI_INTEGRITY_ROOT)", root_step)
+    if config_file is not None:
+        c.run("config", "keep the config file outside the tree, owned by root", lambda: _config(root_real, config_file))
+    if root_real is not None:
+        _trust_checks(c, settings, root_real)
     if secret_key:
-        try:
-            sk = load_secret_key(secret_key, password)
-            try:
-                kid = format_key_id(parse_public_key(sk.get_public_key().to_base64()).key_id)
-            finally:
-                sk.wipe()
-            if trusted is not None and kid not in trusted.key_ids:
-                add(
-                    "secret key",
-                    False,
-                    f"key {kid} is not among the trusted keys",
-                    "sign with the key whose public half the hosts trust, or add its .pub to them",
-                )
-            else:
-                add("secret key", True, f"{secret_key}: private, key {kid}")
-        except IntegrityError as exc:
-            add("secret key", False, str(exc), "chmod 600 the key, or give the right file or password")
-
-    manifest = None
-    signed_by = None
+        c.run(
+            "secret key",
+            "chmod 600 the key, keep it outside the tree, or give the right file or password",
+            lambda: _secret_key(secret_key, password, settings, root_real),
+        )
     if root_real is not None:
-        manifest_path, sig_path = manifest_paths(settings, root_real)
-        try:
-            data, sig = read_signed(manifest_path, sig_path)
-            if trusted is None:
-                raise IntegrityError("no trusted keys to check it with")
-            signed_by = verify_signature(data, sig, trusted).key_id
-            if signed_by in revoked:
-                raise IntegrityError(f"signed by revoked key {signed_by}")
-            manifest = decode_manifest(data)
-            add(
-                "manifest",
-                True,
-                f"{manifest_path}: release {manifest.release or '-'}, serial {manifest.serial}, "
-                f"{len(manifest.entries):,} entries, signed by {signed_by}",
-            )
-        except (Untrusted, IntegrityError) as exc:
-            add("manifest", False, str(exc), "ship MANIFEST.json and its .minisig from the release build")
+        c.run("no secret keys around the tree", "move signing keys off the host", lambda: _no_keys_around(root_real))
+    c.run("clock synchronised", "enable NTP (timedatectl set-ntp true, or chrony)", _clock_synchronised)
+    for directory in check_dirs:
+        c.run(f"directory {directory}", f"chmod go-w {directory}, owned by root or this user", _dir_check(directory))
+    if serving:
+        c.run("status token", "set CANARY_TOKEN (16+ characters) or pass --token-file", _token)
+    if root_real is not None:
+        c.run(
+            "tree matches the manifest",
+            "redeploy the release, or investigate the changes listed",
+            lambda: _full_verification(settings, config_file),
+        )
+    return DoctorReport(ok=all(x.ok for x in c.checks), checks=c.checks)
 
-    if manifest is not None:
-        now = datetime.now(tz=UTC)
-        problem = clock_problem(manifest, settings, now)
-        if problem:
-            add("clock", False, problem, "check NTP here and on the build host; rebuild and sign if it expired")
-        elif manifest.expires is not None and manifest.expires - now < EXPIRY_WARNING:
-            add("clock", True, f"manifest expires soon: {manifest.expires:%Y-%m-%d %H:%M:%S}Z")
-        else:
-            add("clock", True, f"now {now:%Y-%m-%d %H:%M:%S}Z, manifest created {manifest.created:%Y-%m-%d %H:%M:%S}Z")
+
+def _config(root_real: str | None, path: str) -> str:
+    if root_real is not None and inside_root(root_real, path) is not None:
+        raise IntegrityError(f"config file {path!r} is inside the tree being verified")
+    return f"{path} (owned by root or this user, writable by no one else)"
+
+
+def _trust_checks(c: _Checklist, settings: Settings, root_real: str) -> None:
+    """The trust pipeline, step by step, with the inputs verify would use."""
+    from .config import manifest_paths
 
     try:
-        store = state_store(settings)
-        if store is None:
-            add("rollback state", True, "rollback protection is off (state directory 'none')")
-        else:
-            os.makedirs(store.directory, mode=0o700, exist_ok=True)
-            probe = os.path.join(store.directory, f".doctor-{os.getpid()}")
-            with open(probe, "wb"):
-                pass
-            os.unlink(probe)
-            mark = store.read(rollback_key(settings), signed_by) if manifest is not None and signed_by else None
-            if manifest is not None and mark is not None and manifest.serial < mark.serial:
-                add(
-                    "rollback state",
-                    False,
-                    f"serial {manifest.serial} is older than {mark.serial} verified here",
-                    "deploy a newer release, or approve with --allow-rollback-to "
-                    + str(manifest.release or manifest.serial),
-                )
-            else:
-                add("rollback state", True, f"{store.directory} writable")
-    except (OSError, IntegrityError) as exc:
-        add("rollback state", False, str(exc), "make the state directory writable, or set it to 'none'")
+        trusted, revoked = load_keys(settings, root_real)
+    except IntegrityError as exc:
+        c.add("trusted keys", False, str(exc), "install the release public key outside the tree (--public-key)")
+        return
+    bad = sorted(set(trusted.key_ids) & revoked)
+    if not c.add(
+        "trusted keys",
+        not bad,
+        f"{len(trusted)} key(s): {', '.join(trusted.key_ids)}" if not bad else f"revoked yet trusted: {', '.join(bad)}",
+        "remove revoked keys from the trust",
+    ):
+        return
+    store = None
+    ok = c.run(
+        "rollback state",
+        "make the state directory private (chmod 700), or pass --state-dir none",
+        lambda: _store_detail(settings),
+    )
+    if ok:
+        store = None if state_disabled(settings) else open_store(settings)
+    try:
+        deployment = host_deployment(settings, store)
+        approval = parse_approval(settings.allow_rollback_to)
+    except IntegrityError as exc:
+        c.add("deployment", False, str(exc), "pass --deployment NAME (or DURI_INTEGRITY_DEPLOYMENT)")
+        return
+    manifest_path, sig_path = manifest_paths(settings, root_real)
+    try:
+        data, sig = read_signed(manifest_path, sig_path)
+        info = check_signature(data, sig, trusted, revoked)
+        m, _ = decode(data)
+        check_comment(info, m)
+    except UntrustedError as exc:
+        c.add("manifest", False, str(exc), "ship MANIFEST.json and its .minisig from the release build")
+        return
+    c.add(
+        "manifest",
+        True,
+        f"{manifest_path}: deployment {m.deployment}, release {m.release or '-'}, "
+        f"serial {m.serial}, {len(m.entries):,} entries, signed by {info.key_id}",
+    )
+    now = datetime.now().astimezone()
+    skew = DEFAULT_CLOCK_SKEW if settings.clock_skew is None else settings.clock_skew
+    c.run(
+        "clock",
+        "check NTP here and on the build host; rebuild and sign if it expired",
+        lambda: _manifest_clock(m.created, m.expires, now, lambda: check_clock(m, now, skew)),
+    )
+    c.run(
+        "deployment",
+        "deploy the release built for this deployment, or fix --deployment",
+        lambda: _deployment_detail(m, deployment),
+    )
+    if store is not None and deployment is not None:
+        c.run(
+            "rollback",
+            "deploy a newer release, or approve exactly this one with --allow-rollback-to "
+            + (f"{m.release}@{m.serial}" if m.release else str(m.serial)),
+            lambda: _rollback_detail(check_rollback(m, store.read(deployment), approval)),
+        )
 
-    if root_real is not None:
-        skip = relative_inside(root_real, manifest_paths(settings, root_real)) | set(OWN_FILES)
+
+def _deployment_detail(m: Manifest, deployment: str | None) -> str:
+    check_deployment(m, deployment)
+    return m.deployment if deployment else f"{m.deployment} (this host names none: not checked)"
+
+
+def _store_detail(settings: Settings) -> str:
+    store = open_store(settings)
+    return "rollback protection is off (state directory 'none')" if store is None else f"{store.directory} private"
+
+
+def _rollback_detail(approved: bool) -> str:
+    return "approved rollback" if approved else "not older than the newest release verified here"
+
+
+def _manifest_clock(created: datetime, expires: datetime | None, now: datetime, check: Callable[[], None]) -> str:
+    check()
+    if expires is not None and expires - now < EXPIRY_WARNING:
+        return f"manifest expires soon: {expires:%Y-%m-%d %H:%M:%S}Z"
+    return f"now {now:%Y-%m-%d %H:%M:%S%z}, manifest created {created:%Y-%m-%d %H:%M:%S}Z"
+
+
+def _secret_key(path: str, password: str | None, settings: Settings, root_real: str | None) -> str:
+    from .keys import format_key_id, load_secret_key, parse_public_key
+    from .trust import trusted_key_sources
+
+    if root_real is not None and inside_root(root_real, path) is not None:
+        raise IntegrityError(f"secret key {path!r} is inside the tree")
+    sk = load_secret_key(path, password)
+    try:
+        kid = format_key_id(parse_public_key(sk.get_public_key().to_base64()).key_id)
+    finally:
+        sk.wipe()
+    from .keys import load_trusted_keys
+
+    if kid not in load_trusted_keys(trusted_key_sources(settings)).key_ids:
+        raise IntegrityError(f"key {kid} is not among the trusted keys: sign with the key the hosts trust")
+    return f"{path}: private, key {kid}"
+
+
+def _no_keys_around(root_real: str) -> str:
+    """No minisign secret key at the top of the tree or beside it (the release's parent directory)."""
+    from .files import read_file
+    from .keys import _looks_like_secret_key
+
+    found: list[str] = []
+    for directory in (root_real, os.path.dirname(root_real)):
         try:
-            count, problems = _probe_tree(root_real, skip)
-            if problems:
-                shown = "; ".join(problems[:5]) + (f" (and {len(problems) - 5} more)" if len(problems) > 5 else "")
-                add("tree readable", False, shown, "fix permissions so the verifier can read every file")
-            else:
-                add("tree readable", True, f"{count:,} entries listed and opened")
-        except IntegrityError as exc:
-            add("tree readable", False, str(exc), "fix the root")
-    return DoctorReport(ok=all(c.ok for c in checks), checks=checks)
+            with os.scandir(directory) as it:
+                entries = [e for _, e in zip(range(10_000), it, strict=False)]
+        except OSError:
+            continue
+        for e in entries:
+            if e.is_file(follow_symlinks=False) and e.stat(follow_symlinks=False).st_size <= 4096:
+                try:
+                    if _looks_like_secret_key(read_file(e.path, 4096, "file")):
+                        found.append(e.path)
+                except IntegrityError:
+                    continue
+    if found:
+        raise IntegrityError(f"minisign secret key(s) on this host next to the release: {', '.join(found[:5])}")
+    return f"none in {root_real} or {os.path.dirname(root_real)}"
+
+
+def _clock_synchronised() -> str:
+    """Ask the system, where it can say: systemd-timesyncd/chrony via timedatectl, else chronyc."""
+    tool = shutil.which("timedatectl")
+    if tool:
+        out = _ask([tool, "show", "-p", "NTPSynchronized", "--value"])
+        if out in ("yes", "no"):
+            if out == "no":
+                raise IntegrityError("timedatectl says the system clock is not synchronised")
+            return "timedatectl: synchronised"
+    tool = shutil.which("chronyc")
+    if tool:
+        out = _ask([tool, "-n", "tracking"])
+        if out is not None:
+            if "Leap status     : Normal" not in out:
+                raise IntegrityError("chronyc tracking: the clock is not synchronised")
+            return "chronyc: synchronised"
+    return "not known here (no timedatectl or chronyc answered); only the manifest's times were checked"
+
+
+def _ask(argv: list[str]) -> str | None:
+    try:
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=_CLOCK_TIMEOUT, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return r.stdout.strip() if r.returncode == 0 else None
+
+
+def _dir_check(path: str) -> Callable[[], str]:
+    return lambda: _dir(path)
+
+
+def _dir(path: str) -> str:
+    from .files import check_owner_and_mode
+
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise IntegrityError(f"{path!r}: {exc.strerror}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise IntegrityError(f"{path!r} is not a directory")
+    check_owner_and_mode(st, path, "directory")
+    return f"exists, mode {stat.S_IMODE(st.st_mode):04o}"
+
+
+def _token() -> str:
+    from .server import load_token
+
+    load_token()
+    return "a bearer token is configured"
+
+
+def _full_verification(settings: Settings, config_file: str | None) -> str:
+    import time
+
+    from .verify import Run, verify_settings
+
+    run = Run(settings.root or ".", time.perf_counter(), "")
+    run.config_file = config_file
+    report = verify_settings(settings, run, record=False)
+    if not report.integrity_verified:
+        shown = "; ".join(f"{p.kind} {p.path}" for p in report.problems[:5])
+        raise IntegrityError(f"{report.status}: {report.summary}" + (f" ({shown})" if shown else ""))
+    return report.summary

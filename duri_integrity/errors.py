@@ -12,13 +12,24 @@ if TYPE_CHECKING:
     from .report import Report
 
 __all__ = [
+    "BadSignature",
+    "CommentMismatch",
     "ConfigError",
+    "Expired",
+    "FromTheFuture",
     "IntegrityError",
     "KeyFileError",
+    "MalformedManifest",
     "ManifestError",
+    "ManifestUnreadable",
     "NotVerifiedError",
+    "RevokedKey",
+    "RollbackRefused",
     "SignatureError",
     "TreeError",
+    "UnknownKey",
+    "UntrustedError",
+    "WrongDeployment",
 ]
 
 
@@ -40,6 +51,55 @@ class ManifestError(IntegrityError, ValueError):
 
 class SignatureError(IntegrityError):
     """A signature is missing, malformed, from an untrusted key, or does not verify."""
+
+
+class UntrustedError(IntegrityError):
+    """The manifest cannot be trusted (status UNTRUSTED). ``code`` is the machine-readable reason.
+
+    Raised by the trust pipeline (:mod:`duri_integrity.trust`) as one of a few leaves by cause.
+    """
+
+    code = "untrusted"
+
+
+class ManifestUnreadable(UntrustedError):
+    code = "manifest_unreadable"
+
+
+class RevokedKey(UntrustedError):
+    code = "revoked_key"
+
+
+class MalformedManifest(UntrustedError):
+    code = "malformed_manifest"
+
+
+class CommentMismatch(UntrustedError):
+    code = "trusted_comment_mismatch"
+
+
+class Expired(UntrustedError):
+    code = "expired"
+
+
+class FromTheFuture(UntrustedError):
+    code = "created_in_future"
+
+
+class WrongDeployment(UntrustedError):
+    code = "wrong_deployment"
+
+
+class RollbackRefused(UntrustedError):
+    code = "rollback_refused"
+
+
+class BadSignature(UntrustedError, SignatureError):
+    code = "bad_signature"
+
+
+class UnknownKey(UntrustedError, SignatureError):
+    code = "untrusted_key"
 
 
 class TreeError(IntegrityError):

@@ -14,8 +14,8 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, NamedTuple
 
-from .errors import KeyFileError, SignatureError
-from .files import UnreadableFile, read_file
+from .errors import BadSignature, IntegrityError, KeyFileError, UnknownKey
+from .files import check_owner_and_mode, read_file
 
 if TYPE_CHECKING:
     import minisign
@@ -27,6 +27,8 @@ __all__ = [
     "TrustedKeys",
     "format_key_id",
     "generate_keypair",
+    "is_inline_key",
+    "key_files",
     "load_public_key",
     "load_revoked_key_ids",
     "load_secret_key",
@@ -82,10 +84,10 @@ class TrustedKeys:
         return sorted(format_key_id(k) for k in self._keys)
 
 
-def _read_small(path: str, limit: int, what: str) -> bytes:
+def _read_small(path: str, limit: int, what: str, *, private: bool = False) -> bytes:
     try:
-        return read_file(path, limit, what)
-    except UnreadableFile as exc:
+        return read_file(path, limit, what, private=private)
+    except IntegrityError as exc:
         raise KeyFileError(str(exc)) from None
 
 
@@ -114,60 +116,108 @@ def parse_public_key(text: bytes | str) -> PublicKey:
     return PublicKey(raw[2:10], raw[10:])
 
 
-def load_public_key(source: str) -> PublicKey:
-    """Load a public key from a ``.pub`` file, or from its base64 line given inline."""
-    inline = not os.path.exists(source) and source.startswith("RW") and len(source) == 56
-    data = source.encode() if inline else _read_small(source, _MAX_KEY_FILE, "public key")
-    if data.startswith(b"untrusted comment: ") and len(data.splitlines()[-1].strip()) == 212:
-        # 212 base64 characters: the 158-byte minisign secret key, where its public key belongs.
-        raise KeyFileError(f"{source!r} is a secret key, not a public key: give its .pub file (and keep it secret)")
+def is_inline_key(text: str) -> bool:
+    """True when ``text`` is, by its form alone, a minisign public key's base64 line.
+
+    Whether a value is a key or a path is decided here by syntax and never by what
+    exists on disk: a file planted under a key's name must not decide the trusted key.
+    """
+    if len(text) != 56 or not text.startswith("RW"):
+        return False
+    try:
+        return base64.b64decode(text, validate=True)[:2] == b"Ed"
+    except (binascii.Error, ValueError):
+        return False
+
+
+def load_public_key(source: str, *, what: str = "public key") -> PublicKey:
+    """Load a public key given inline (its base64 line) or as a ``.pub`` file.
+
+    A key file must be a regular file that no one but its owner (this user or root)
+    can write: whoever can replace a trusted key decides what is trusted.
+    """
+    if is_inline_key(source):
+        return parse_public_key(source)
+    data = _read_small(source, _MAX_KEY_FILE, what, private=True)
+    if _looks_like_secret_key(data):
+        raise KeyFileError(f"{source!r} is a secret key, not a public key: give the .pub file instead")
     try:
         return parse_public_key(data)
     except ValueError as exc:
         raise KeyFileError(f"not a minisign public key: {source!r} ({exc})") from None
 
 
-def _key_files(sources: Iterable[str], suffixes: tuple[str, ...], what: str) -> list[str]:
-    """Each source as given, or, for a directory, its files with one of ``suffixes``, sorted."""
+def _looks_like_secret_key(data: bytes) -> bool:
+    """A minisign secret key file, or its bare base64 line: "Ed" + KDF ("Sc" or none) + "B2"."""
+    return any(m in data for m in (b"RWRTY0Iy", b"RWQAAEIy"))
+
+
+def key_files(sources: Iterable[str], what: str, suffix: str = "") -> list[str]:
+    """Each source as given (inline keys too), or, for a directory, its entries ending in
+    ``suffix`` (every entry when it is empty), sorted."""
     files: list[str] = []
     for src in sources:
-        if not os.path.isdir(src):
+        if is_inline_key(src) or not os.path.isdir(src):
             files.append(src)
             continue
         try:
-            names = sorted(n for n in os.listdir(src) if n.endswith(suffixes))
+            check_owner_and_mode(os.stat(src), src, f"{what} directory")
+            names = sorted(os.listdir(src))
         except OSError as exc:
             raise KeyFileError(f"cannot list {what} directory {src!r}: {exc.strerror}") from None
-        files += [os.path.join(src, n) for n in names]
+        except IntegrityError as exc:
+            raise KeyFileError(str(exc)) from None
+        files += [os.path.join(src, n) for n in names if n.endswith(suffix)]
     return files
 
 
 def load_trusted_keys(sources: Iterable[str]) -> TrustedKeys:
-    """Load keys from files, inline base64 keys, or directories of ``*.pub`` files."""
-    keys = [load_public_key(f) for f in _key_files(sources, (".pub",), "key")]
+    """Load keys given inline, as files, or as directories of ``*.pub`` files.
+
+    Other names in a trusted-key directory are not read: leaving one out can only
+    trust less. (A revocation directory is the opposite; see below.)
+    """
+    keys = [load_public_key(path, what="trusted key") for path in key_files(sources, "trusted-key", ".pub")]
     return TrustedKeys({pk.key_id: pk for pk in keys})
 
 
 def load_revoked_key_ids(sources: Iterable[str]) -> set[str]:
-    """Key ids (as minisign prints them) from ``.pub`` files, directories of them, or id lists.
+    """Key ids (as minisign prints them) from public keys, directories of them, or id lists.
 
-    An id list is a text file with one key id per line, as minisign prints it (hex, at most
-    16 digits; leading zeros optional); ``#`` starts a comment.
+    Every file is parsed by its content, whatever its name: a public key (the
+    two-line ``.pub`` file or its base64 line) or an id list, one key id per line
+    as minisign prints it (hex, at most 16 digits; leading zeros optional; ``#``
+    starts a comment). A file that is neither is an error, never skipped.
     """
     revoked: set[str] = set()
-    for path in _key_files(sources, (".pub", ".txt", ".list"), "revoked-key"):
-        if path.endswith(".pub"):
-            revoked.add(format_key_id(load_public_key(path).key_id))
+    # Every entry of a revocation directory is read, whatever its name (``leaked-key``,
+    # ``REVOKED.TXT``): skipping one would silently keep trusting a revoked key.
+    for path in key_files(sources, "revoked-key"):
+        if is_inline_key(path):
+            revoked.add(format_key_id(parse_public_key(path).key_id))
             continue
-        text = _read_small(path, 1 << 20, "revoked-key list").decode("utf-8", "replace")
-        for n, line in enumerate(text.splitlines(), 1):
-            item = line.split("#", 1)[0].strip()
-            if not item:
-                continue
-            if not 0 < len(item) <= 16 or any(c not in "0123456789abcdefABCDEF" for c in item):
-                raise KeyFileError(f"{path}:{n}: {item!r} is not a key id (up to 16 hex digits)")
-            revoked.add(format_key_id(int(item, 16).to_bytes(8, "little")))
+        data = _read_small(path, 1 << 20, "revoked-key list", private=True)
+        try:
+            revoked.add(format_key_id(parse_public_key(data).key_id))
+        except ValueError:  # not a public key: it must be an id list
+            revoked |= _parse_id_list(path, data)
     return revoked
+
+
+def _parse_id_list(path: str, data: bytes) -> set[str]:
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise KeyFileError(f"{path}: neither a public key nor a list of key ids (not UTF-8 text)") from None
+    ids: set[str] = set()
+    for n, line in enumerate(text.splitlines(), 1):
+        item = line.split("#", 1)[0].strip()
+        if not item:
+            continue
+        if not 0 < len(item) <= 16 or any(c not in "0123456789abcdefABCDEF" for c in item):
+            raise KeyFileError(f"{path}:{n}: {item[:40]!r} is neither a key id (up to 16 hex digits) nor a public key")
+        ids.add(format_key_id(int(item, 16).to_bytes(8, "little")))
+    return ids
 
 
 def load_secret_key(
@@ -265,7 +315,7 @@ def verify_signature(data: bytes, signature: bytes, trusted: TrustedKeys) -> Sig
     30 ms of start-up that Ed25519 verification alone does not need.
     """
     if len(signature) > MAX_SIGNATURE_BYTES:
-        raise SignatureError("signature file is too large to be a minisign signature")
+        raise BadSignature("signature file is too large to be a minisign signature")
     lines = signature.splitlines()
     try:
         if len(lines) != 4:
@@ -276,13 +326,13 @@ def verify_signature(data: bytes, signature: bytes, trusted: TrustedKeys) -> Sig
         global_sig = _b64(lines[3], 64, "the global signature")
         trusted_comment = lines[2][len(b"trusted comment: ") :].decode("utf-8")
     except (ValueError, UnicodeDecodeError) as exc:
-        raise SignatureError(f"malformed signature ({exc})") from None
+        raise BadSignature(f"malformed signature ({exc})") from None
     algorithm, key_id, sig_bytes = sig[:2], sig[2:10], sig[10:]
     if algorithm not in (b"ED", b"Ed"):
-        raise SignatureError(f"malformed signature (unknown algorithm {algorithm!r})")
+        raise BadSignature(f"malformed signature (unknown algorithm {algorithm!r})")
     pk = trusted.get(key_id)
     if pk is None:
-        raise SignatureError(
+        raise UnknownKey(
             f"signed by key {format_key_id(key_id)}, which is not a trusted key "
             f"(trusted: {', '.join(trusted.key_ids) or 'none'})"
         )
@@ -295,14 +345,15 @@ def verify_signature(data: bytes, signature: bytes, trusted: TrustedKeys) -> Sig
         verifier.verify(sig_bytes, message)
         verifier.verify(global_sig, sig_bytes + lines[2][len(b"trusted comment: ") :])
     except (InvalidSignature, ValueError):
-        raise SignatureError(
+        raise BadSignature(
             f"signature by key {format_key_id(key_id)} does not match the manifest or its trusted comment"
         ) from None
     return SignatureInfo(format_key_id(key_id), trusted_comment)
 
 
-def make_trusted_comment(file_name: str, release: str, serial: int, root_digest: str) -> str:
-    fields = [f"timestamp:{int(time.time())}", f"file:{file_name}", "hashed"]
+def make_trusted_comment(file_name: str, deployment: str, release: str, serial: int, root_digest: str) -> str:
+    """What ``minisign -V`` shows and the verifier cross-checks against the manifest body."""
+    fields = [f"timestamp:{int(time.time())}", f"file:{file_name}", "hashed", f"deployment:{deployment}"]
     if release:
         fields.append(f"release:{release}")
     fields += [f"serial:{serial}", f"root:{root_digest}"]

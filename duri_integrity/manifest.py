@@ -18,6 +18,7 @@ from blake3 import blake3
 from .errors import ConfigError, ManifestError
 
 __all__ = [
+    "DEPLOYMENT_PATTERN",
     "FORMAT",
     "FORMAT_VERSION",
     "MAX_ENTRIES",
@@ -43,7 +44,8 @@ __all__ = [
 ]
 
 FORMAT = "duri-integrity-manifest"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""Version 2 added the signed ``deployment`` name; version 1 manifests are refused (rebuild them)."""
 # Bounds that keep a hostile (even validly signed) manifest from exhausting memory.
 MAX_MANIFEST_BYTES = 64 << 20
 MAX_ENTRIES = 300_000
@@ -53,6 +55,9 @@ Mode = Annotated[int, msgspec.Meta(ge=0, le=0o7777)]
 Size = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
 Release = Annotated[str, msgspec.Meta(max_length=200, pattern=r"^[\x20-\x7e]*$")]
 Created = Annotated[datetime, msgspec.Meta(tz=True)]
+DEPLOYMENT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
+Deployment = Annotated[str, msgspec.Meta(pattern=DEPLOYMENT_PATTERN)]
+"""The service or deployment a release belongs to: a host is told which one it runs."""
 
 
 class _EntryBase(
@@ -122,6 +127,8 @@ class Manifest(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, fo
     format: str
     version: int
     tool: str
+    deployment: Deployment = ""
+    """Required from version 2 on (checked after the version, so a version 1 manifest gets that message)."""
     release: Release = ""
     created: Created
     serial: Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
@@ -228,7 +235,9 @@ def decode_manifest_keys(data: bytes, *, max_entries: int = MAX_ENTRIES) -> tupl
     if m.format != FORMAT:
         raise _fail(f"format is {m.format!r}, expected {FORMAT!r}")
     if m.version != FORMAT_VERSION:
-        raise _fail(f"format version {m.version} is not supported (this tool reads {FORMAT_VERSION})")
+        raise _fail(f"format version {m.version} is not supported (this tool reads {FORMAT_VERSION}; rebuild it)")
+    if not m.deployment:
+        raise _fail("it names no deployment")
     if len(m.entries) > max_entries:
         raise _fail(f"{len(m.entries):,} entries is over the limit of {max_entries:,}")
     if m.created.utcoffset() != UTC.utcoffset(None):

@@ -53,6 +53,7 @@ class Problem(msgspec.Struct, frozen=True, kw_only=True, gc=False):
 
 class ManifestInfo(msgspec.Struct, frozen=True, kw_only=True):
     path: str
+    deployment: str
     release: str
     serial: int
     created: str
@@ -69,6 +70,8 @@ class Report(msgspec.Struct, kw_only=True):
     recommendation: str
     reason: str | None
     """Why the manifest was not trusted or the check could not run (None otherwise)."""
+    reason_code: str | None
+    """The same, machine-readable: "bad_signature", "rollback_refused", "config"... (None when verified)."""
     root: str
     mode: Mode
     """Either "quick" (a stat snapshot let unchanged files go unhashed) or "full"."""
@@ -80,6 +83,8 @@ class Report(msgspec.Struct, kw_only=True):
     elapsed_seconds: float
     checked_at: str
     tool_version: str
+    config_file: str | None = None
+    """The config file whose settings this run used, if any."""
 
     # Mapping-style access for deploy scripts: r["status"], "status" in r, r.get(...)
     def __getitem__(self, key: str) -> Any:
@@ -127,6 +132,8 @@ def make_report(
     root: str,
     mode: Mode = "full",
     reason: str | None = None,
+    reason_code: str | None = None,
+    config_file: str | None = None,
     manifest: ManifestInfo | None = None,
     problems: list[Problem] | None = None,
     checked: int = 0,
@@ -170,6 +177,7 @@ def make_report(
         integrity_verified=status == "VERIFIED",
         recommendation=RECOMMENDATIONS[status],
         reason=reason,
+        reason_code=reason_code if reason_code is not None else ("tree_differs" if status == "FAILED" else None),
         root=root,
         mode=mode,
         notes=list(notes or ()),
@@ -179,4 +187,5 @@ def make_report(
         elapsed_seconds=round(elapsed, 6),
         checked_at=checked_at,
         tool_version=tool_version,
+        config_file=config_file,
     )

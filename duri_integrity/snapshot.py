@@ -11,19 +11,26 @@ leave mtime unchanged).
 
 The snapshot is authenticated with a keyed BLAKE3 MAC (the key lives beside it,
 mode 0600), so a corrupted or edited snapshot is ignored with a note and the
-run falls back to hashing everything. Quick mode trusts the filesystem's
-timestamps: it is weaker than a full check against anyone who can set ctime
-(root, or raw access to the disk).
+run falls back to hashing everything. That protects against accidents and
+against other users, not against the verifier's own user: whoever can write the
+cache directory as that user can forge a snapshot, so a cache directory that
+group, others or another user can write is refused (every file is hashed).
+
+Quick mode trusts the filesystem's timestamps. It is weaker than a full check
+against anyone who can set ctime (root, raw access to the disk), and against a
+writer holding a shared writable mapping of a file: a store to a page that is
+already dirty changes the content without updating mtime or ctime again. Run
+full verifications periodically (docs/threat-model.md).
 """
 
 import os
-import stat
 import struct
 
 import msgspec
 from blake3 import blake3
 
-from .files import replace_file
+from .errors import IntegrityError
+from .files import UnreadableFile, check_private_dir, read_file, replace_file
 
 __all__ = [
     "RACY_NS",
@@ -79,29 +86,26 @@ def snapshot_path(cache_dir: str, root_real: str, root_digest: str) -> str:
 
 
 def _key(cache_dir: str, create: bool) -> bytes | None:
+    """The MAC key: 32 random bytes in a private file beside the snapshots, made on first use."""
     path = os.path.join(cache_dir, "snapshot.key")
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    except FileNotFoundError:
-        if not create:
+        key = read_file(path, 32, "snapshot key", follow_symlinks=False, private=True)
+    except UnreadableFile as exc:
+        if not exc.missing or not create:
             return None
-        key = os.urandom(32)
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         except FileExistsError:
             return _key(cache_dir, create=False)
+        key = os.urandom(32)
         try:
             os.write(fd, key)
+            os.fsync(fd)
         finally:
             os.close(fd)
         return key
-    try:
-        st = os.fstat(fd)
-        if st.st_uid != os.geteuid() or st.st_mode & 0o077:
-            return None
-        key = os.read(fd, 33)
-    finally:
-        os.close(fd)
+    except IntegrityError:  # another user's, or writable by others
+        return None
     return key if len(key) == 32 else None
 
 
@@ -109,22 +113,33 @@ def _mac(key: bytes, body: bytes | memoryview) -> bytes:
     return blake3(body, key=key).hexdigest().encode()
 
 
+def _private_cache(cache_dir: str) -> str | None:
+    """None when the cache directory is safe to trust, else why it is not (quick mode then hashes all)."""
+    try:
+        check_private_dir(cache_dir, "quick-mode cache directory", create=True)
+    except IntegrityError as exc:
+        return str(exc)
+    return None
+
+
 def load_snapshot(cache_dir: str, root_real: str, root_digest: str, entries: int) -> tuple[Snapshot | None, str | None]:
-    """Return the snapshot for this root and manifest, or None with the reason it was not used."""
+    """Return the snapshot for this root and manifest, or None with the reason it was not used.
+
+    The cache directory must be writable by no one but this user or root: whoever can
+    write it can forge a snapshot (the MAC key lives there) and make quick mode skip files.
+    """
+    unsafe = _private_cache(cache_dir)
+    if unsafe:
+        return None, f"{unsafe}: no snapshot used, every file was hashed"
     path = snapshot_path(cache_dir, root_real, root_digest)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    except FileNotFoundError:
-        return None, "no snapshot yet: every file was hashed"
-    except OSError as exc:
-        return None, f"snapshot {path} unreadable ({exc.strerror}): every file was hashed"
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
-            return None, f"snapshot {path} ignored: not a private file of this user"
-        data = os.read(fd, _MAX_BYTES + 1)
-    finally:
-        os.close(fd)
+        data = read_file(path, _MAX_BYTES, "snapshot", follow_symlinks=False, private=True)
+    except UnreadableFile as exc:
+        if exc.missing:
+            return None, "no snapshot yet: every file was hashed"
+        return None, f"{exc}: every file was hashed"
+    except IntegrityError as exc:
+        return None, f"{exc}: every file was hashed"
     import hmac  # only here: hashlib's OpenSSL set-up costs ~4 ms of every verify's start-up
 
     key = _key(cache_dir, create=False)
@@ -149,6 +164,9 @@ def load_snapshot(cache_dir: str, root_real: str, root_digest: str, entries: int
 
 def save_snapshot(cache_dir: str, snapshot: Snapshot) -> str | None:
     """Write the snapshot atomically; return a note if it could not be written (never raises)."""
+    unsafe = _private_cache(cache_dir)
+    if unsafe:
+        return f"snapshot not saved: {unsafe}"
     path = snapshot_path(cache_dir, snapshot.root, snapshot.root_digest)
     header = _Header(
         format=_FORMAT,
@@ -158,7 +176,6 @@ def save_snapshot(cache_dir: str, snapshot: Snapshot) -> str | None:
         entries=len(snapshot.records) // RECORD.size,
     )
     try:
-        os.makedirs(cache_dir, mode=0o700, exist_ok=True)
         key = _key(cache_dir, create=True)
         if key is None:
             return f"snapshot not saved: {cache_dir}/snapshot.key is not a private file of this user"

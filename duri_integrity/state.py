@@ -1,25 +1,34 @@
-"""Rollback protection: the highest manifest serial verified per (root, signing key).
+"""Rollback protection: the highest manifest serial verified per deployment, on this host.
+
+A mark belongs to the deployment a manifest names (signed), not to the path it
+was verified at nor the key that signed it: the same service reached through
+``current``, ``.`` or ``releases/v1.4.2``, and releases signed by an old and a
+new key during a rotation, all share one mark. An older manifest is refused
+unless the operator approves that one release; an approved rollback lowers the
+mark to it (so the restarted old release keeps verifying) and is recorded.
 
 The state lives outside the tree (default /var/lib/duri-integrity for root,
-otherwise the user's state directory). An older manifest is refused unless an
-operator approves that release or serial by name; an approved rollback lowers
-the mark to it, so the restarted old release keeps verifying, and is recorded.
-A refused check never touches the state.
+otherwise the user's state directory), in a directory only this user or root
+can write (checked like ssh's StrictModes); files and the lock are opened
+without following symlinks. If the state cannot be read or written the run is
+an ERROR: protection that silently turns itself off is worse than none.
 """
 
+import errno
 import os
 import time
 
 import msgspec
 from blake3 import blake3
 
-from .errors import ConfigError
-from .files import UnreadableFile, read_file, replace_file
+from .errors import ConfigError, IntegrityError, RollbackRefused
+from .files import UnreadableFile, check_private_dir, open_private_lock, read_file, replace_file
 
-__all__ = ["RollbackState", "StateStore", "default_state_dir"]
+__all__ = ["LOCK_TIMEOUT", "Approval", "RollbackState", "StateStore", "default_state_dir"]
 
-_FORMAT = "duri-integrity-state/1"
-DISABLED = ("none", "off", "")
+_FORMAT = "duri-integrity-state/2"
+LOCK_TIMEOUT = 10.0
+"""Seconds to wait for another run holding the state lock before giving up (an ERROR)."""
 
 
 class Approval(msgspec.Struct, kw_only=True):
@@ -33,11 +42,12 @@ class Approval(msgspec.Struct, kw_only=True):
 
 class RollbackState(msgspec.Struct, kw_only=True):
     format: str = _FORMAT
-    root: str
-    key_id: str
+    deployment: str
     serial: int
     release: str
     root_digest: str
+    key_id: str
+    """The key that signed the newest manifest verified (for the record; marks do not depend on it)."""
     updated: int
     approvals: list[Approval] = []
 
@@ -53,25 +63,32 @@ def default_state_dir() -> str:
 
 
 class StateStore:
-    """Reads and records high-water marks in one directory."""
+    """Reads and records high-water marks in one private directory."""
 
-    def __init__(self, directory: str, *, explicit: bool) -> None:
-        self.directory = directory
-        self.explicit = explicit
-        """An explicitly configured directory must work; the default one may fail with a note."""
+    def __init__(self, directory: str) -> None:
+        self.directory = os.path.abspath(directory)
 
-    def path(self, root: str, key_id: str) -> str:
-        name = blake3(f"{root}\x00{key_id}".encode(errors="surrogateescape")).hexdigest()[:32]
+    def check(self) -> None:
+        """Create the directory if need be and make sure no one else can write it; raise ConfigError."""
+        try:
+            check_private_dir(self.directory, "rollback state directory", create=True)
+        except IntegrityError as exc:
+            raise ConfigError(f"{exc} (rollback protection cannot work; fix it, or pass --state-dir none)") from None
+
+    def path(self, deployment: str) -> str:
+        name = blake3(deployment.encode()).hexdigest()[:32]
         return os.path.join(self.directory, f"rollback-{name}.json")
 
-    def read(self, root: str, key_id: str) -> RollbackState | None:
-        """The recorded mark, or None if there is none yet. A corrupt file is an error (fail closed)."""
-        path = self.path(root, key_id)
+    def read(self, deployment: str) -> RollbackState | None:
+        """The recorded mark, or None if there is none yet. A bad file is an error (fail closed)."""
+        path = self.path(deployment)
         try:
             data = read_file(path, 1 << 20, "rollback state", follow_symlinks=False, private=True)
         except UnreadableFile as exc:
             if exc.missing:
                 return None
+            raise ConfigError(str(exc)) from None
+        except IntegrityError as exc:
             raise ConfigError(str(exc)) from None
         try:
             state = _decoder.decode(data)
@@ -79,59 +96,81 @@ class StateStore:
             raise ConfigError(
                 f"rollback state {path!r} is corrupt ({exc}); inspect it, or remove it to reset rollback protection"
             ) from None
-        if state.format != _FORMAT or state.root != root or state.key_id != key_id:
-            raise ConfigError(f"rollback state {path!r} belongs to another root or key")
+        if state.format != _FORMAT or state.deployment != deployment:
+            raise ConfigError(f"rollback state {path!r} belongs to another deployment")
         return state
 
     def record(
         self,
-        root: str,
-        key_id: str,
+        deployment: str,
+        *,
         serial: int,
         release: str,
         root_digest: str,
-        *,
+        key_id: str,
         approved_from: RollbackState | None = None,
-    ) -> str | None:
-        """Raise the mark to ``serial`` (or lower it, for an approved rollback).
+    ) -> None:
+        """Raise the mark to ``serial`` (or lower it, for an approved rollback), under the lock.
 
-        Returns a note when the default directory cannot be written; raises
-        ConfigError when an explicitly configured one cannot.
+        Raises RollbackRefused when another run recorded a newer release since this
+        one checked (this release is now a rollback), ConfigError when the state
+        cannot be written.
         """
-        import fcntl
-
-        path = self.path(root, key_id)
+        self.check()
+        fd = open_private_lock(self.directory)
         try:
-            os.makedirs(self.directory, mode=0o700, exist_ok=True)
-            with open(os.path.join(self.directory, ".lock"), "a+b") as lock:
-                fcntl.flock(lock, fcntl.LOCK_EX)
-                current = self.read(root, key_id)
-                if current is not None and current.serial > serial and approved_from is None:
-                    return None  # another run recorded a newer release meanwhile; keep it
-                approvals = list(current.approvals) if current else []
-                if approved_from is not None:
-                    approvals.append(
-                        Approval(
-                            at=int(time.time()),
-                            serial=serial,
-                            release=release,
-                            previous_serial=approved_from.serial,
-                            previous_release=approved_from.release,
-                        )
-                    )
-                state = RollbackState(
-                    root=root,
-                    key_id=key_id,
-                    serial=serial,
-                    release=release,
-                    root_digest=root_digest,
-                    updated=int(time.time()),
-                    approvals=approvals[-50:],
+            _lock(fd, self.directory)
+            current = self.read(deployment)
+            if current is not None and current.serial > serial and approved_from is None:
+                raise RollbackRefused(
+                    f"rollback refused: serial {serial} is older than serial {current.serial}, "
+                    "recorded on this host by another run while this one was checking"
                 )
-                replace_file(path, msgspec.json.encode(state), 0o600)
+            unchanged = current is not None and (current.serial, current.root_digest) == (serial, root_digest)
+            if unchanged and approved_from is None:
+                return  # nothing new to record
+            approvals = list(current.approvals) if current else []
+            if approved_from is not None:
+                approvals.append(
+                    Approval(
+                        at=int(time.time()),
+                        serial=serial,
+                        release=release,
+                        previous_serial=approved_from.serial,
+                        previous_release=approved_from.release,
+                    )
+                )
+            state = RollbackState(
+                deployment=deployment,
+                serial=serial,
+                release=release,
+                root_digest=root_digest,
+                key_id=key_id,
+                updated=int(time.time()),
+                approvals=approvals[-50:],
+            )
+            replace_file(self.path(deployment), msgspec.json.encode(state), 0o600)
         except OSError as exc:
-            message = f"rollback state not recorded in {self.directory}: {exc.strerror or exc}"
-            if self.explicit:
-                raise ConfigError(message) from None
-            return message + " (rollback protection is off until it can be)"
-        return None
+            raise ConfigError(
+                f"rollback state not recorded in {self.directory}: {exc.strerror or exc} "
+                "(rollback protection cannot work; fix it, or pass --state-dir none)"
+            ) from None
+        finally:
+            os.close(fd)  # closing releases the lock
+
+
+def _lock(fd: int, directory: str) -> None:
+    """Take the exclusive lock, waiting at most LOCK_TIMEOUT seconds."""
+    import fcntl
+
+    deadline = time.monotonic() + LOCK_TIMEOUT
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EINTR):
+                raise
+        if time.monotonic() >= deadline:
+            raise ConfigError(f"rollback state in {directory} stayed locked by another run for {LOCK_TIMEOUT:g} s")
+        time.sleep(0.01)

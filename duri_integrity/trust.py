@@ -1,225 +1,359 @@
 """Establishing trust in a manifest before anything in it is believed.
 
-In order: trusted keys from outside the tree, the signature over the exact
-manifest bytes, revocation, then decoding, the trusted comment, the clock
-(expiry, creation in the future) and the rollback high-water mark.
+Two steps, kept apart as python-tuf keeps its trusted-metadata set apart from
+loading: :func:`load_inputs` gathers what the decision needs (trusted and
+revoked keys from outside the tree, the signed bytes, the host's deployment,
+the rollback mark, the operator's approval), and :func:`evaluate` decides,
+purely, from those inputs alone, in this order: the signature over the exact
+manifest bytes, revocation, decoding, the trusted comment, the clock (expiry,
+creation in the future), the deployment, and the rollback mark. Each refusal is
+one :class:`~duri_integrity.errors.UntrustedError` leaf with a ``code``.
+``verify`` and ``doctor`` run the same steps, so they cannot disagree.
 """
 
 import os
 from datetime import UTC, datetime, timedelta
 
 from . import state as _state
-from .config import SYSTEM_KEY_DIR, Settings, manifest_paths
-from .errors import KeyFileError, ManifestError, SignatureError
-from .files import UnreadableFile, read_file
-from .keys import MAX_SIGNATURE_BYTES
+from .config import Settings, manifest_paths, state_disabled, system_path
+from .errors import (
+    CommentMismatch,
+    ConfigError,
+    Expired,
+    FromTheFuture,
+    IntegrityError,
+    KeyFileError,
+    MalformedManifest,
+    ManifestError,
+    ManifestUnreadable,
+    RevokedKey,
+    RollbackRefused,
+    UntrustedError,
+    WrongDeployment,
+)
+from .files import read_file
+from .keys import MAX_SIGNATURE_BYTES, SignatureInfo, TrustedKeys, key_files
 from .logs import WARNING, log_event
 from .manifest import MAX_MANIFEST_BYTES, Manifest, decode_manifest_keys
 from .report import ManifestInfo
-from .state import DISABLED, RollbackState, StateStore
+from .state import RollbackState, StateStore
 from .walk import inside_root
 
-__all__ = ["DEFAULT_CLOCK_SKEW", "SYSTEM_REVOKED_DIR", "TrustedManifest", "Untrusted", "load_trusted_manifest"]
+__all__ = [
+    "DEFAULT_CLOCK_SKEW",
+    "TrustAnchorInTree",
+    "TrustInputs",
+    "TrustedManifest",
+    "evaluate",
+    "load_inputs",
+    "parse_approval",
+    "record_verified",
+]
 
 DEFAULT_CLOCK_SKEW = 300
-SYSTEM_REVOKED_DIR = "/etc/duri-integrity/revoked-keys.d"
 
 
-class Untrusted(Exception):
-    """The manifest cannot be trusted (status UNTRUSTED); the message says why."""
+class TrustAnchorInTree(UntrustedError):
+    """A trusted key, revocation list or config file that resolves inside the tree it would vouch for."""
+
+    code = "trust_anchor_in_tree"
 
 
-class TrustedManifest:
-    """A manifest that passed every check, with what the rest of the run needs from it.
-
-    (A plain class: a dataclass costs about a millisecond of every verify's start-up.)
-    """
+class TrustInputs:
+    """Everything :func:`evaluate` decides from. (Plain classes: a dataclass costs start-up time.)"""
 
     __slots__ = (
-        "info",
-        "key_id",
-        "keys",
-        "manifest",
+        "approval",
+        "data",
+        "deployment",
         "manifest_path",
-        "notes",
         "previous",
-        "rollback_approved",
+        "revoked",
+        "signature",
         "signature_path",
+        "skew",
         "store",
+        "trusted",
     )
 
     def __init__(
         self,
-        manifest: Manifest,
-        keys: list[str],
-        info: ManifestInfo,
-        manifest_path: str,
-        signature_path: str,
-        key_id: str,
-        store: StateStore | None,
+        *,
+        data: bytes,
+        signature: bytes,
+        trusted: TrustedKeys,
+        revoked: set[str],
+        deployment: str | None,
+        previous: RollbackState | None,
+        approval: tuple[str | None, int] | None,
+        skew: int = DEFAULT_CLOCK_SKEW,
+        store: StateStore | None = None,
+        manifest_path: str = "",
+        signature_path: str = "",
     ) -> None:
-        self.manifest = manifest
-        self.keys = keys
-        self.info = info
-        self.manifest_path = manifest_path
-        self.signature_path = signature_path
-        self.key_id = key_id
-        self.store = store
-        self.previous: RollbackState | None = None
+        self.data, self.signature = data, signature
+        self.trusted, self.revoked = trusted, revoked
+        self.deployment, self.previous, self.approval = deployment, previous, approval
+        self.skew, self.store = skew, store
+        self.manifest_path, self.signature_path = manifest_path, signature_path
+
+
+class TrustedManifest:
+    """A manifest that passed every check, with what the rest of the run needs from it."""
+
+    __slots__ = ("info", "key_id", "keys", "manifest", "notes", "previous", "rollback_approved")
+
+    def __init__(
+        self, manifest: Manifest, keys: list[str], info: ManifestInfo, key_id: str, previous: RollbackState | None
+    ) -> None:
+        self.manifest, self.keys, self.info, self.key_id = manifest, keys, info, key_id
+        self.previous = previous
         """The high-water mark before this run, when there was one."""
         self.rollback_approved = False
         self.notes: list[str] = []
-
-
-def key_sources(settings: Settings) -> list[str]:
-    sources = list(settings.public_key or ())
-    if not sources and os.path.isdir(SYSTEM_KEY_DIR):
-        sources = [SYSTEM_KEY_DIR]
-    if not sources:
-        raise KeyFileError(
-            "no trusted public key configured (use --public-key, DURI_INTEGRITY_PUBLIC_KEY, "
-            f"the config file, or {SYSTEM_KEY_DIR})"
-        )
-    return sources
 
 
 def _iso(when: datetime) -> str:
     return when.isoformat().replace("+00:00", "Z")
 
 
-def state_store(settings: Settings) -> StateStore | None:
-    configured = settings.state_dir
-    if configured is not None and configured.strip().lower() in DISABLED:
-        return None
-    return StateStore(configured or _state.default_state_dir(), explicit=configured is not None)
+# -- the pure steps -------------------------------------------------------------------------
 
 
-def revoked_key_ids(settings: Settings) -> set[str]:
-    """Key ids revoked by configuration, or by the system directory when none is configured."""
-    from .keys import load_revoked_key_ids
+def check_signature(data: bytes, signature: bytes, trusted: TrustedKeys, revoked: set[str]) -> SignatureInfo:
+    """The signature over exactly ``data`` is by a trusted key that is not revoked."""
+    from .keys import verify_signature
 
-    sources = list(settings.revoked_keys or ())
-    if not sources and os.path.isdir(SYSTEM_REVOKED_DIR):
-        sources = [SYSTEM_REVOKED_DIR]
-    return load_revoked_key_ids(sources)
+    info = verify_signature(data, signature, trusted)  # raises BadSignature or UnknownKey
+    if info.key_id in revoked:
+        raise RevokedKey(f"signed by key {info.key_id}, which is revoked")
+    return info
 
 
-def read_signed(manifest_path: str, sig_path: str) -> tuple[bytes, bytes]:
-    """The manifest's bytes and its signature's, each within its size limit; raise Untrusted."""
+def decode(data: bytes) -> tuple[Manifest, list[str]]:
     try:
-        return read_file(manifest_path, MAX_MANIFEST_BYTES, "manifest"), read_file(
-            sig_path, MAX_SIGNATURE_BYTES, "signature"
-        )
-    except UnreadableFile as exc:
-        raise Untrusted(str(exc)) from None
+        return decode_manifest_keys(data)
+    except ManifestError as exc:
+        raise MalformedManifest(str(exc)) from None
 
 
-def clock_problem(m: Manifest, settings: Settings, now: datetime) -> str | None:
-    """Why this host's clock and the manifest's times disagree, or None."""
-    skew = timedelta(seconds=DEFAULT_CLOCK_SKEW if settings.clock_skew is None else settings.clock_skew)
+def check_comment(info: SignatureInfo, m: Manifest) -> None:
+    """The signed trusted comment (what ``minisign -V`` shows) agrees with the manifest body."""
+    from .keys import parse_trusted_comment
+
+    fields = parse_trusted_comment(info.trusted_comment)
+    pairs = (("deployment", m.deployment), ("root", m.root_digest), ("serial", str(m.serial)), ("release", m.release))
+    for name, value in pairs:
+        if name in fields and fields[name] != value:
+            raise CommentMismatch(
+                f"the signature's trusted comment says {name} {fields[name]!r}, the manifest {value!r}"
+            )
+
+
+def check_clock(m: Manifest, now: datetime, skew_seconds: int) -> None:
+    """Not created in the future (beyond the skew) and not expired (the skew stretches expiry)."""
+    skew = timedelta(seconds=skew_seconds)
     if m.created > now + skew:
-        return (
+        raise FromTheFuture(
             f"manifest created at {_iso(m.created)}, {(m.created - now).total_seconds():.0f} s in the future "
-            f"(allowed clock skew {skew.total_seconds():.0f} s): check the clocks of the build host and this host"
+            f"(allowed clock skew {skew_seconds} s): check the clocks of the build host and this host"
         )
     if m.expires is not None and now - skew >= m.expires:
-        return f"manifest expired at {_iso(m.expires)}"
-    return None
+        raise Expired(f"manifest expired at {_iso(m.expires)}")
 
 
-def load_trusted_manifest(settings: Settings, root_real: str) -> TrustedManifest:
-    """Return the manifest once every check passes; raise Untrusted or an IntegrityError otherwise."""
-    from .keys import load_trusted_keys, parse_trusted_comment, verify_signature
+def check_deployment(m: Manifest, expected: str | None) -> None:
+    if expected is not None and m.deployment != expected:
+        raise WrongDeployment(f"the manifest is for deployment {m.deployment!r}, but this host runs {expected!r}")
 
-    sources = key_sources(settings)
-    for src in sources:
-        if os.path.exists(src) and inside_root(root_real, src) is not None:
-            raise Untrusted(f"trusted key {src!r} is inside the tree being verified; keys must come from outside it")
-    trusted = load_trusted_keys(sources)
-    if not len(trusted):
-        raise KeyFileError(f"no public keys found in {', '.join(sources)}")
-    revoked = revoked_key_ids(settings)
-    manifest_path, sig_path = manifest_paths(settings, root_real)
-    data, sig = read_signed(manifest_path, sig_path)
-    try:
-        info = verify_signature(data, sig, trusted)
-        if info.key_id in revoked:
-            raise Untrusted(f"signed by key {info.key_id}, which is revoked")
-        m, keys = decode_manifest_keys(data)
-    except (SignatureError, ManifestError) as exc:
-        raise Untrusted(str(exc)) from None
-    del data
-    fields = parse_trusted_comment(info.trusted_comment)
-    for name, value in (("root", m.root_digest), ("serial", str(m.serial)), ("release", m.release)):
-        if name in fields and fields[name] != value:
-            raise Untrusted(f"the signature's trusted comment says {name} {fields[name]!r}, the manifest {value!r}")
-    problem = clock_problem(m, settings, datetime.now(tz=UTC))
-    if problem:
-        raise Untrusted(problem)
-    tm = TrustedManifest(
-        manifest=m,
-        keys=keys,
-        info=ManifestInfo(
-            path=manifest_path,
-            release=m.release,
-            serial=m.serial,
-            created=_iso(m.created),
-            expires=_iso(m.expires) if m.expires else None,
-            key_id=info.key_id,
-            root_digest=m.root_digest,
-            entries=len(m.entries),
-        ),
-        manifest_path=manifest_path,
-        signature_path=sig_path,
-        key_id=info.key_id,
-        store=state_store(settings),
+
+def _shown(release: str, serial: int) -> str:
+    return f"release {release!r} (serial {serial})" if release else f"serial {serial}"
+
+
+def check_rollback(m: Manifest, previous: RollbackState | None, approval: tuple[str | None, int] | None) -> bool:
+    """Not older than the mark, unless the operator approved exactly this release; True if approved."""
+    if previous is None or m.serial >= previous.serial:
+        return False
+    shown, newest = _shown(m.release, m.serial), _shown(previous.release, previous.serial)
+    if approval is not None and approval[1] == m.serial and approval[0] in (None, m.release):
+        return True
+    name = f"{m.release}@{m.serial}" if m.release else str(m.serial)
+    raise RollbackRefused(
+        f"rollback refused: {shown} is older than {newest} already verified on this host; "
+        f"to roll back on purpose, approve exactly this release with --allow-rollback-to {name}"
     )
-    _check_rollback(tm, rollback_key(settings), settings.allow_rollback_to)
+
+
+def evaluate(inputs: TrustInputs, now: datetime) -> TrustedManifest:
+    """Decide, from the inputs alone, whether the manifest is trusted; raise an UntrustedError leaf if not."""
+    info = check_signature(inputs.data, inputs.signature, inputs.trusted, inputs.revoked)
+    m, keys = decode(inputs.data)
+    check_comment(info, m)
+    check_clock(m, now, inputs.skew)
+    check_deployment(m, inputs.deployment)
+    approved = check_rollback(m, inputs.previous, inputs.approval)
+    tm = TrustedManifest(m, keys, manifest_info(m, inputs.manifest_path, info.key_id), info.key_id, inputs.previous)
+    if approved:
+        tm.rollback_approved = True
+        prev = inputs.previous
+        assert prev is not None
+        message = (
+            f"rollback to {_shown(m.release, m.serial)} approved by the operator; "
+            f"this host had verified {_shown(prev.release, prev.serial)}"
+        )
+        tm.notes.append(message)
+        log_event(WARNING, message)
     return tm
 
 
-def rollback_key(settings: Settings) -> str:
-    """The root as configured, made absolute but not resolved: the high-water mark belongs to
-    the place a service runs from (``/srv/app/current``), so pointing that symlink at an older
-    release directory is caught as the rollback it is."""
-    return os.path.abspath(settings.root or ".")
-
-
-def _check_rollback(tm: TrustedManifest, root_key: str, approval: str | None) -> None:
-    if tm.store is None:
-        tm.notes.append("rollback protection is off (state directory set to none)")
-        return
-    prev = tm.previous = tm.store.read(root_key, tm.key_id)
-    m = tm.manifest
-    if prev is None or m.serial >= prev.serial:
-        return
-    shown = f"release {m.release!r} (serial {m.serial})" if m.release else f"serial {m.serial}"
-    newest = f"release {prev.release!r} (serial {prev.serial})" if prev.release else f"serial {prev.serial}"
-    if approval is not None and approval in (m.release, str(m.serial)) and approval:
-        tm.rollback_approved = True
-        message = f"rollback to {shown} approved by the operator; this host had verified {newest}"
-        tm.notes.append(message)
-        log_event(WARNING, message)
-        return
-    raise Untrusted(
-        f"rollback refused: {shown} is older than {newest} already verified on this host; "
-        f"to roll back on purpose, approve it with --allow-rollback-to {m.release or m.serial}"
+def manifest_info(m: Manifest, path: str, key_id: str) -> ManifestInfo:
+    return ManifestInfo(
+        path=path,
+        deployment=m.deployment,
+        release=m.release,
+        serial=m.serial,
+        created=_iso(m.created),
+        expires=_iso(m.expires) if m.expires else None,
+        key_id=key_id,
+        root_digest=m.root_digest,
+        entries=len(m.entries),
     )
 
 
-def record_verified(tm: TrustedManifest, root_key: str) -> str | None:
-    """After a VERIFIED run: raise (or, for an approved rollback, lower) the high-water mark."""
-    if tm.store is None:
+# -- loading the inputs ---------------------------------------------------------------------
+
+
+def parse_approval(text: str | None) -> tuple[str | None, int] | None:
+    """``SERIAL`` or ``LABEL@SERIAL``: an approval names exactly one release, never a label alone."""
+    if text is None:
         return None
+    label, sep, serial = text.rpartition("@")
+    if not serial.isdigit() or len(serial) > 19 or (sep and not label):
+        raise ConfigError(
+            f"--allow-rollback-to {text!r}: name exactly one release, by its serial or as LABEL@SERIAL "
+            "(for example v1.4.1@1764201600); a label alone would approve every build carrying it"
+        )
+    return (label if sep else None), int(serial)
+
+
+def _outside(root_real: str, sources: list[str], what: str) -> None:
+    """Refuse a trust anchor that resolves (links followed) inside the tree it would vouch for."""
+    from .keys import is_inline_key
+
+    for src in sources:
+        if is_inline_key(src):
+            continue
+        if inside_root(root_real, src) is not None:
+            raise TrustAnchorInTree(
+                f"{what} {src!r} resolves to {os.path.realpath(src)!r}, inside the tree being verified; "
+                f"{what}s must come from outside it"
+            )
+
+
+def trusted_key_sources(settings: Settings) -> list[str]:
+    sources = list(settings.public_key or ())
+    system = system_path("trusted-keys.d")
+    if not sources and os.path.isdir(system):
+        sources = [system]
+    if not sources:
+        raise KeyFileError(
+            "no trusted public key configured (use --public-key, DURI_INTEGRITY_PUBLIC_KEY, "
+            f"the config file, or {system})"
+        )
+    return sources
+
+
+def revoked_sources(settings: Settings) -> list[str]:
+    sources = list(settings.revoked_keys or ())
+    system = system_path("revoked-keys.d")
+    if not sources and os.path.isdir(system):
+        sources = [system]
+    return sources
+
+
+def load_keys(settings: Settings, root_real: str) -> tuple[TrustedKeys, set[str]]:
+    """Trusted keys and revoked key ids, each file resolved and checked to lie outside the tree."""
+    from .keys import load_revoked_key_ids, load_trusted_keys
+
+    sources = trusted_key_sources(settings)
+    _outside(root_real, sources + key_files(sources, "trusted-key", ".pub"), "trusted key")
+    trusted = load_trusted_keys(sources)
+    if not len(trusted):
+        raise KeyFileError(f"no public keys found in {', '.join(sources)}")
+    revoked = revoked_sources(settings)
+    _outside(root_real, revoked + key_files(revoked, "revoked-key"), "revoked-key list")
+    return trusted, load_revoked_key_ids(revoked)
+
+
+def open_store(settings: Settings) -> StateStore | None:
+    """The rollback state store (checked to be private), or None when switched off explicitly."""
+    if state_disabled(settings):
+        return None
+    store = StateStore(settings.state_dir or _state.default_state_dir())
+    store.check()
+    return store
+
+
+def host_deployment(settings: Settings, store: StateStore | None) -> str | None:
+    """The deployment this host runs. Required when rollback protection is on: marks belong to it."""
+    if settings.deployment is None and store is not None:
+        raise ConfigError(
+            "this host does not say which deployment it runs, so a manifest for another service could be "
+            "swapped in and rollback protection has nothing to key on: pass --deployment NAME "
+            "(or DURI_INTEGRITY_DEPLOYMENT, or deployment in the config file), or --state-dir none"
+        )
+    return settings.deployment
+
+
+def read_signed(manifest_path: str, sig_path: str) -> tuple[bytes, bytes]:
+    """The manifest's bytes and its signature's, each bounded, non-blocking, regular files only."""
+    try:
+        return (
+            read_file(manifest_path, MAX_MANIFEST_BYTES, "manifest"),
+            read_file(sig_path, MAX_SIGNATURE_BYTES, "signature"),
+        )
+    except IntegrityError as exc:
+        raise ManifestUnreadable(str(exc)) from None
+
+
+def load_inputs(settings: Settings, root_real: str) -> TrustInputs:
+    """Gather what :func:`evaluate` needs; raise ConfigError/KeyFileError (ERROR) or UntrustedError."""
+    trusted, revoked = load_keys(settings, root_real)
+    store = open_store(settings)
+    deployment = host_deployment(settings, store)
+    approval = parse_approval(settings.allow_rollback_to)
+    manifest_path, sig_path = manifest_paths(settings, root_real)
+    data, sig = read_signed(manifest_path, sig_path)
+    return TrustInputs(
+        data=data,
+        signature=sig,
+        trusted=trusted,
+        revoked=revoked,
+        deployment=deployment,
+        previous=store.read(deployment) if store is not None and deployment is not None else None,
+        approval=approval,
+        skew=DEFAULT_CLOCK_SKEW if settings.clock_skew is None else settings.clock_skew,
+        store=store,
+        manifest_path=manifest_path,
+        signature_path=sig_path,
+    )
+
+
+def now_utc() -> datetime:
+    return datetime.now(tz=UTC)
+
+
+def record_verified(tm: TrustedManifest, store: StateStore | None) -> None:
+    """After a VERIFIED run: raise (or, for an approved rollback, lower) the mark. Raises on failure."""
+    if store is None:
+        return
     m = tm.manifest
-    prev = tm.previous
-    if prev is not None and not tm.rollback_approved and (prev.serial, prev.root_digest) == (m.serial, m.root_digest):
-        return None  # nothing new to record
-    return tm.store.record(
-        root_key,
-        tm.key_id,
-        m.serial,
-        m.release,
-        m.root_digest,
+    store.record(
+        m.deployment,
+        serial=m.serial,
+        release=m.release,
+        root_digest=m.root_digest,
+        key_id=tm.key_id,
         approved_from=tm.previous if tm.rollback_approved else None,
     )

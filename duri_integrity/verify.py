@@ -12,17 +12,17 @@ from typing import TypedDict, Unpack
 
 from . import __version__
 from .config import OWN_FILES, Settings, resolve_settings
-from .errors import ConfigError, IntegrityError, NotVerifiedError
+from .errors import IntegrityError, NotVerifiedError, UntrustedError
 from .exclude import Excluder
 from .hashing import FileCheck, check_files
 from .logs import log_report
 from .manifest import File, Manifest, Symlink, display
 from .report import ManifestInfo, Mode, Problem, Report, Status, make_report
 from .snapshot import RECORD, Snapshot, default_cache_dir, load_snapshot, save_snapshot
-from .trust import Untrusted, load_trusted_manifest, record_verified, rollback_key
-from .walk import KIND_BY_FMT, check_root, iter_tree, relative_inside
+from .trust import TrustAnchorInTree, evaluate, load_inputs, now_utc, record_verified
+from .walk import KIND_BY_FMT, check_root, inside_root, iter_tree, relative_inside
 
-__all__ = ["VerifyOptions", "ensure_integrity", "verify_integrity"]
+__all__ = ["VerifyOptions", "ensure_integrity", "verify_integrity", "verify_settings"]
 
 
 def _describe_target(e: Symlink) -> str:
@@ -165,6 +165,7 @@ def verify_integrity(
     manifest: str | os.PathLike[str] | None = None,
     signature: str | os.PathLike[str] | None = None,
     public_keys: str | Sequence[str] | None = None,
+    deployment: str | None = None,
     workers: int | None = None,
     quick: bool = False,
     cache_dir: str | os.PathLike[str] | None = None,
@@ -172,15 +173,19 @@ def verify_integrity(
     allow_rollback_to: str | int | None = None,
     revoked_keys: str | Sequence[str] | None = None,
     clock_skew: int | None = None,
+    config_file: str | os.PathLike[str] | None = None,
     use_config_file: bool = True,
     progress: Callable[[int, int], None] | None = None,
 ) -> Report:
     """Verify a tree against its signed manifest and return a complete :class:`Report`.
 
     Arguments left as None come from the environment (``DURI_INTEGRITY_*``) and
-    then the config file. Operational failures (missing manifest, bad signature,
-    missing root, bad configuration) come back as a report with status
-    UNTRUSTED or ERROR; only invalid arguments raise.
+    then from one config file: ``config_file``, else ``DURI_INTEGRITY_CONFIG``,
+    else ``/etc/duri-integrity/config.toml`` (never one found in the working
+    directory). ``deployment`` names the service this host runs; it is required
+    while rollback protection is on. Operational failures (missing manifest, bad
+    signature, missing root, bad configuration, unusable rollback state) come
+    back as a report with status UNTRUSTED or ERROR; only invalid arguments raise.
 
     ``progress``, if given, is called from the hashing threads as
     ``progress(files_done, files_to_hash)``.
@@ -194,87 +199,159 @@ def verify_integrity(
     checked_at = datetime.now(tz=UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
     if workers is not None and (not isinstance(workers, int) or not 1 <= workers <= 256):
         raise ValueError("workers must be an integer between 1 and 256")
-    if isinstance(public_keys, str):
-        public_keys = [public_keys]
-    overrides = Settings(
-        root=os.fspath(root) if root is not None else None,
-        manifest=os.fspath(manifest) if manifest is not None else None,
-        signature=os.fspath(signature) if signature is not None else None,
-        public_key=[os.fspath(k) for k in public_keys] if public_keys is not None else None,
+    overrides = _overrides(
+        root,
+        manifest,
+        signature,
+        public_keys,
+        deployment,
+        workers,
+        cache_dir,
+        state_dir,
+        allow_rollback_to,
+        revoked_keys,
+        clock_skew,
+    )
+    run = Run(os.fspath(root) if root is not None else ".", t0, checked_at)
+    try:
+        settings, run.config_file = resolve_settings(
+            overrides, use_config_file=use_config_file, config_file=os.fspath(config_file) if config_file else None
+        )
+    except IntegrityError as exc:
+        return run.finish("ERROR", str(exc), _error_code(exc))
+    return verify_settings(settings, run, quick=quick, progress=progress, started_ns=started_ns)
+
+
+def verify_settings(
+    settings: Settings,
+    run: Run,
+    *,
+    quick: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+    started_ns: int = 0,
+    record: bool = True,
+) -> Report:
+    """The verification proper, from resolved settings. ``record=False`` leaves the rollback
+    mark and the quick-mode snapshot untouched (``doctor`` checks; it does not deploy)."""
+    run.root = settings.root or "."
+    try:
+        root_real = check_root(run.root)
+        if run.config_file is not None and inside_root(root_real, run.config_file) is not None:
+            raise TrustAnchorInTree(
+                f"config file {run.config_file!r} is inside the tree being verified; it must come from outside it"
+            )
+        inputs = load_inputs(settings, root_real)
+        tm = evaluate(inputs, now_utc())
+        run.minfo = tm.info
+        run.notes.extend(tm.notes)
+        if inputs.store is None:
+            run.notes.append("rollback protection is off (state directory set to none)")
+        skip = relative_inside(root_real, (inputs.manifest_path, inputs.signature_path))
+        snapshot = None
+        cache = settings.cache_dir or default_cache_dir()
+        if quick:
+            snapshot, note = load_snapshot(cache, root_real, tm.manifest.root_digest, len(tm.manifest.entries))
+            if note:
+                run.notes.append(note)
+        run.mode = "quick" if snapshot else "full"
+        outcome = _compare(tm.manifest, tm.keys, root_real, skip, settings.workers, snapshot, quick, progress)
+        if outcome.problems:
+            return run.finish("FAILED", outcome=outcome)
+        if record:
+            record_verified(tm, inputs.store)
+    except UntrustedError as exc:
+        return run.finish("UNTRUSTED", str(exc), exc.code)
+    except IntegrityError as exc:  # configuration, keys, the root, the state: could not verify
+        return run.finish("ERROR", str(exc), _error_code(exc))
+    except OSError as exc:  # anything the layers below did not already turn into a message
+        where = f" {exc.filename!r}" if exc.filename else ""
+        return run.finish("ERROR", f"{exc.strerror or exc}{where}", "os_error")
+    if record and quick and outcome.hashed and outcome.records is not None:
+        # Every file now checks out: remember their stat so the next quick run can skip them.
+        note = save_snapshot(cache, Snapshot(root_real, tm.manifest.root_digest, started_ns, outcome.records))
+        if note:
+            run.notes.append(note)
+    return run.finish("VERIFIED", outcome=outcome)
+
+
+def _overrides(
+    root: str | os.PathLike[str] | None,
+    manifest: str | os.PathLike[str] | None,
+    signature: str | os.PathLike[str] | None,
+    public_keys: str | Sequence[str] | None,
+    deployment: str | None,
+    workers: int | None,
+    cache_dir: str | os.PathLike[str] | None,
+    state_dir: str | os.PathLike[str] | None,
+    allow_rollback_to: str | int | None,
+    revoked_keys: str | Sequence[str] | None,
+    clock_skew: int | None,
+) -> Settings:
+    def path(p: str | os.PathLike[str] | None) -> str | None:
+        return os.fspath(p) if p is not None else None
+
+    def paths(p: str | Sequence[str] | None) -> list[str] | None:
+        return [p] if isinstance(p, str) else ([os.fspath(k) for k in p] if p is not None else None)
+
+    return Settings(
+        root=path(root),
+        manifest=path(manifest),
+        signature=path(signature),
+        public_key=paths(public_keys),
+        deployment=deployment,
         workers=workers,
-        cache_dir=os.fspath(cache_dir) if cache_dir is not None else None,
-        state_dir=os.fspath(state_dir) if state_dir is not None else None,
+        cache_dir=path(cache_dir),
+        state_dir=path(state_dir),
         allow_rollback_to=str(allow_rollback_to) if allow_rollback_to is not None else None,
-        revoked_keys=[revoked_keys]
-        if isinstance(revoked_keys, str)
-        else (list(revoked_keys) if revoked_keys is not None else None),
+        revoked_keys=paths(revoked_keys),
         clock_skew=clock_skew,
     )
-    root_shown = os.fspath(root) if root is not None else "."
-    notes: list[str] = []
+
+
+def _error_code(exc: IntegrityError) -> str:
+    from .errors import ConfigError, KeyFileError, TreeError
+
+    if isinstance(exc, KeyFileError):
+        return "key_error"
+    if isinstance(exc, TreeError):
+        return "tree_error"
+    if isinstance(exc, ConfigError):
+        return "config_error"
+    return "error"
+
+
+class Run:
+    """What one verification has learnt so far, and how to turn it into the report."""
+
+    def __init__(self, root: str, t0: float, checked_at: str) -> None:
+        self.root, self.t0, self.checked_at = root, t0, checked_at
+        self.config_file: str | None = None
+        self.minfo: ManifestInfo | None = None
+        self.notes: list[str] = []
+        self.mode: Mode = "full"
 
     def finish(
-        status: Status,
-        reason: str | None = None,
-        minfo: ManifestInfo | None = None,
-        outcome: _Outcome | None = None,
-        mode: Mode = "full",
+        self, status: Status, reason: str | None = None, code: str | None = None, outcome: _Outcome | None = None
     ) -> Report:
         report = make_report(
             status=status,
-            root=root_shown,
+            root=self.root,
             reason=reason,
-            mode=mode,
-            manifest=minfo,
+            reason_code=code,
+            config_file=self.config_file,
+            mode=self.mode,
+            manifest=self.minfo,
             problems=outcome.problems if outcome else None,
             checked=outcome.checked if outcome else 0,
             files=outcome.files if outcome else 0,
             hashed=outcome.hashed if outcome else 0,
-            notes=notes,
-            elapsed=time.perf_counter() - t0,
-            checked_at=checked_at,
+            notes=self.notes,
+            elapsed=time.perf_counter() - self.t0,
+            checked_at=self.checked_at,
             tool_version=__version__,
         )
         log_report(report)
         return report
-
-    try:
-        settings, _ = resolve_settings(overrides, use_config_file=use_config_file)
-        root_shown = settings.root or "."
-        root_real = check_root(root_shown)
-        tm = load_trusted_manifest(settings, root_real)
-        m, keys, minfo = tm.manifest, tm.keys, tm.info
-        notes.extend(tm.notes)
-        skip = relative_inside(root_real, (tm.manifest_path, tm.signature_path))
-        snapshot = None
-        cache = settings.cache_dir or default_cache_dir()
-        if quick:
-            snapshot, note = load_snapshot(cache, root_real, m.root_digest, len(m.entries))
-            if note:
-                notes.append(note)
-        outcome = _compare(m, keys, root_real, skip, settings.workers, snapshot, quick, progress)
-    except Untrusted as exc:
-        return finish("UNTRUSTED", str(exc))
-    except IntegrityError as exc:  # configuration, keys, the root, the state: could not verify
-        return finish("ERROR", str(exc))
-    except OSError as exc:  # anything the layers below did not already turn into a message
-        where = f" {exc.filename!r}" if exc.filename else ""
-        return finish("ERROR", f"{exc.strerror or exc}{where}")
-    if outcome.problems:
-        return finish("FAILED", None, minfo, outcome, "quick" if snapshot else "full")
-    try:
-        note = record_verified(tm, rollback_key(settings))
-    except ConfigError as exc:
-        return finish("ERROR", str(exc), minfo, outcome)
-    if note:
-        notes.append(note)
-    if quick and outcome.hashed and outcome.records is not None:
-        # Every file now checks out: remember their stat so the next quick run can skip them.
-        fresh = Snapshot(root_real, m.root_digest, started_ns, outcome.records)
-        note = save_snapshot(cache, fresh)
-        if note:
-            notes.append(note)
-    return finish("VERIFIED", None, minfo, outcome, "quick" if snapshot else "full")
 
 
 class VerifyOptions(TypedDict, total=False):
@@ -283,6 +360,7 @@ class VerifyOptions(TypedDict, total=False):
     manifest: str | os.PathLike[str] | None
     signature: str | os.PathLike[str] | None
     public_keys: str | Sequence[str] | None
+    deployment: str | None
     workers: int | None
     quick: bool
     cache_dir: str | os.PathLike[str] | None
@@ -290,6 +368,7 @@ class VerifyOptions(TypedDict, total=False):
     allow_rollback_to: str | int | None
     revoked_keys: str | Sequence[str] | None
     clock_skew: int | None
+    config_file: str | os.PathLike[str] | None
     use_config_file: bool
     progress: Callable[[int, int], None] | None
 

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from duri_integrity.build import build_manifest, sign_manifest, write_atomic
 from duri_integrity.keys import generate_keypair
 
 NON_UTF8_NAME = os.fsdecode(b"caf\xe9-latin1.txt")
@@ -80,12 +79,12 @@ def new_keys(where: Path, name: str = "k") -> Keys:
 
 
 def build_and_sign(root: Path, keys: Keys, **kw: object) -> Signed:
-    manifest = root / "MANIFEST.json"
-    sig = root / "MANIFEST.json.minisig"
-    res = build_manifest(str(root), skip=(str(manifest), str(sig)), **kw)  # type: ignore[arg-type]
-    write_atomic(str(manifest), res.data)
-    sign_manifest(str(manifest), str(keys.secret))
-    return Signed(root, manifest, sig, keys)
+    """Build and sign the tree in place with the library's one release operation."""
+    from duri_integrity.release import build_and_sign as release
+
+    kw.setdefault("deployment", "svc")
+    done = release(str(root), secret_key=str(keys.secret), **kw)  # type: ignore[arg-type]
+    return Signed(root, Path(done.manifest_path), Path(str(done.signature_path)), keys)
 
 
 @pytest.fixture(autouse=True)
@@ -97,6 +96,11 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     monkeypatch.chdir(cwd)
+    # The deployment every test tree is built for and every test host runs (tests of the
+    # deployment check itself remove or change it).
+    monkeypatch.setenv("DURI_INTEGRITY_DEPLOYMENT", "svc")
+    # What is installed under /etc on the machine running the tests must not matter.
+    monkeypatch.setenv("DURI_INTEGRITY_SYSTEM_DIR", str(tmp_path / "etc"))
     # Rollback state and quick-mode snapshots go to the test's own directories, never the host's.
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg-state"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
@@ -159,6 +163,8 @@ def run_cli() -> Callable[..., subprocess.CompletedProcess[str]]:
         *args: str, env: dict[str, str] | None = None, cwd: Path | None = None, input: str | None = None
     ) -> subprocess.CompletedProcess[str]:
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("DURI_INTEGRITY_")}
+        full_env["DURI_INTEGRITY_DEPLOYMENT"] = "svc"
+        full_env["DURI_INTEGRITY_SYSTEM_DIR"] = os.environ["DURI_INTEGRITY_SYSTEM_DIR"]
         # A separate process cannot see the in-process patch of the default state directory.
         full_env["DURI_INTEGRITY_STATE_DIR"] = str(Path(os.environ["XDG_STATE_HOME"]) / "duri-integrity")
         full_env.update(env or {})

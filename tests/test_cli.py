@@ -201,7 +201,8 @@ def test_config_from_environment(signed: Signed, run_cli: Run) -> None:
 def test_bad_config_file_exits_4(signed: Signed, run_cli: Run, tmp_path: Path) -> None:
     """A malformed config file is one clear line and exit 4."""
     (tmp_path / "duri-integrity.toml").write_text("workers = [")
-    r = run_cli("verify", str(signed.root), "-p", str(signed.keys.public), cwd=tmp_path)
+    cfg = str(tmp_path / "duri-integrity.toml")
+    r = run_cli("verify", str(signed.root), "-p", str(signed.keys.public), "--config", cfg)
     assert r.returncode == 4
     assert_one_clear_line(r.stderr)
 
@@ -278,7 +279,7 @@ def test_encrypted_key_prompts_once_on_a_terminal(tree: Path, tmp_path: Path) ->
     env = {k: v for k, v in os.environ.items() if not k.startswith("DURI_INTEGRITY_")}
     pid, master = pty.fork()  # the child gets the pty as its controlling terminal, as a person would
     if pid == 0:
-        os.execve(exe, [exe, "build", str(tree), "-s", str(sk)], env)
+        os.execve(exe, [exe, "build", str(tree), "-d", "svc", "-s", str(sk)], env)
     seen = b""
     answered = False
     while True:

@@ -157,9 +157,9 @@ def test_library_build_cannot_encode_what_verify_rejects(tree: Path) -> None:
     from duri_integrity.errors import ManifestError
 
     with pytest.raises(ManifestError, match="release"):
-        build_manifest(str(tree), release="a\nb")
+        build_manifest(str(tree), deployment="svc", release="a\nb")
     with pytest.raises(ManifestError, match="serial"):
-        build_manifest(str(tree), serial=-1)
+        build_manifest(str(tree), deployment="svc", serial=-1)
 
 
 def test_build_manifest_to_stdout(tree: Path, keys: Keys, tmp_path: Path, run_cli: Run) -> None:

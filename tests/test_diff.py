@@ -20,7 +20,7 @@ Run = Callable[..., subprocess.CompletedProcess[str]]
 def _manifest(tree: Path, keys: Keys, out: Path, release: str, serial: int) -> Path:
     out.mkdir(parents=True)
     m = out / "MANIFEST.json"
-    write_atomic(str(m), build_manifest(str(tree), release=release, serial=serial).data)
+    write_atomic(str(m), build_manifest(str(tree), deployment="svc", release=release, serial=serial).data)
     sign_manifest(str(m), str(keys.secret))
     return m
 

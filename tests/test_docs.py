@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import Signed
+from .conftest import Keys
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", ROOT / "CHANGELOG.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -168,12 +168,14 @@ def test_ci_run_makes_and_uses_a_virtual_environment(tmp_path: Path) -> None:
     assert shutil.which("pip", path=str(tmp_path / ".venv" / "bin"))
 
 
-def test_plain_shell_ci_step_fails_closed(signed: Signed, tmp_path: Path) -> None:
+def test_plain_shell_ci_step_fails_closed(tree: Path, keys: Keys, tmp_path: Path) -> None:
     """howto-ci's plain shell step exits 0 on a verified tree, 1 on a changed one, non-zero without the tool."""
     import os
     import subprocess
 
-    from .conftest import console_script, require_tool
+    from .conftest import build_and_sign, console_script, require_tool
+
+    signed = build_and_sign(tree, keys, deployment="myservice")
 
     jq = require_tool("jq", "jq")
     [step] = [b for lang, b in _fenced_blocks(ROOT / "docs" / "howto-ci.md") if lang == "sh" and "jq" in b]

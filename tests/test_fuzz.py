@@ -22,7 +22,7 @@ FUZZ = settings(
     max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
 )
 SEED_MANIFEST = (
-    b'{"format":"duri-integrity-manifest","version":1,"tool":"duri-integrity 0.1.0","release":"v1",'
+    b'{"format":"duri-integrity-manifest","version":2,"tool":"duri-integrity 0.1.0","deployment":"svc","release":"v1",'
     b'"created":"2026-11-26T00:00:00Z","serial":1,"exclude":["*.pyc"],"root_digest":"' + b"0" * 64 + b'",'
     b'"entries":[\n{"type":"dir","path":"a","mode":493},\n'
     b'{"type":"file","path":"a/b","mode":420,"size":3,"blake3":"' + b"1" * 64 + b'"},\n'
@@ -120,7 +120,8 @@ def test_snapshot_and_state_files_never_crash(blob: bytes, tmp_path_factory: pyt
     Path(snapshot_path(str(d), "/r", "0" * 64)).write_bytes(blob)
     snap, note = load_snapshot(str(d), "/r", "0" * 64, 3)
     assert snap is None and note
-    store = StateStore(str(d), explicit=True)
-    Path(store.path("/r", "K")).write_bytes(blob)
+    store = StateStore(str(d))
+    Path(store.path("svc")).write_bytes(blob)
+    os.chmod(store.path("svc"), 0o600)
     with contextlib.suppress(ConfigError):
-        store.read("/r", "K")
+        store.read("svc")

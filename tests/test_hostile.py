@@ -17,7 +17,7 @@ from .conftest import Signed
 
 def _sign_raw(s: Signed, data: bytes) -> None:
     s.manifest.write_bytes(data)
-    comment = make_trusted_comment("MANIFEST.json", "", 1, "0" * 64)
+    comment = make_trusted_comment("MANIFEST.json", "svc", "", 1, "0" * 64)
     s.signature.write_bytes(
         sign_bytes(data, load_secret_key(str(s.keys.secret)), comment.split("\trelease")[0].split("\tserial")[0])
     )

@@ -29,8 +29,8 @@ from .conftest import NON_UTF8_NAME
 def test_build_is_deterministic(tree: Path) -> None:
     """Building the same tree twice gives the same entries, root digest and bytes."""
     when = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
-    a = build_manifest(str(tree), created=when)
-    b = build_manifest(str(tree), created=when, workers=1)
+    a = build_manifest(str(tree), deployment="svc", created=when)
+    b = build_manifest(str(tree), deployment="svc", created=when, workers=1)
     assert a.manifest.entries == b.manifest.entries
     assert a.manifest.root_digest == b.manifest.root_digest
     assert a.data == b.data
@@ -38,7 +38,7 @@ def test_build_is_deterministic(tree: Path) -> None:
 
 def test_entries_sorted_by_path_bytes_and_complete(tree: Path) -> None:
     """Every object appears once, sorted by its path bytes, with the right fields per type."""
-    m = build_manifest(str(tree)).manifest
+    m = build_manifest(str(tree), deployment="svc").manifest
     keys = [os.fsencode(e.path) if e.path is not None else e.path_b64 for e in m.entries]
     assert keys == sorted(keys)  # type: ignore[type-var]
     by_path = {e.path: e for e in m.entries if e.path}
@@ -56,7 +56,7 @@ def test_entries_sorted_by_path_bytes_and_complete(tree: Path) -> None:
 
 def test_non_utf8_names_round_trip_exactly(tree: Path) -> None:
     """A name that is not UTF-8 is stored as exact bytes and decodes back to the same bytes."""
-    res = build_manifest(str(tree))
+    res = build_manifest(str(tree), deployment="svc")
     raw = [e.path_b64 for e in res.manifest.entries if e.path_b64 is not None]
     assert b"data/" + os.fsencode(NON_UTF8_NAME) in raw
     assert b"data/dir-\xff" in raw
@@ -66,9 +66,9 @@ def test_non_utf8_names_round_trip_exactly(tree: Path) -> None:
 
 def test_one_entry_per_line_and_header_first(tree: Path) -> None:
     """The encoding puts the header on the first line and one entry on each following line."""
-    res = build_manifest(str(tree), release="v9")
+    res = build_manifest(str(tree), deployment="svc", release="v9")
     lines = res.data.splitlines()
-    assert lines[0].startswith(b'{"format":"duri-integrity-manifest","version":1,')
+    assert lines[0].startswith(b'{"format":"duri-integrity-manifest","version":2,')
     assert len(lines) == len(res.manifest.entries) + 2
     assert json.loads(res.data)["release"] == "v9"
 
@@ -94,7 +94,7 @@ def test_root_digest_golden_value() -> None:
 
 
 def _manifest_dict(tree: Path) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads(build_manifest(str(tree)).data)
+    data: dict[str, Any] = json.loads(build_manifest(str(tree), deployment="svc").data)
     return data
 
 
@@ -113,7 +113,7 @@ def _encode(d: dict[str, Any], fix_digest: bool = True) -> bytes:
 
 def test_valid_manifest_round_trips(tree: Path) -> None:
     """decode(encode(m)) == m."""
-    m = build_manifest(str(tree)).manifest
+    m = build_manifest(str(tree), deployment="svc").manifest
     assert decode_manifest(encode_manifest(m)) == m
 
 
@@ -121,7 +121,9 @@ def test_valid_manifest_round_trips(tree: Path) -> None:
     ("mutate", "message"),
     [
         (lambda d: d.update(format="other"), "format"),
-        (lambda d: d.update(version=2), "version 2"),
+        (lambda d: d.update(version=1), "version 1"),
+        (lambda d: d.pop("deployment"), "names no deployment"),
+        (lambda d: d.update(deployment="a b"), "deployment"),
         (lambda d: d.update(surprise=1), "unknown field"),
         (lambda d: next(e for e in d["entries"] if e["type"] == "file").update(size="big"), "Expected `int"),
         (lambda d: d["entries"][0].update(mode=0o10000), "mode"),
@@ -176,7 +178,7 @@ def test_garbage_is_refused(data: bytes) -> None:
 
 def test_truncated_manifest_is_refused(tree: Path) -> None:
     """Any truncation of a real manifest is refused."""
-    data = build_manifest(str(tree)).data
+    data = build_manifest(str(tree), deployment="svc").data
     for cut in (1, len(data) // 2, len(data) - 3):
         with pytest.raises(ManifestError):
             decode_manifest(data[:cut])
@@ -184,6 +186,6 @@ def test_truncated_manifest_is_refused(tree: Path) -> None:
 
 def test_entry_limit(tree: Path) -> None:
     """A manifest with more entries than the limit is refused before anything else is done."""
-    data = build_manifest(str(tree)).data
+    data = build_manifest(str(tree), deployment="svc").data
     with pytest.raises(ManifestError, match="more than 3 entries"):
         decode_manifest(data, max_entries=3)

@@ -47,7 +47,7 @@ def test_we_accept_minisign_signed_manifest(tree: Path, tmp_path: Path, minisign
     pk, sk = kdir / "m.pub", kdir / "m.key"
     subprocess.run([minisign_bin, "-G", "-W", "-p", str(pk), "-s", str(sk)], check=True, capture_output=True)
     manifest = tree / "MANIFEST.json"
-    res = build_manifest(str(tree), skip=(str(manifest), str(manifest) + ".minisig"))
+    res = build_manifest(str(tree), deployment="svc", skip=(str(manifest), str(manifest) + ".minisig"))
     write_atomic(str(manifest), res.data)
     subprocess.run([minisign_bin, "-S", "-m", str(manifest), "-s", str(sk)], check=True, capture_output=True)
     report = verify_integrity(tree, public_keys=[str(pk)], use_config_file=False)

@@ -64,7 +64,7 @@ def test_any_file_names_round_trip(
     for name in names:
         with open(root + b"/" + name, "wb") as f:
             f.write(content)
-    res = build_manifest(os.fsdecode(root))
+    res = build_manifest(os.fsdecode(root), deployment="svc")
     assert decode_manifest(res.data) == res.manifest
     assert len(res.manifest.entries) == len(names)
     signed = build_and_sign(Path(os.fsdecode(root)), new_keys(base / "keys"))

@@ -18,7 +18,7 @@ def _release(tree: Path, keys: Keys, release: str, serial: int, store: Path, **k
     out = store / release
     out.mkdir(parents=True)
     manifest = out / "MANIFEST.json"
-    write_atomic(str(manifest), build_manifest(str(tree), release=release, serial=serial, **kw).data)  # type: ignore[arg-type]
+    write_atomic(str(manifest), build_manifest(str(tree), deployment="svc", release=release, serial=serial, **kw).data)  # type: ignore[arg-type]
     sign_manifest(str(manifest), str(keys.secret))
     return manifest
 
@@ -47,11 +47,11 @@ def test_older_manifest_is_refused_and_state_untouched(tree: Path, keys: Keys, r
     r = _verify(tree, keys, v1, state)
     assert r.status == "UNTRUSTED" and r.recommendation == "rollback_untrusted"
     assert "rollback refused" in r.summary and "'v2' (serial 200)" in r.summary
-    assert "--allow-rollback-to v1" in r.summary
+    assert "--allow-rollback-to v1@100" in r.summary and r.reason_code == "rollback_refused"
     assert mark.read_bytes() == before
 
 
-@pytest.mark.parametrize("approval", ["v1", "100", 100])
+@pytest.mark.parametrize("approval", ["v1@100", "100", 100])
 def test_approved_rollback_is_recorded_and_sticks(
     tree: Path,
     keys: Keys,
@@ -78,27 +78,42 @@ def test_approved_rollback_is_recorded_and_sticks(
     assert _verify(tree, keys, v1, state).status == "UNTRUSTED"
 
 
-def test_approval_for_another_release_does_not_help(tree: Path, keys: Keys, releases, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    """Approving v0 does not approve v1."""
+@pytest.mark.parametrize("approval", ["v0@100", "v1@99", "99"])
+def test_approval_for_another_release_does_not_help(
+    tree: Path, keys: Keys, releases, tmp_path: Path, approval: str
+) -> None:  # type: ignore[no-untyped-def]
+    """An approval naming another label or serial does not approve v1 (serial 100)."""
     v1, v2 = releases
     state = tmp_path / "state"
     _verify(tree, keys, v2, state)
-    assert _verify(tree, keys, v1, state, allow_rollback_to="v0").status == "UNTRUSTED"
+    assert _verify(tree, keys, v1, state, allow_rollback_to=approval).status == "UNTRUSTED"
 
 
-def test_marks_are_per_key(tree: Path, keys: Keys, releases, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    """A newer serial under one key does not block an older one under another key."""
-    _v1, v2 = releases
+@pytest.mark.parametrize("approval", ["v1", "@100", "v1@", "latest"])
+def test_an_approval_must_name_exactly_one_release(
+    tree: Path, keys: Keys, releases, tmp_path: Path, approval: str
+) -> None:  # type: ignore[no-untyped-def]
+    """A label alone would approve every build carrying it: it is refused as a configuration error."""
+    v1, v2 = releases
     state = tmp_path / "state"
     _verify(tree, keys, v2, state)
-    other = new_keys(tmp_path / "other", "o")
-    m = _release(tree, other, "w1", 50, tmp_path / "other-releases")
+    r = _verify(tree, keys, v1, state, allow_rollback_to=approval)
+    assert r.status == "ERROR" and "exactly one release" in r.summary
+
+
+def test_key_rotation_does_not_open_a_replay(tree: Path, keys: Keys, releases, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """With the old and the new key both trusted, an older release signed by either is refused."""
+    _v1, v2 = releases
+    state = tmp_path / "state"
+    new = new_keys(tmp_path / "new", "n")
+    w3 = _release(tree, new, "w3", 300, tmp_path / "new-releases")
     from duri_integrity import verify_integrity
 
-    r = verify_integrity(
-        tree, manifest=m, public_keys=[str(keys.public), str(other.public)], state_dir=str(state), use_config_file=False
-    )
-    assert r.status == "VERIFIED", r.summary
+    both = [str(keys.public), str(new.public)]
+    kw = {"public_keys": both, "state_dir": str(state), "use_config_file": False}
+    assert verify_integrity(tree, manifest=w3, **kw).status == "VERIFIED"  # type: ignore[arg-type]
+    r = verify_integrity(tree, manifest=v2, **kw)  # type: ignore[arg-type]
+    assert r.status == "UNTRUSTED" and "rollback refused" in r.summary, r.summary
 
 
 def test_corrupt_state_fails_closed(tree: Path, keys: Keys, releases, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -120,11 +135,11 @@ def test_state_off_and_unwritable(tree: Path, keys: Keys, releases, tmp_path: Pa
     blocker = tmp_path / "file"
     blocker.write_text("x")
     r = _verify(tree, keys, v1, blocker / "state")
-    assert r.status == "ERROR" and "cannot read rollback state" in r.summary
+    assert r.status == "ERROR" and "rollback state directory" in r.summary and "--state-dir none" in r.summary
     broken = tmp_path / "broken-state"
     (broken / ".lock").mkdir(parents=True)  # the lock cannot be taken, so nothing can be recorded
     r = _verify(tree, keys, v1, broken)
-    assert r.status == "ERROR" and "rollback state not recorded" in r.summary
+    assert r.status == "ERROR" and "lock file" in r.summary
 
 
 def test_rollback_through_the_cli(tree: Path, keys: Keys, releases, tmp_path: Path, run_cli) -> None:  # type: ignore[no-untyped-def]
@@ -134,7 +149,7 @@ def test_rollback_through_the_cli(tree: Path, keys: Keys, releases, tmp_path: Pa
     assert run_cli(*base, "-m", str(v2)).returncode == 0
     r = run_cli(*base, "-m", str(v1))
     assert r.returncode == 3 and "rollback refused" in r.stderr
-    assert run_cli(*base, "-m", str(v1), env={"DURI_INTEGRITY_ALLOW_ROLLBACK_TO": "v1"}).returncode == 0
+    assert run_cli(*base, "-m", str(v1), env={"DURI_INTEGRITY_ALLOW_ROLLBACK_TO": "v1@100"}).returncode == 0
 
 
 def test_expired_and_future_manifests(tree: Path, keys: Keys, tmp_path: Path) -> None:
@@ -182,7 +197,7 @@ def test_build_warns_about_world_writable_and_setuid(tree: Path) -> None:
     """World-writable entries and setuid/setgid files are flagged when building."""
     (tree / "bin" / "run").chmod(0o4755)
     (tree / "data").chmod(0o777)
-    warnings = build_manifest(str(tree)).warnings
+    warnings = build_manifest(str(tree), deployment="svc").warnings
     assert any("bin/run: setuid/setgid" in w for w in warnings)
     assert any("data: world-writable" in w for w in warnings)
 

@@ -159,7 +159,7 @@ def test_manifest_outside_the_tree(tree: Path, keys: Keys, tmp_path: Path) -> No
     out = tmp_path / "release-meta"
     out.mkdir()
     manifest = out / "m.json"
-    write_atomic(str(manifest), build_manifest(str(tree)).data)
+    write_atomic(str(manifest), build_manifest(str(tree), deployment="svc").data)
     sign_manifest(str(manifest), str(keys.secret))
     r = verify_integrity(tree, manifest=manifest, public_keys=str(keys.public), use_config_file=False)
     assert r.status == "VERIFIED", r.summary
