@@ -110,6 +110,7 @@ def _hostile_cases(t: Path, k: Keys, fifo: Path, d: Path) -> list[list[str]]:
         ["diff", str(t / "missing"), str(t)],
         ["keygen", "-s", str(d), "-p", str(d / "x.pub")],
         ["keygen", "-s", "-", "-p", str(d / "x.pub")],
+        ["keygen", "--password-file", str(fifo), "-s", str(d / "p.key"), "-p", str(d / "p.pub")],  # no --encrypt
         ["build", str(t), "-x", "\udcff"],
         ["keygen", "--encrypt", "--password-file", str(fifo), "-s", str(d / "n.key"), "-p", str(d / "n.pub")],
         ["serve", str(t), "--bind", f"127.0.0.1:{big}"],
