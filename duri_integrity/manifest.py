@@ -53,7 +53,8 @@ _ROOT_DIGEST_CONTEXT = "duri-integrity 2026-11 manifest root digest v1"
 
 Mode = Annotated[int, msgspec.Meta(ge=0, le=0o7777)]
 Size = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
-Release = Annotated[str, msgspec.Meta(max_length=200, pattern=r"^[\x20-\x7e]*$")]
+# \Z, not $: "$" also matches before a final newline, which let "v1\n" through (and broke minisign's comment).
+Release = Annotated[str, msgspec.Meta(max_length=200, pattern=r"^[\x20-\x7e]*\Z")]
 Created = Annotated[datetime, msgspec.Meta(tz=True)]
 DEPLOYMENT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
 Deployment = Annotated[str, msgspec.Meta(pattern=DEPLOYMENT_PATTERN)]

@@ -133,7 +133,7 @@ def test_hostile_arguments_never_traceback(tree: Path, keys: Keys, tmp_path: Pat
 
 def test_build_refuses_labels_verify_would_reject(tree: Path, keys: Keys, run_cli: Run) -> None:
     """A release label with a control character or over 200 characters fails build (exit 2) before hashing."""
-    for label in ("v1\tbeta", "v1\x1b[2K", "é", "x" * 201):
+    for label in ("v1\tbeta", "v1\x1b[2K", "v1\n", "é", "x" * 201):
         r = run_cli("build", str(tree), "-s", str(keys.secret), "--release", label)
         _one_line_and_code(r, 2)
         assert "--release" in r.stderr and not (tree / "MANIFEST.json").exists()
@@ -248,3 +248,15 @@ def test_undecodable_bytes_in_arguments_are_escaped(tree: Path, tmp_path: Path, 
     r = run_cli("build", str(tree), "-m", out)
     assert r.returncode == 0, r.stderr
     assert "m\\x9b.json" in r.stdout
+
+
+def test_verify_side_refuses_a_label_ending_in_a_newline(tree: Path) -> None:
+    """The decoder refuses release "v1\\n" (a "$" anchor once let a final newline through)."""
+    from duri_integrity.build import build_manifest
+    from duri_integrity.errors import ManifestError
+    from duri_integrity.manifest import decode_manifest
+
+    data = build_manifest(str(tree), deployment="svc", release="v1").data
+    assert decode_manifest(data).release == "v1"  # the unedited bytes decode
+    with pytest.raises(ManifestError, match="release"):
+        decode_manifest(data.replace(b'"release":"v1"', b'"release":"v1\\n"', 1))
