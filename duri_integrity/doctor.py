@@ -5,7 +5,6 @@ instead of rolled back after.
 """
 
 import os
-import stat
 from datetime import UTC, datetime, timedelta
 
 import msgspec
@@ -21,7 +20,7 @@ from .trust import (
     rollback_key,
     state_store,
 )
-from .walk import DirCursor, check_root, inside_root, iter_tree, open_root, relative_inside
+from .walk import DirCursor, Walk, WalkError, check_root, inside_root, open_root, relative_inside
 
 __all__ = ["Check", "DoctorReport", "run_doctor"]
 
@@ -51,9 +50,13 @@ def _probe_tree(root_real: str, skip: set[str]) -> tuple[int, list[str]]:
     root_fd = open_root(root_real)
     cursor = DirCursor(root_fd)
     try:
-        for rel, st, _ in iter_tree(root_real, Excluder(), skip, stat_files=True, errors=errors):
+        for found in Walk(root_real, Excluder(), skip, stat_files=True):
+            if isinstance(found, WalkError):
+                errors.append((found.path, found.message))
+                continue
             count += 1
-            if isinstance(st, os.stat_result) and stat.S_ISREG(st.st_mode):
+            rel = found.path
+            if found.kind == "file":
                 rel_dir, _, name = rel.rpartition("/")
                 try:
                     os.close(os.open(name, OPEN_FLAGS, dir_fd=cursor.enter(rel_dir)))

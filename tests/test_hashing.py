@@ -73,11 +73,33 @@ def test_many_files_all_checked_with_any_worker_count(tmp_path: Path, workers: i
     assert sorted(i for i, *_ in problems) == sorted(bad)
 
 
-def test_replaced_file_is_unstable(tmp_path: Path) -> None:
-    """A file whose inode differs from what the walk saw is reported, not hashed."""
+def test_other_inode_than_listed_but_same_file_now_is_checked(tmp_path: Path) -> None:
+    """An inode that differs from the directory entry's but is still the name's (overlayfs copy-up) is hashed."""
     p = tmp_path / "f"
     p.write_bytes(b"one")
     job = _check(p)
+    assert check_files(str(tmp_path), [(job[0], job[1] + 10**9, *job[2:])], workers=1) == []
+    [(_, kind, _, _)] = check_files(str(tmp_path), [(job[0], job[1] + 10**9, *job[2:4], "0" * 64)], workers=1)
+    assert kind == "modified"
+
+
+def test_replaced_file_is_unstable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file replaced between its open and the check of its name is reported unstable, not hashed."""
+    from duri_integrity import hashing
+
+    p, twin = tmp_path / "f", tmp_path / "twin"
+    p.write_bytes(b"one")
+    twin.write_bytes(b"one")
+    job = _check(p)
+    real_fstat = os.fstat
+
+    def fstat_then_swap(fd: int) -> os.stat_result:
+        st = real_fstat(fd)
+        if twin.exists():
+            twin.rename(p)  # the name now points at another inode than the descriptor
+        return st
+
+    monkeypatch.setattr(hashing.os, "fstat", fstat_then_swap)
     [(_, kind, _, _)] = check_files(str(tmp_path), [(job[0], job[1] + 10**9, *job[2:])], workers=1)
     assert kind == "unstable"
 
