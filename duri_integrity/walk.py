@@ -155,8 +155,8 @@ class DirCursor:
                 raise
             self.fds.append(fd)
             self.parts.append(part)
-            if len(self.fds) > MAX_HELD_DIRS:
-                shallow = len(self.fds) - MAX_HELD_DIRS - 1
+            shallow = len(self.fds) - MAX_HELD_DIRS - 1
+            if shallow >= 0 and self.fds[shallow] >= 0:  # after a move up, fewer are open: nothing to close
                 os.close(self.fds[shallow])
                 self.fds[shallow] = -1
         self.rel_dir = rel_dir

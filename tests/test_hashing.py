@@ -228,3 +228,30 @@ def test_files_rewritten_during_verification_never_verify(tmp_path: Path) -> Non
     finally:
         stop.set()
         t.join()
+
+
+def test_directory_chain_holds_a_bounded_number_of_descriptors(tmp_path: Path) -> None:
+    """Moving about a 60-level tree, the cursor keeps at most MAX_HELD_DIRS fds, each the right directory."""
+    import random
+
+    from duri_integrity.walk import MAX_HELD_DIRS, DirCursor
+
+    d = tmp_path
+    for _ in range(60):
+        d = d / "d"
+        d.mkdir()
+    rng = random.Random(7)
+    root_fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    cursor = DirCursor(root_fd)
+    before = len(os.listdir("/proc/self/fd"))
+    try:
+        for _ in range(300):
+            depth = rng.choice([0, 1, rng.randrange(61), 59, 60])
+            rel = "/".join(["d"] * depth)
+            fd = cursor.enter(rel)
+            assert os.fstat(fd).st_ino == (tmp_path / rel).stat().st_ino
+            assert len(os.listdir("/proc/self/fd")) - before <= MAX_HELD_DIRS
+    finally:
+        cursor.close()
+        os.close(root_fd)
+    assert len(os.listdir("/proc/self/fd")) == before - 1
