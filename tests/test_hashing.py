@@ -255,3 +255,43 @@ def test_directory_chain_holds_a_bounded_number_of_descriptors(tmp_path: Path) -
         cursor.close()
         os.close(root_fd)
     assert len(os.listdir("/proc/self/fd")) == before - 1
+
+
+def test_secret_key_variants_minisign_loads_are_flagged(tmp_path: Path, minisign_bin: str) -> None:
+    """Every form of a secret key the real minisign loads (BOM, any first line, junk after, big file) is flagged."""
+    import subprocess
+
+    subprocess.run(
+        [minisign_bin, "-G", "-W", "-p", str(tmp_path / "k.pub"), "-s", str(tmp_path / "k.key")],
+        check=True,
+        capture_output=True,
+    )
+    key = (tmp_path / "k.key").read_bytes()
+    comment, key_line = key.splitlines()[:2]
+    variants = {
+        "plain.key": key,
+        "bom.key": b"\xef\xbb\xbf" + key,
+        "any-comment.key": b"release notes\n" + key_line + b"\n",
+        "crlf.key": comment + b"\r\n" + key_line + b"\r\n",
+        "junk-after.key": key + os.urandom(6000),
+        "huge.bin": key + b"\0" * (SMALL_FILE + 10),
+    }
+    (tmp_path / "msg").write_bytes(b"m")
+    for name, data in variants.items():
+        (tmp_path / name).write_bytes(data)
+        loaded = subprocess.run(
+            [minisign_bin, "-S", "-s", str(tmp_path / name), "-m", str(tmp_path / "msg"), "-x", str(tmp_path / "sig")],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            check=False,
+        )
+        assert loaded.returncode == 0, (name, loaded.stderr)  # minisign really uses it as a key
+    (tmp_path / "bare.key").write_bytes(key_line + b"\n")  # minisign 0.11 refuses it; it is the key all the same
+    (tmp_path / "notes.txt").write_bytes(b"a line\nthat quotes RWQAAEIy mid-line\n")
+    names = [*variants, "bare.key", "k.pub", "notes.txt"]
+    res = hash_for_build(str(tmp_path), [(n, (tmp_path / n).lstat()) for n in names], workers=2)
+    assert {n: r.secret_key for n, r in zip(names, res, strict=True)} == {
+        **dict.fromkeys([*variants, "bare.key"], True),
+        "k.pub": False,
+        "notes.txt": False,
+    }
