@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable
+from typing import cast
 
 from .config import OWN_FILES
 from .exclude import Excluder
@@ -47,6 +48,8 @@ class _Comparison:
         self.entries = m.entries
         self.keys = keys
         self.index: dict[str, int] = dict(zip(keys, range(len(keys)), strict=True))
+        self.lookup = self.index.get
+        self.files = 0
         self.seen = bytearray(len(keys))
         self.failed = bytearray(len(keys))
         self.unlisted_dirs: set[str] = set()
@@ -85,7 +88,7 @@ class _Comparison:
     def classify(self, found: Found) -> int:
         """Compare everything but a file's content; return the index of a file whose content must be checked, or -1."""
         path, kind, _, st, target = found
-        i = self.index.get(path, -1)
+        i = self.lookup(path, -1)
         if i < 0:
             self.tally.added += 1
             self.problem(-1, path, "added", actual=kind)
@@ -95,13 +98,12 @@ class _Comparison:
         if kind != e.kind:
             self.problem(i, path, "type_changed", expected=e.kind, actual=kind)
             return -1
-        t = self.tally
-        t.checked += 1
         if st is not None and st.st_mode & 0o7777 != e.mode:  # full mode: the hasher checks a file's mode
             self.problem(i, path, "mode_changed", expected=f"{e.mode:04o}", actual=f"{st.st_mode & 0o7777:04o}")
         if kind == "file":
-            t.files += 1
+            self.files += 1  # a plain attribute: this is the hot loop
             return i
+        t = self.tally
         if kind == "dir":
             t.directories += 1
         elif type(e) is Symlink:
@@ -165,22 +167,26 @@ class _Comparison:
 
     def outcome(self, records: bytearray | None) -> Outcome:
         self._trim()
-        return Outcome(self.kept, self.tally, records)
+        t = self.tally
+        t.files = self.files
+        t.checked = t.files + t.directories + t.symlinks + t.other
+        return Outcome(self.kept, t, records)
 
 
 def _walk_full(c: _Comparison, walk: Walk) -> None:
     """Full mode: every regular file the manifest lists is hashed (mode checked on the open fd)."""
-    classify, add_job, walk_error = c.classify, c.add_job, c.walk_error
+    classify, walk_error = c.classify, c.walk_error
+    files, keys, append_job, append_index = cast(list[File], c.entries), c.keys, c.jobs.append, c.job_index.append
     for found in walk:
-        if type(found) is WalkError:
+        if isinstance(found, WalkError):
             walk_error(found)
             continue
-        assert type(found) is Found
         i = classify(found)
-        if i >= 0:
-            st = found.st
-            # A file listed as another type and lstat-ed as a file (a race) had its mode checked already.
-            add_job(i, found.ino, c.entries[i].mode if st is None else st.st_mode & 0o7777)
+        if i >= 0:  # a File (classify() checked the type); written out here because it is the hot loop
+            e, st = files[i], found[3]
+            # A name listed as another type and lstat-ed as a file (a race) had its mode checked by classify().
+            append_job((keys[i], found[2], e.size, e.mode if st is None else st.st_mode & 0o7777, e.blake3))
+            append_index(i)
 
 
 def _walk_quick(c: _Comparison, walk: Walk, snapshot: Snapshot | None) -> bytearray:
@@ -191,10 +197,9 @@ def _walk_quick(c: _Comparison, walk: Walk, snapshot: Snapshot | None) -> bytear
     settled_before = snapshot.settled_before() if snapshot is not None else 0
     size_of, pack = RECORD.size, RECORD.pack
     for found in walk:
-        if type(found) is WalkError:
+        if isinstance(found, WalkError):
             walk_error(found)
             continue
-        assert type(found) is Found
         i = classify(found)
         st = found.st
         if i < 0 or st is None:  # st is always there in quick mode (stat_files=True)
