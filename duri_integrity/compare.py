@@ -123,6 +123,8 @@ class _Comparison:
             self.seen[i] = 1  # it is there: "missing" would be wrong
             if err.listed:
                 self.unlisted_dirs.add(err.path)
+        elif err.path == ".":
+            self.unlisted_dirs.add("")
         # A directory not in the manifest that was listed was counted (and failed) as added; the root was not.
         self.problem(i, err.path, err.kind, actual=err.message, new=not err.listed or err.path == ".")
 
@@ -144,8 +146,8 @@ class _Comparison:
             parent = path.rpartition("/")[0]
             while parent and parent not in unlisted:
                 parent = parent.rpartition("/")[0]
-            if parent:
-                why = f"in {display(parent)}, which could not be read"
+            if parent in unlisted:
+                why = f"in {display(parent or '.')}, which could not be read"
                 self.problem(i, path, "unreadable", expected=kind, actual=why)
             else:
                 self.problem(i, path, "missing", expected=kind)

@@ -109,6 +109,15 @@ def test_unlistable_directory_contents_are_unreadable_not_missing(
     assert r.counts["missing"] == 0 and r.counts["failed"] == 5
 
 
+def test_unlistable_root_is_not_everything_missing(signed: Signed, monkeypatch: pytest.MonkeyPatch) -> None:
+    """If the root itself cannot be listed, every entry is 'unreadable', none 'missing', and N of M holds."""
+    _scandir_hook(monkeypatch, fail_dir=signed.root.name)
+    r = signed.verify()
+    assert r.status == "FAILED" and r.counts["missing"] == 0
+    assert r.counts["unreadable"] == r.counts["entries"] + 1  # the root, then everything in the manifest
+    assert r.counts["failed"] == r.counts["total"] == r.counts["entries"] + 1
+
+
 def test_summary_counts_files_as_files(signed: Signed) -> None:
     """'N files verified' counts regular files; directories and symlinks are counted separately."""
     files = dirs = links = 0
