@@ -6,7 +6,7 @@ import os
 import stat
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Any, NamedTuple, cast
+from typing import Any, NamedTuple
 
 from . import __version__
 from .config import OWN_FILES, signature_path_for
@@ -29,7 +29,7 @@ from .manifest import (
     make_entry_path,
     utc_now,
 )
-from .walk import check_root, inside_root, iter_tree, kind_of, relative_inside
+from .walk import Walk, WalkError, check_root, inside_root, kind_of, relative_inside
 
 __all__ = [
     "BuildResult",
@@ -78,13 +78,14 @@ def build_manifest(
         rel = inside_root(root_real, key_path)
         if rel is not None and rel not in skipped:
             raise TreeError(f"the signing key {key_path!r} is inside the tree being built; move it out")
-    errors: list[tuple[str, str]] = []
-    walked = iter_tree(root_real, excluder, skipped, stat_files=True, errors=errors)
-    # Canonical order is by path bytes; every entry comes with its lstat (stat_files=True).
-    rows = sorted(
-        ((os.fsencode(rel), rel, cast(os.stat_result, st), link) for rel, st, link in walked), key=lambda r: r[0]
-    )
-    problems = [f"{display(p)}: {msg}" for p, msg in errors]
+    problems: list[str] = []
+    rows: list[tuple[bytes, str, os.stat_result, str | None]] = []
+    for found in Walk(root_real, excluder, skipped, stat_files=True):
+        if isinstance(found, WalkError):
+            problems.append(f"{display(found.path)}: {found.message}")
+        elif found.st is not None:  # always: stat_files=True
+            rows.append((os.fsencode(found.path), found.path, found.st, found.target))
+    rows.sort(key=lambda r: r[0])  # canonical order is by path bytes
     file_rows = [(rel, st) for _, rel, st, _ in rows if stat.S_ISREG(st.st_mode)]
     hashed = iter(hash_for_build(root_real, file_rows, workers))
     entries: list[Entry] = []

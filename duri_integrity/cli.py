@@ -349,6 +349,13 @@ def render_report(report: Report, *, quiet: bool, echo: Callable[..., None] = cl
     type=click.Path(dir_okay=False),
     help="Also write the result as node_exporter textfile metrics here (replaced atomically).",
 )
+@click.option(
+    "--max-problems",
+    type=click.IntRange(0),
+    default=5000,
+    show_default=True,
+    help="Problems listed in the report (the first in path order; counts stay exact); 0 lists all.",
+)
 @_workers_option
 @_config_option
 def verify(
@@ -366,6 +373,7 @@ def verify(
     revoked_key: tuple[str, ...],
     clock_skew: int | None,
     prometheus_textfile: str | None,
+    max_problems: int,
     workers: int | None,
     config_file: str | None,
 ) -> None:
@@ -393,6 +401,7 @@ def verify(
         clock_skew=clock_skew,
         config_file=config_file,
         progress=bar.update if bar else None,
+        max_problems=max_problems or None,
     )
     if bar:
         bar.clear()
