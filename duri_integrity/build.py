@@ -71,7 +71,7 @@ def build_manifest(
     """
     check_labels(deployment, release)
     root_real = check_root(root)
-    excluder = Excluder(exclude)
+    excluder = _RecordingExcluder(exclude)
     warnings = code_exclusion_warnings(excluder)
     skipped = relative_inside(root_real, skip) | set(OWN_FILES)
     for key_path in secret_key_paths:
@@ -85,6 +85,7 @@ def build_manifest(
             problems.append(f"{display(found.path)}: {found.message}")
         elif found.st is not None:  # always: stat_files=True
             rows.append((os.fsencode(found.path), found.path, found.st, found.target))
+    warnings += excluded_code_warnings(root_real, excluder.seen)
     rows.sort(key=lambda r: r[0])  # canonical order is by path bytes
     file_rows = [(rel, st) for _, rel, st, _ in rows if stat.S_ISREG(st.st_mode)]
     hashed = iter(hash_for_build(root_real, file_rows, workers))
@@ -169,6 +170,56 @@ def code_exclusion_warnings(excluder: Excluder) -> list[str]:
         + ", ".join(hit[:3])
         + "): an interpreter loads it, so an attacker can hide code there and the tree still verifies; "
         "compile bytecode at build time and keep it in the manifest instead (docs/threat-model.md)"
+    ]
+
+
+_CODE_SUFFIXES = (".py", ".pyc", ".pyo", ".pyd", ".so", ".pth", ".dylib")
+
+
+class _RecordingExcluder(Excluder):
+    """The manifest's exclusions, remembering (up to a bound) what they actually left out."""
+
+    LIMIT = 1000
+
+    def __init__(self, patterns: Sequence[str] = ()) -> None:
+        super().__init__(patterns)
+        self.seen: list[tuple[str, bool]] = []
+
+    def excluded(self, path: str, is_dir: bool) -> bool:
+        hit = super().excluded(path, is_dir)
+        if hit and len(self.seen) < self.LIMIT:
+            self.seen.append((path, is_dir))
+        return hit
+
+
+def _is_code(name: str) -> bool:
+    return name == "__pycache__" or name.endswith(_CODE_SUFFIXES) or ".so." in name
+
+
+def excluded_code_warnings(root_real: str, excluded: list[tuple[str, bool]], limit: int = 20_000) -> list[str]:
+    """Warn about code the exclusions actually leave out of this tree (looking inside excluded
+    directories too, up to ``limit`` entries), whatever the patterns look like."""
+    found: list[str] = []
+    budget = limit
+    for rel, is_dir in excluded:
+        if _is_code(rel.rpartition("/")[2]):
+            found.append(rel)
+        elif is_dir:
+            for dirpath, dirnames, filenames in os.walk(os.path.join(root_real, rel)):
+                budget -= len(dirnames) + len(filenames)
+                found += [
+                    os.path.relpath(os.path.join(dirpath, n), root_real) for n in dirnames + filenames if _is_code(n)
+                ]
+                if budget <= 0 or len(found) > 3:
+                    break
+        if len(found) > 3 or budget <= 0:
+            break
+    if not found:
+        return []
+    return [
+        f"excluded from the manifest but loadable as code: {', '.join(display(p) for p in found[:3])}"
+        + (" ..." if len(found) > 3 else "")
+        + "; an attacker can change or add such files and the tree still verifies (docs/threat-model.md)"
     ]
 
 

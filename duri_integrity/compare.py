@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import cast
 
 from .config import OWN_FILES
+from .errors import TrustAnchorInTree
 from .exclude import Excluder
 from .hashing import FileCheck, check_files
 from .manifest import File, Manifest, Symlink, display
@@ -175,7 +176,26 @@ class _Comparison:
         return Outcome(self.kept, t, records)
 
 
-def _walk_full(c: _Comparison, walk: Walk) -> None:
+def _refusing(
+    walk: Iterable[Found | WalkError], root_real: str, anchors: Mapping[int, tuple[int, str]]
+) -> Iterator[Found | WalkError]:
+    """The walk, refusing any entry that is one of the files trust was taken from."""
+    for found in walk:
+        if not isinstance(found, WalkError) and found.ino in anchors:
+            dev, path = anchors[found.ino]
+            try:
+                same = os.lstat(os.path.join(root_real, found.path)).st_dev == dev
+            except OSError:
+                same = True  # cannot tell: fail closed
+            if same:
+                raise TrustAnchorInTree(
+                    f"{path!r}, which this run took trust from, is {display(found.path)!r} inside the tree "
+                    "being verified (a bind mount or a hard link); trust anchors must come from outside it"
+                )
+        yield found
+
+
+def _walk_full(c: _Comparison, walk: Iterable[Found | WalkError]) -> None:
     """Full mode: every regular file the manifest lists is hashed (mode checked on the open fd)."""
     classify, walk_error = c.classify, c.walk_error
     files, keys, append_job, append_index = cast(list[File], c.entries), c.keys, c.jobs.append, c.job_index.append
@@ -191,7 +211,7 @@ def _walk_full(c: _Comparison, walk: Walk) -> None:
             append_index(i)
 
 
-def _walk_quick(c: _Comparison, walk: Walk, snapshot: Snapshot | None) -> bytearray:
+def _walk_quick(c: _Comparison, walk: Iterable[Found | WalkError], snapshot: Snapshot | None) -> bytearray:
     """Quick mode: files whose lstat matches a settled snapshot record are not hashed."""
     classify, add_job, walk_error = c.classify, c.add_job, c.walk_error
     records = bytearray(RECORD.size * len(c.entries))
@@ -236,12 +256,16 @@ def compare(
     progress: Callable[[int, int], None] | None = None,
     *,
     max_problems: int | None = DEFAULT_MAX_PROBLEMS,
+    anchors: Mapping[int, tuple[int, str]] | None = None,
 ) -> Outcome:
     """Walk the tree and compare it with the manifest, hashing what must be hashed.
 
     ``max_problems`` (at least 1, or None for all) bounds the problems listed;
-    counts are exact either way. Raises TreeError when the check cannot be
-    complete (out of descriptors or memory), and whatever a hashing thread raised.
+    counts are exact either way. ``anchors`` maps the inode of each file that
+    decided trust (keys, revocations, config) to its (device, path): finding one in
+    the tree raises TrustAnchorInTree, however the tree reaches it (a bind mount, a
+    hard link). Raises TreeError when the check cannot be complete (out of
+    descriptors or memory), and whatever a hashing thread raised.
     """
     if max_problems is not None and max_problems < 1:
         raise ValueError("max_problems must be at least 1 (or None for all)")
@@ -250,11 +274,12 @@ def compare(
     # this run uses a copy kept elsewhere (unless the manifest itself lists them).
     skip = skip | {n for n in OWN_FILES if n not in c.index}
     walk = Walk(root_real, Excluder(m.exclude), skip, stat_files=quick)
+    found: Iterable[Found | WalkError] = _refusing(walk, root_real, anchors) if anchors else walk
     records = None
     if quick:
-        records = _walk_quick(c, walk, snapshot)
+        records = _walk_quick(c, found, snapshot)
     else:
-        _walk_full(c, walk)
+        _walk_full(c, found)
     c.finish_walk(walk.excluded)
     c.hash(root_real, workers, progress)
     return c.outcome(records)

@@ -147,9 +147,13 @@ def _trust_checks(c: _Checklist, settings: Settings, root_real: str) -> None:
         store = None if state_disabled(settings) else open_store(settings)
     try:
         deployment = host_deployment(settings, store)
-        approval = parse_approval(settings.allow_rollback_to)
     except IntegrityError as exc:
         c.add("deployment", False, str(exc), "pass --deployment NAME (or DURI_INTEGRITY_DEPLOYMENT)")
+        return
+    try:
+        approval = parse_approval(settings.allow_rollback_to)
+    except IntegrityError as exc:
+        c.add("rollback approval", False, str(exc), "--allow-rollback-to SERIAL or LABEL@SERIAL")
         return
     manifest_path, sig_path = manifest_paths(settings, root_real)
     try:

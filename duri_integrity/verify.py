@@ -11,11 +11,11 @@ from typing import TypedDict, Unpack
 from . import __version__
 from .compare import DEFAULT_MAX_PROBLEMS, Outcome, compare
 from .config import Settings, resolve_settings
-from .errors import IntegrityError, NotVerifiedError, UntrustedError
+from .errors import IntegrityError, NotVerifiedError, TrustAnchorInTree, UntrustedError
 from .logs import log_report
 from .report import ManifestInfo, Mode, Report, Status, make_report
 from .snapshot import Snapshot, default_cache_dir, load_snapshot, save_snapshot
-from .trust import TrustAnchorInTree, evaluate, load_inputs, now_utc, record_verified
+from .trust import anchor_inodes, evaluate, load_inputs, now_utc, record_verified
 from .walk import check_root, inside_root, relative_inside
 
 __all__ = ["VerifyOptions", "ensure_integrity", "verify_integrity", "verify_settings"]
@@ -66,19 +66,22 @@ def verify_integrity(
         raise ValueError("workers must be an integer between 1 and 256")
     if max_problems is not None and (not isinstance(max_problems, int) or max_problems < 1):
         raise ValueError("max_problems must be a positive integer or None")
-    overrides = _overrides(
-        root,
-        manifest,
-        signature,
-        public_keys,
-        deployment,
-        workers,
-        cache_dir,
-        state_dir,
-        allow_rollback_to,
-        revoked_keys,
-        clock_skew,
-    )
+    try:
+        overrides = _overrides(
+            root,
+            manifest,
+            signature,
+            public_keys,
+            deployment,
+            workers,
+            cache_dir,
+            state_dir,
+            allow_rollback_to,
+            revoked_keys,
+            clock_skew,
+        )
+    except TypeError as exc:  # os.fspath(False), a number where a path belongs...
+        raise ValueError(f"invalid argument: {exc}") from None
     run = Run(os.fspath(root) if root is not None else ".", t0, checked_at)
     try:
         settings, run.config_file = resolve_settings(
@@ -124,6 +127,9 @@ def verify_settings(
             if note:
                 run.notes.append(note)
         run.mode = "quick" if snapshot else "full"
+        anchors = inputs.anchors
+        if run.config_file is not None:
+            anchors.update(anchor_inodes([run.config_file]))
         outcome = compare(
             tm.manifest,
             tm.keys,
@@ -134,6 +140,7 @@ def verify_settings(
             quick,
             progress,
             max_problems=max_problems,
+            anchors=anchors,
         )
         if outcome.problems:
             return run.finish("FAILED", outcome=outcome)
@@ -173,7 +180,7 @@ def _overrides(
     def paths(p: str | Sequence[str] | None) -> list[str] | None:
         return [p] if isinstance(p, str) else ([os.fspath(k) for k in p] if p is not None else None)
 
-    return Settings(
+    settings = Settings(
         root=path(root),
         manifest=path(manifest),
         signature=path(signature),
@@ -186,6 +193,12 @@ def _overrides(
         revoked_keys=paths(revoked_keys),
         clock_skew=clock_skew,
     )
+    import msgspec
+
+    try:  # the types, checked once: a wrong one is the caller's bug, a ValueError
+        return msgspec.convert(msgspec.structs.asdict(settings), Settings)
+    except msgspec.ValidationError as exc:
+        raise ValueError(f"invalid argument: {exc}") from None
 
 
 def _error_code(exc: IntegrityError) -> str:
