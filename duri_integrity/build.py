@@ -78,45 +78,9 @@ def build_manifest(
         rel = inside_root(root_real, key_path)
         if rel is not None and rel not in skipped:
             raise TreeError(f"the signing key {key_path!r} is inside the tree being built; move it out")
-    problems: list[str] = []
-    rows: list[tuple[bytes, str, os.stat_result, str | None]] = []
-    for found in Walk(root_real, excluder, skipped, stat_files=True):
-        if isinstance(found, WalkError):
-            problems.append(f"{display(found.path)}: {found.message}")
-        elif found.st is not None:  # always: stat_files=True
-            rows.append((os.fsencode(found.path), found.path, found.st, found.target))
+    rows, problems = _walk(root_real, excluder, skipped)
     warnings += excluded_code_warnings(root_real, excluder.seen)
-    rows.sort(key=lambda r: r[0])  # canonical order is by path bytes
-    file_rows = [(rel, st) for _, rel, st, _ in rows if stat.S_ISREG(st.st_mode)]
-    hashed = iter(hash_for_build(root_real, file_rows, workers))
-    entries: list[Entry] = []
-    for _, rel, st, link in rows:
-        mode = st.st_mode
-        perm = stat.S_IMODE(mode)
-        kind = kind_of(mode)
-        if kind not in ("symlink", "unknown"):
-            if perm & stat.S_IWOTH and not (kind == "dir" and perm & stat.S_ISVTX):
-                warnings.append(f"{display(rel)}: world-writable ({perm:04o})")
-            if kind == "file" and perm & (stat.S_ISUID | stat.S_ISGID):
-                warnings.append(f"{display(rel)}: setuid/setgid ({perm:04o})")
-        path, path_b64 = make_entry_path(rel)
-        if kind == "file":
-            res = next(hashed)
-            if res.digest is None:
-                problems.append(f"{display(rel)}: {res.problem}: {res.detail}")
-            elif res.secret_key:
-                problems.append(f"{display(rel)}: looks like a minisign secret key; keys must never ship in a release")
-            else:
-                entries.append(File(path=path, path_b64=path_b64, mode=perm, size=st.st_size, blake3=res.digest))
-        elif kind == "symlink":
-            if leaves_tree(rel, link or ""):
-                warnings.append(f"{display(rel)}: symlink to {display(link or '')!r} points outside the tree")
-            target, target_b64 = make_entry_path(link or "")
-            entries.append(Symlink(path=path, path_b64=path_b64, mode=perm, target=target, target_b64=target_b64))
-        elif kind == "unknown":
-            problems.append(f"{display(rel)}: unknown file type {stat.S_IFMT(mode):o}")
-        else:
-            entries.append(PLAIN_TYPES[kind](path=path, path_b64=path_b64, mode=perm))
+    entries = _entries(root_real, rows, workers, problems, warnings)
     if problems:
         more = f" (and {len(problems) - _MAX_LISTED} more)" if len(problems) > _MAX_LISTED else ""
         raise TreeError(
@@ -138,6 +102,64 @@ def build_manifest(
         entries=entries,
     )
     return BuildResult(manifest, encode_manifest(manifest), warnings)
+
+
+_Row = tuple[bytes, str, os.stat_result, str | None]
+
+
+def _walk(root_real: str, excluder: Excluder, skipped: set[str]) -> tuple[list[_Row], list[str]]:
+    """Every object with its lstat (and link target), in canonical order (by path bytes); problems."""
+    problems: list[str] = []
+    rows: list[_Row] = []
+    for found in Walk(root_real, excluder, skipped, stat_files=True):
+        if isinstance(found, WalkError):
+            problems.append(f"{display(found.path)}: {found.message}")
+        elif found.st is not None:  # always: stat_files=True
+            rows.append((os.fsencode(found.path), found.path, found.st, found.target))
+    rows.sort(key=lambda r: r[0])
+    return rows, problems
+
+
+def _entries(
+    root_real: str, rows: list[_Row], workers: int | None, problems: list[str], warnings: list[str]
+) -> list[Entry]:
+    """The manifest entries for the walked rows, hashing the files; problems and warnings appended."""
+    file_rows = [(rel, st) for _, rel, st, _ in rows if stat.S_ISREG(st.st_mode)]
+    hashed = iter(hash_for_build(root_real, file_rows, workers))
+    entries: list[Entry] = []
+    for _, rel, st, link in rows:
+        perm, kind = stat.S_IMODE(st.st_mode), kind_of(st.st_mode)
+        warnings += _mode_warnings(rel, kind, perm)
+        path, path_b64 = make_entry_path(rel)
+        if kind == "file":
+            res = next(hashed)
+            if res.digest is None:
+                problems.append(f"{display(rel)}: {res.problem}: {res.detail}")
+            elif res.secret_key:
+                problems.append(f"{display(rel)}: looks like a minisign secret key; keys must never ship in a release")
+            else:
+                entries.append(File(path=path, path_b64=path_b64, mode=perm, size=st.st_size, blake3=res.digest))
+        elif kind == "symlink":
+            if leaves_tree(rel, link or ""):
+                warnings.append(f"{display(rel)}: symlink to {display(link or '')!r} points outside the tree")
+            target, target_b64 = make_entry_path(link or "")
+            entries.append(Symlink(path=path, path_b64=path_b64, mode=perm, target=target, target_b64=target_b64))
+        elif kind == "unknown":
+            problems.append(f"{display(rel)}: unknown file type {stat.S_IFMT(st.st_mode):o}")
+        else:
+            entries.append(PLAIN_TYPES[kind](path=path, path_b64=path_b64, mode=perm))
+    return entries
+
+
+def _mode_warnings(rel: str, kind: str, perm: int) -> list[str]:
+    if kind in ("symlink", "unknown"):
+        return []
+    out = []
+    if perm & stat.S_IWOTH and not (kind == "dir" and perm & stat.S_ISVTX):
+        out.append(f"{display(rel)}: world-writable ({perm:04o})")
+    if kind == "file" and perm & (stat.S_ISUID | stat.S_ISGID):
+        out.append(f"{display(rel)}: setuid/setgid ({perm:04o})")
+    return out
 
 
 _CODE_SAMPLES = (

@@ -13,9 +13,10 @@ from .compare import DEFAULT_MAX_PROBLEMS, Outcome, compare
 from .config import Settings, resolve_settings
 from .errors import IntegrityError, NotVerifiedError, TrustAnchorInTree, UntrustedError
 from .logs import log_report
+from .manifest import Manifest
 from .report import ManifestInfo, Mode, Report, Status, make_report
 from .snapshot import Snapshot, default_cache_dir, load_snapshot, save_snapshot
-from .trust import anchor_inodes, evaluate, load_inputs, now_utc, record_verified
+from .trust import TrustInputs, anchor_inodes, evaluate, load_inputs, now_utc, record_verified
 from .walk import check_root, inside_root, relative_inside
 
 __all__ = ["VerifyOptions", "ensure_integrity", "verify_integrity", "verify_settings"]
@@ -109,27 +110,16 @@ def verify_settings(
     run.root = settings.root or "."
     try:
         root_real = check_root(run.root)
-        if run.config_file is not None and inside_root(root_real, run.config_file) is not None:
-            raise TrustAnchorInTree(
-                f"config file {run.config_file!r} is inside the tree being verified; it must come from outside it"
-            )
-        inputs = load_inputs(settings, root_real)
+        inputs = _trust(settings, run, root_real)
         tm = evaluate(inputs, now_utc())
         run.minfo = tm.info
         run.notes.extend(tm.notes)
         if inputs.store is None:
             run.notes.append("rollback protection is off (state directory set to none)")
         skip = relative_inside(root_real, (inputs.manifest_path, inputs.signature_path))
-        snapshot = None
         cache = settings.cache_dir or default_cache_dir()
-        if quick:
-            snapshot, note = load_snapshot(cache, root_real, tm.manifest.root_digest, len(tm.manifest.entries))
-            if note:
-                run.notes.append(note)
+        snapshot = _snapshot(run, cache, root_real, tm.manifest) if quick else None
         run.mode = "quick" if snapshot else "full"
-        anchors = inputs.anchors
-        if run.config_file is not None:
-            anchors.update(anchor_inodes([run.config_file]))
         outcome = compare(
             tm.manifest,
             tm.keys,
@@ -140,7 +130,7 @@ def verify_settings(
             quick,
             progress,
             max_problems=max_problems,
-            anchors=anchors,
+            anchors=inputs.anchors,
         )
         if outcome.problems:
             return run.finish("FAILED", outcome=outcome)
@@ -159,6 +149,25 @@ def verify_settings(
         if note:
             run.notes.append(note)
     return run.finish("VERIFIED", outcome=outcome)
+
+
+def _trust(settings: Settings, run: Run, root_real: str) -> TrustInputs:
+    """The trust pipeline's inputs, with the config file counted among the trust anchors."""
+    if run.config_file is not None and inside_root(root_real, run.config_file) is not None:
+        raise TrustAnchorInTree(
+            f"config file {run.config_file!r} is inside the tree being verified; it must come from outside it"
+        )
+    inputs = load_inputs(settings, root_real)
+    if run.config_file is not None:
+        inputs.anchors.update(anchor_inodes([run.config_file]))
+    return inputs
+
+
+def _snapshot(run: Run, cache: str, root_real: str, m: Manifest) -> Snapshot | None:
+    snapshot, note = load_snapshot(cache, root_real, m.root_digest, len(m.entries))
+    if note:
+        run.notes.append(note)
+    return snapshot
 
 
 def _overrides(
