@@ -6,7 +6,7 @@ import os
 import stat
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Any, NamedTuple, cast
+from typing import Any, NamedTuple
 
 from . import __version__
 from .config import OWN_FILES, signature_path_for
@@ -29,7 +29,7 @@ from .manifest import (
     make_entry_path,
     utc_now,
 )
-from .walk import check_root, inside_root, iter_tree, kind_of, relative_inside
+from .walk import Walk, WalkError, check_root, inside_root, kind_of, relative_inside
 
 __all__ = [
     "BuildResult",
@@ -71,50 +71,16 @@ def build_manifest(
     """
     check_labels(deployment, release)
     root_real = check_root(root)
-    excluder = Excluder(exclude)
+    excluder = _RecordingExcluder(exclude)
     warnings = code_exclusion_warnings(excluder)
     skipped = relative_inside(root_real, skip) | set(OWN_FILES)
     for key_path in secret_key_paths:
         rel = inside_root(root_real, key_path)
         if rel is not None and rel not in skipped:
             raise TreeError(f"the signing key {key_path!r} is inside the tree being built; move it out")
-    errors: list[tuple[str, str]] = []
-    walked = iter_tree(root_real, excluder, skipped, stat_files=True, errors=errors)
-    # Canonical order is by path bytes; every entry comes with its lstat (stat_files=True).
-    rows = sorted(
-        ((os.fsencode(rel), rel, cast(os.stat_result, st), link) for rel, st, link in walked), key=lambda r: r[0]
-    )
-    problems = [f"{display(p)}: {msg}" for p, msg in errors]
-    file_rows = [(rel, st) for _, rel, st, _ in rows if stat.S_ISREG(st.st_mode)]
-    hashed = iter(hash_for_build(root_real, file_rows, workers))
-    entries: list[Entry] = []
-    for _, rel, st, link in rows:
-        mode = st.st_mode
-        perm = stat.S_IMODE(mode)
-        kind = kind_of(mode)
-        if kind not in ("symlink", "unknown"):
-            if perm & stat.S_IWOTH and not (kind == "dir" and perm & stat.S_ISVTX):
-                warnings.append(f"{display(rel)}: world-writable ({perm:04o})")
-            if kind == "file" and perm & (stat.S_ISUID | stat.S_ISGID):
-                warnings.append(f"{display(rel)}: setuid/setgid ({perm:04o})")
-        path, path_b64 = make_entry_path(rel)
-        if kind == "file":
-            res = next(hashed)
-            if res.digest is None:
-                problems.append(f"{display(rel)}: {res.problem}: {res.detail}")
-            elif res.secret_key:
-                problems.append(f"{display(rel)}: looks like a minisign secret key; keys must never ship in a release")
-            else:
-                entries.append(File(path=path, path_b64=path_b64, mode=perm, size=st.st_size, blake3=res.digest))
-        elif kind == "symlink":
-            if leaves_tree(rel, link or ""):
-                warnings.append(f"{display(rel)}: symlink to {display(link or '')!r} points outside the tree")
-            target, target_b64 = make_entry_path(link or "")
-            entries.append(Symlink(path=path, path_b64=path_b64, mode=perm, target=target, target_b64=target_b64))
-        elif kind == "unknown":
-            problems.append(f"{display(rel)}: unknown file type {stat.S_IFMT(mode):o}")
-        else:
-            entries.append(PLAIN_TYPES[kind](path=path, path_b64=path_b64, mode=perm))
+    rows, problems = _walk(root_real, excluder, skipped)
+    warnings += excluded_code_warnings(root_real, excluder.seen)
+    entries = _entries(root_real, rows, workers, problems, warnings)
     if problems:
         more = f" (and {len(problems) - _MAX_LISTED} more)" if len(problems) > _MAX_LISTED else ""
         raise TreeError(
@@ -136,6 +102,64 @@ def build_manifest(
         entries=entries,
     )
     return BuildResult(manifest, encode_manifest(manifest), warnings)
+
+
+_Row = tuple[bytes, str, os.stat_result, str | None]
+
+
+def _walk(root_real: str, excluder: Excluder, skipped: set[str]) -> tuple[list[_Row], list[str]]:
+    """Every object with its lstat (and link target), in canonical order (by path bytes); problems."""
+    problems: list[str] = []
+    rows: list[_Row] = []
+    for found in Walk(root_real, excluder, skipped, stat_files=True):
+        if isinstance(found, WalkError):
+            problems.append(f"{display(found.path)}: {found.message}")
+        elif found.st is not None:  # always: stat_files=True
+            rows.append((os.fsencode(found.path), found.path, found.st, found.target))
+    rows.sort(key=lambda r: r[0])
+    return rows, problems
+
+
+def _entries(
+    root_real: str, rows: list[_Row], workers: int | None, problems: list[str], warnings: list[str]
+) -> list[Entry]:
+    """The manifest entries for the walked rows, hashing the files; problems and warnings appended."""
+    file_rows = [(rel, st) for _, rel, st, _ in rows if stat.S_ISREG(st.st_mode)]
+    hashed = iter(hash_for_build(root_real, file_rows, workers))
+    entries: list[Entry] = []
+    for _, rel, st, link in rows:
+        perm, kind = stat.S_IMODE(st.st_mode), kind_of(st.st_mode)
+        warnings += _mode_warnings(rel, kind, perm)
+        path, path_b64 = make_entry_path(rel)
+        if kind == "file":
+            res = next(hashed)
+            if res.digest is None:
+                problems.append(f"{display(rel)}: {res.problem}: {res.detail}")
+            elif res.secret_key:
+                problems.append(f"{display(rel)}: looks like a minisign secret key; keys must never ship in a release")
+            else:
+                entries.append(File(path=path, path_b64=path_b64, mode=perm, size=st.st_size, blake3=res.digest))
+        elif kind == "symlink":
+            if leaves_tree(rel, link or ""):
+                warnings.append(f"{display(rel)}: symlink to {display(link or '')!r} points outside the tree")
+            target, target_b64 = make_entry_path(link or "")
+            entries.append(Symlink(path=path, path_b64=path_b64, mode=perm, target=target, target_b64=target_b64))
+        elif kind == "unknown":
+            problems.append(f"{display(rel)}: unknown file type {stat.S_IFMT(st.st_mode):o}")
+        else:
+            entries.append(PLAIN_TYPES[kind](path=path, path_b64=path_b64, mode=perm))
+    return entries
+
+
+def _mode_warnings(rel: str, kind: str, perm: int) -> list[str]:
+    if kind in ("symlink", "unknown"):
+        return []
+    out = []
+    if perm & stat.S_IWOTH and not (kind == "dir" and perm & stat.S_ISVTX):
+        out.append(f"{display(rel)}: world-writable ({perm:04o})")
+    if kind == "file" and perm & (stat.S_ISUID | stat.S_ISGID):
+        out.append(f"{display(rel)}: setuid/setgid ({perm:04o})")
+    return out
 
 
 _CODE_SAMPLES = (
@@ -168,6 +192,56 @@ def code_exclusion_warnings(excluder: Excluder) -> list[str]:
         + ", ".join(hit[:3])
         + "): an interpreter loads it, so an attacker can hide code there and the tree still verifies; "
         "compile bytecode at build time and keep it in the manifest instead (docs/threat-model.md)"
+    ]
+
+
+_CODE_SUFFIXES = (".py", ".pyc", ".pyo", ".pyd", ".so", ".pth", ".dylib")
+
+
+class _RecordingExcluder(Excluder):
+    """The manifest's exclusions, remembering (up to a bound) what they actually left out."""
+
+    LIMIT = 1000
+
+    def __init__(self, patterns: Sequence[str] = ()) -> None:
+        super().__init__(patterns)
+        self.seen: list[tuple[str, bool]] = []
+
+    def excluded(self, path: str, is_dir: bool) -> bool:
+        hit = super().excluded(path, is_dir)
+        if hit and len(self.seen) < self.LIMIT:
+            self.seen.append((path, is_dir))
+        return hit
+
+
+def _is_code(name: str) -> bool:
+    return name == "__pycache__" or name.endswith(_CODE_SUFFIXES) or ".so." in name
+
+
+def excluded_code_warnings(root_real: str, excluded: list[tuple[str, bool]], limit: int = 20_000) -> list[str]:
+    """Warn about code the exclusions actually leave out of this tree (looking inside excluded
+    directories too, up to ``limit`` entries), whatever the patterns look like."""
+    found: list[str] = []
+    budget = limit
+    for rel, is_dir in excluded:
+        if _is_code(rel.rpartition("/")[2]):
+            found.append(rel)
+        elif is_dir:
+            for dirpath, dirnames, filenames in os.walk(os.path.join(root_real, rel)):
+                budget -= len(dirnames) + len(filenames)
+                found += [
+                    os.path.relpath(os.path.join(dirpath, n), root_real) for n in dirnames + filenames if _is_code(n)
+                ]
+                if budget <= 0 or len(found) > 3:
+                    break
+        if len(found) > 3 or budget <= 0:
+            break
+    if not found:
+        return []
+    return [
+        f"excluded from the manifest but loadable as code: {', '.join(display(p) for p in found[:3])}"
+        + (" ..." if len(found) > 3 else "")
+        + "; an attacker can change or add such files and the tree still verifies (docs/threat-model.md)"
     ]
 
 

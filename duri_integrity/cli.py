@@ -315,6 +315,13 @@ def sign(manifest: str, secret_key: str, allow_insecure_key: bool, password_file
     type=click.Path(dir_okay=False),
     help="Also write the result as node_exporter textfile metrics here (replaced atomically).",
 )
+@click.option(
+    "--max-problems",
+    type=click.IntRange(0),
+    default=5000,
+    show_default=True,
+    help="Problems listed in the report (the first in path order; counts stay exact); 0 lists all.",
+)
 @_workers_option
 @_config_option
 def verify(
@@ -332,6 +339,7 @@ def verify(
     revoked_key: tuple[str, ...],
     clock_skew: int | None,
     prometheus_textfile: str | None,
+    max_problems: int,
     workers: int | None,
     config_file: str | None,
 ) -> None:
@@ -359,6 +367,7 @@ def verify(
         clock_skew=clock_skew,
         config_file=config_file,
         progress=bar.update if bar else None,
+        max_problems=max_problems or None,
     )
     if bar:
         bar.clear()

@@ -149,7 +149,7 @@ def _relative_to(settings: Settings, base: str) -> Settings:
 
 
 def _is_off(value: str) -> bool:
-    return value.strip().lower() in ("none", "off")
+    return value == "none"  # exactly: a typo must not switch protection off
 
 
 def _from_env(env: Mapping[str, str]) -> Settings:

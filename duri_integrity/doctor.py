@@ -16,9 +16,11 @@ from datetime import datetime, timedelta
 
 import msgspec
 
-from .config import Settings, state_disabled
+from .config import Settings
 from .errors import IntegrityError, UntrustedError
+from .keys import TrustedKeys
 from .manifest import Manifest
+from .state import StateStore
 from .trust import (
     DEFAULT_CLOCK_SKEW,
     check_clock,
@@ -122,50 +124,14 @@ def _config(root_real: str | None, path: str) -> str:
 
 def _trust_checks(c: _Checklist, settings: Settings, root_real: str) -> None:
     """The trust pipeline, step by step, with the inputs verify would use."""
-    from .config import manifest_paths
-
-    try:
-        trusted, revoked = load_keys(settings, root_real)
-    except IntegrityError as exc:
-        c.add("trusted keys", False, str(exc), "install the release public key outside the tree (--public-key)")
+    keys = _key_checks(c, settings, root_real)
+    host = _host_checks(c, settings) if keys is not None else None
+    if keys is None or host is None:
         return
-    bad = sorted(set(trusted.key_ids) & revoked)
-    if not c.add(
-        "trusted keys",
-        not bad,
-        f"{len(trusted)} key(s): {', '.join(trusted.key_ids)}" if not bad else f"revoked yet trusted: {', '.join(bad)}",
-        "remove revoked keys from the trust",
-    ):
+    m = _manifest_checks(c, settings, root_real, *keys)
+    if m is None:
         return
-    store = None
-    ok = c.run(
-        "rollback state",
-        "make the state directory private (chmod 700), or pass --state-dir none",
-        lambda: _store_detail(settings),
-    )
-    if ok:
-        store = None if state_disabled(settings) else open_store(settings)
-    try:
-        deployment = host_deployment(settings, store)
-        approval = parse_approval(settings.allow_rollback_to)
-    except IntegrityError as exc:
-        c.add("deployment", False, str(exc), "pass --deployment NAME (or DURI_INTEGRITY_DEPLOYMENT)")
-        return
-    manifest_path, sig_path = manifest_paths(settings, root_real)
-    try:
-        data, sig = read_signed(manifest_path, sig_path)
-        info = check_signature(data, sig, trusted, revoked)
-        m, _ = decode(data)
-        check_comment(info, m)
-    except UntrustedError as exc:
-        c.add("manifest", False, str(exc), "ship MANIFEST.json and its .minisig from the release build")
-        return
-    c.add(
-        "manifest",
-        True,
-        f"{manifest_path}: deployment {m.deployment}, release {m.release or '-'}, "
-        f"serial {m.serial}, {len(m.entries):,} entries, signed by {info.key_id}",
-    )
+    store, deployment, approval = host
     now = datetime.now().astimezone()
     skew = DEFAULT_CLOCK_SKEW if settings.clock_skew is None else settings.clock_skew
     c.run(
@@ -185,6 +151,63 @@ def _trust_checks(c: _Checklist, settings: Settings, root_real: str) -> None:
             + (f"{m.release}@{m.serial}" if m.release else str(m.serial)),
             lambda: _rollback_detail(check_rollback(m, store.read(deployment), approval)),
         )
+
+
+def _key_checks(c: _Checklist, settings: Settings, root_real: str) -> tuple[TrustedKeys, set[str]] | None:
+    try:
+        trusted, revoked = load_keys(settings, root_real)
+    except IntegrityError as exc:
+        c.add("trusted keys", False, str(exc), "install the release public key outside the tree (--public-key)")
+        return None
+    bad = sorted(set(trusted.key_ids) & revoked)
+    detail = f"revoked yet trusted: {', '.join(bad)}" if bad else f"{len(trusted)} key(s): {', '.join(trusted.key_ids)}"
+    return (trusted, revoked) if c.add("trusted keys", not bad, detail, "remove revoked keys from the trust") else None
+
+
+_Host = tuple[StateStore | None, str | None, tuple[str | None, int] | None]
+
+
+def _host_checks(c: _Checklist, settings: Settings) -> _Host | None:
+    """The rollback state, the deployment this host runs, and the operator's approval."""
+    store = None
+    fix = "make the state directory private (chmod 700), or pass --state-dir none"
+    if c.run("rollback state", fix, lambda: _store_detail(settings)):
+        store = open_store(settings)
+    try:
+        deployment = host_deployment(settings, store)
+    except IntegrityError as exc:
+        c.add("deployment", False, str(exc), "pass --deployment NAME (or DURI_INTEGRITY_DEPLOYMENT)")
+        return None
+    try:
+        approval = parse_approval(settings.allow_rollback_to)
+    except IntegrityError as exc:
+        c.add("rollback approval", False, str(exc), "--allow-rollback-to SERIAL or LABEL@SERIAL")
+        return None
+    return store, deployment, approval
+
+
+def _manifest_checks(
+    c: _Checklist, settings: Settings, root_real: str, trusted: TrustedKeys, revoked: set[str]
+) -> Manifest | None:
+    """The signature over the exact bytes, then decoding and the trusted comment."""
+    from .config import manifest_paths
+
+    manifest_path, sig_path = manifest_paths(settings, root_real)
+    try:
+        data, sig = read_signed(manifest_path, sig_path)
+        info = check_signature(data, sig, trusted, revoked)
+        m, _ = decode(data)
+        check_comment(info, m)
+    except UntrustedError as exc:
+        c.add("manifest", False, str(exc), "ship MANIFEST.json and its .minisig from the release build")
+        return None
+    c.add(
+        "manifest",
+        True,
+        f"{manifest_path}: deployment {m.deployment}, release {m.release or '-'}, "
+        f"serial {m.serial}, {len(m.entries):,} entries, signed by {info.key_id}",
+    )
+    return m
 
 
 def _deployment_detail(m: Manifest, deployment: str | None) -> str:

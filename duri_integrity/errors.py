@@ -27,6 +27,7 @@ __all__ = [
     "RollbackRefused",
     "SignatureError",
     "TreeError",
+    "TrustAnchorInTree",
     "UnknownKey",
     "UntrustedError",
     "WrongDeployment",
@@ -92,6 +93,12 @@ class WrongDeployment(UntrustedError):
 
 class RollbackRefused(UntrustedError):
     code = "rollback_refused"
+
+
+class TrustAnchorInTree(UntrustedError):
+    """A trusted key, revocation list or config file that lies inside the tree it would vouch for."""
+
+    code = "trust_anchor_in_tree"
 
 
 class BadSignature(UntrustedError, SignatureError):

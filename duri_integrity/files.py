@@ -165,6 +165,8 @@ def open_private_lock(directory: str) -> int:
         if not stat.S_ISREG(st.st_mode):
             raise UnreadableFile(f"lock file {path!r} is not a regular file")
         check_owner_and_mode(st, path, "lock file")
+        if st.st_mode & 0o077 and st.st_uid == os.geteuid():
+            os.fchmod(fd, 0o600)  # others must not even open it: flock works on a read-only descriptor
     except BaseException:
         os.close(fd)
         raise

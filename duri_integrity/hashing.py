@@ -12,7 +12,6 @@ other end. One task per file would cost more in hand-offs than it saves.
 
 from __future__ import annotations
 
-import errno
 import os
 import stat
 import threading
@@ -22,7 +21,7 @@ from typing import NamedTuple, cast
 
 from blake3 import blake3
 
-from .walk import DirCursor, open_root
+from .walk import RACE_ERRNOS, DirCursor, check_resources, open_root
 
 __all__ = [
     "BuildHash",
@@ -51,17 +50,27 @@ IO_BOUND_SECONDS_PER_FILE = 100e-6
 """Small files from the page cache take ~10-20 us each; ten times that means waiting on a disk."""
 IO_THREADS_PER_CORE = 2
 """On a 2-core VM with a cold cache, 4 threads did best of 2, 4, 8 and 16 (docs/performance.md)."""
-_RACE_ERRNOS = (errno.ELOOP, errno.ENOENT, errno.ENOTDIR, errno.ENXIO, errno.EWOULDBLOCK)
 
-# A minisign secret key file: a comment line, then base64 of "Ed" + KDF ("Sc" or none) + "B2".
-_SECRET_KEY_PREFIX = b"untrusted comment:"
-_SECRET_KEY_MARKERS = (b"\nRWRTY0Iy", b"\nRWQAAEIy")
+# A minisign secret key: base64 of "Ed" + KDF ("Sc" scrypt, or two zero bytes) + "B2" + ...
+_SECRET_KEY_MARKERS = (b"RWRTY0Iy", b"RWQAAEIy")
+SECRET_KEY_HEAD = 4096
+"""How much of a file's start :func:`looks_like_secret_key` needs: minisign 0.11 takes a
+comment line of up to ~1,020 bytes, then the 212-character key line."""
 
 
-def looks_like_secret_key(data: bytes) -> bool:
-    if not data.startswith(_SECRET_KEY_PREFIX) or len(data) > 4096:
-        return False
-    return any(m in data for m in _SECRET_KEY_MARKERS)
+def looks_like_secret_key(head: bytes) -> bool:
+    """True if a file starting with ``head`` could be loaded as a minisign secret key.
+
+    minisign 0.11 loads any first line (not only "untrusted comment:", and after a
+    UTF-8 BOM) followed by the key's base64 line, and ignores whatever follows it,
+    so the size of the file does not matter. The bare base64 line on its own is
+    refused by minisign 0.11 but is the key all the same: it is caught too.
+    """
+    if head.startswith(b"\xef\xbb\xbf"):
+        head = head[3:]
+    first, _, rest = head[:SECRET_KEY_HEAD].partition(b"\n")
+    second = rest.partition(b"\n")[0]
+    return any(line.strip().startswith(_SECRET_KEY_MARKERS) for line in (first, second))
 
 
 def default_workers() -> int:
@@ -97,7 +106,8 @@ Problem = tuple[int, str, "str | None", "str | None"]
 
 
 def _open_problem(exc: OSError) -> tuple[str, str]:
-    if exc.errno in _RACE_ERRNOS:
+    check_resources(exc, "opening files to hash")
+    if exc.errno in RACE_ERRNOS:
         return "unstable", f"replaced or removed during the check ({exc.strerror})"
     return "unreadable", exc.strerror or str(exc)
 
@@ -157,7 +167,7 @@ def _check_batch(jobs: Sequence[FileCheck], batch: list[int], worker: _Worker, o
             try:
                 st = os_fstat(fd)
                 st_mode = st.st_mode
-                if not s_isreg(st_mode) or st.st_ino != ino:
+                if not s_isreg(st_mode) or (st.st_ino != ino and not _same_file(name, dir_fd, st)):
                     append((i, "unstable", None, "replaced during the check"))
                     continue
                 if st_mode & 0o7777 != mode:
@@ -186,11 +196,25 @@ def _check_batch(jobs: Sequence[FileCheck], batch: list[int], worker: _Worker, o
                 else:
                     append((i, "modified", f"blake3:{want}", f"blake3:{digest}"))
             except OSError as exc:
+                check_resources(exc, "reading files to hash")
                 append((i, "unreadable", None, exc.strerror or str(exc)))
             finally:
                 os_close(fd)
     finally:
         view.release()
+
+
+def _same_file(name: str, dir_fd: int, opened: os.stat_result) -> bool:
+    """Whether ``name`` is still the inode that was opened, although the walk listed another.
+
+    On overlayfs a metadata-only copy-up gives a file a new inode between the directory
+    entry and the open; asking the name again tells that apart from a replacement.
+    """
+    try:
+        now = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except OSError:
+        return False
+    return (now.st_ino, now.st_dev) == (opened.st_ino, opened.st_dev)
 
 
 def _schedule(
@@ -327,13 +351,13 @@ def _hash_for_build(worker: _Worker, rel: str, walk: os.stat_result) -> BuildHas
         ):
             return BuildHash(None, "unstable", "changed between listing and opening")
         size = before.st_size
-        secret = False
         if size <= SMALL_FILE:
             with memoryview(worker.buf) as view:
                 got = _read_small(fd, size, worker.buf, view)
                 digest: str | None = blake3(view[:got]).hexdigest()
-                secret = size <= 4096 and looks_like_secret_key(bytes(view[:got]))
+                secret = looks_like_secret_key(bytes(view[: min(got, SECRET_KEY_HEAD)]))
         else:
+            secret = looks_like_secret_key(os.pread(fd, SECRET_KEY_HEAD, 0))
             digest, got = _hash_chunks(fd, size, worker.buf)
         after = os.fstat(fd)
         if got != size or (after.st_size, after.st_mtime_ns, after.st_ctime_ns) != (
@@ -344,6 +368,7 @@ def _hash_for_build(worker: _Worker, rel: str, walk: os.stat_result) -> BuildHas
             return BuildHash(None, "unstable", "changed while being read")
         return BuildHash(digest, None, "", secret)
     except OSError as exc:
+        check_resources(exc, "reading files to hash")
         return BuildHash(None, "unreadable", exc.strerror or str(exc))
     finally:
         os.close(fd)

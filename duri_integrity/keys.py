@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, NamedTuple
 
 from .errors import BadSignature, IntegrityError, KeyFileError, UnknownKey
-from .files import check_owner_and_mode, read_file
+from .files import check_owner_and_mode, check_private_dir, read_file
 
 if TYPE_CHECKING:
     import minisign
@@ -138,6 +138,7 @@ def load_public_key(source: str, *, what: str = "public key") -> PublicKey:
     """
     if is_inline_key(source):
         return parse_public_key(source)
+    _check_location(source, what)
     data = _read_small(source, _MAX_KEY_FILE, what, private=True)
     if _looks_like_secret_key(data):
         raise KeyFileError(f"{source!r} is a secret key, not a public key: give the .pub file instead")
@@ -150,6 +151,16 @@ def load_public_key(source: str, *, what: str = "public key") -> PublicKey:
 def _looks_like_secret_key(data: bytes) -> bool:
     """A minisign secret key file, or its bare base64 line: "Ed" + KDF ("Sc" or none) + "B2"."""
     return any(m in data for m in (b"RWRTY0Iy", b"RWQAAEIy"))
+
+
+def _check_location(path: str, what: str) -> None:
+    """The directories holding a key or revocation file, as named and as resolved, must be writable
+    by no one but root and its owner: whoever can replace the file (or a link to it) decides trust."""
+    for directory in {os.path.dirname(os.path.abspath(path)), os.path.dirname(os.path.realpath(path))}:
+        try:
+            check_private_dir(directory, f"directory of {what} {path!r}", create=False)
+        except IntegrityError as exc:
+            raise KeyFileError(str(exc)) from None
 
 
 def key_files(sources: Iterable[str], what: str, suffix: str = "") -> list[str]:
@@ -196,6 +207,7 @@ def load_revoked_key_ids(sources: Iterable[str]) -> set[str]:
         if is_inline_key(path):
             revoked.add(format_key_id(parse_public_key(path).key_id))
             continue
+        _check_location(path, "revoked-key list")
         data = _read_small(path, 1 << 20, "revoked-key list", private=True)
         try:
             revoked.add(format_key_id(parse_public_key(data).key_id))

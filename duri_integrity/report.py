@@ -5,7 +5,6 @@ reads like an object (``r.status``) and like a mapping (``r["status"]``), is
 truthy only when the tree is verified, and serialises to JSON.
 """
 
-from collections import Counter
 from collections.abc import Iterator
 from typing import Any, Literal
 
@@ -19,6 +18,7 @@ __all__ = [
     "Problem",
     "Report",
     "Status",
+    "Tally",
     "make_report",
 ]
 
@@ -80,6 +80,8 @@ class Report(msgspec.Struct, kw_only=True):
     manifest: ManifestInfo | None
     counts: dict[str, int]
     problems: list[Problem]
+    """In path order; only the first ones when ``problems_truncated`` (``counts`` stay exact)."""
+    problems_truncated: bool = False
     elapsed_seconds: float
     checked_at: str
     tool_version: str
@@ -126,6 +128,41 @@ def _plural(n: int, word: str) -> str:
     return f"{n:,} {word}" if n == 1 else f"{n:,} {word}s"
 
 
+class Tally:
+    """Exact counts from a comparison, however many problems were kept in the list."""
+
+    __slots__ = (
+        "added",
+        "by_kind",
+        "checked",
+        "directories",
+        "excluded",
+        "failed",
+        "files",
+        "hashed",
+        "other",
+        "problems",
+        "symlinks",
+        "total",
+        "truncated",
+    )
+
+    def __init__(self) -> None:
+        self.checked = self.files = self.directories = self.symlinks = self.other = 0
+        """Manifest entries found in the tree with the expected type, in all and by type."""
+        self.added = 0
+        self.excluded = 0
+        """Objects in the tree that the manifest's exclusion patterns left out (a directory once)."""
+        self.hashed = 0
+        self.problems = 0
+        self.failed = 0
+        """Distinct paths with at least one problem."""
+        self.total = 0
+        """Manifest entries plus paths found that it does not list: what "N of M" counts."""
+        self.by_kind: dict[str, int] = dict.fromkeys(PROBLEM_KINDS, 0)
+        self.truncated = False
+
+
 def make_report(
     *,
     status: Status,
@@ -136,37 +173,44 @@ def make_report(
     config_file: str | None = None,
     manifest: ManifestInfo | None = None,
     problems: list[Problem] | None = None,
-    checked: int = 0,
-    files: int = 0,
-    hashed: int = 0,
+    tally: Tally | None = None,
     notes: list[str] | None = None,
     elapsed: float = 0.0,
     checked_at: str = "",
     tool_version: str = "",
 ) -> Report:
-    """Assemble a report and its one-line summary from the raw outcome."""
-    problems = sorted(problems or (), key=lambda p: (p.path, p.kind))
-    by_kind = Counter(p.kind for p in problems)
+    """Assemble a report and its one-line summary.
+
+    ``problems`` must be in path order (the comparison sorts them) and ``tally``
+    holds the exact counts. A VERIFIED report with problems, or a FAILED one
+    without, is a bug in the caller and raises ValueError.
+    """
+    problems = problems or []
+    t = tally or Tally()
+    if status == "VERIFIED" and (problems or t.problems):
+        raise ValueError("programming error: a VERIFIED report cannot have problems")
+    if status == "FAILED" and not (problems and t.problems):
+        raise ValueError("programming error: a FAILED report needs at least one problem")
     counts = {
         "entries": manifest.entries if manifest else 0,
-        "checked": checked,
-        "files": files,
-        "hashed": hashed,
-        "problems": len(problems),
+        "checked": t.checked,
+        "files": t.files,
+        "directories": t.directories,
+        "symlinks": t.symlinks,
+        "other": t.other,
+        "excluded": t.excluded,
+        "hashed": t.hashed,
+        "problems": t.problems,
+        "failed": t.failed,
+        "total": t.total,
     }
-    counts.update({k: by_kind.get(k, 0) for k in PROBLEM_KINDS})
-    if status == "VERIFIED" and problems:
-        status = "FAILED"
-    if status == "FAILED" and not problems:
-        raise ValueError("a FAILED report needs at least one problem")
+    counts.update(t.by_kind)
     if status == "VERIFIED":
-        # "files" in the summary counts every entry (regular files, directories, links), as in ls.
-        summary = f"{_plural(checked, 'file')} verified" + (" (quick mode)" if mode == "quick" else "")
+        summary = f"{_plural(t.files, 'file')} verified" + (" (quick mode)" if mode == "quick" else "")
     elif status == "FAILED":
-        failed = len({p.path for p in problems})
-        total = checked + by_kind.get("missing", 0)
-        detail = ", ".join(f"{by_kind[k]:,} {k.replace('_', ' ')}" for k in PROBLEM_KINDS if by_kind.get(k))
-        summary = f"{failed:,} of {_plural(total, 'file')} failed: {detail}"
+        detail = ", ".join(f"{n:,} {k.replace('_', ' ')}" for k, n in t.by_kind.items() if n)
+        entries = "entry" if t.total == 1 else "entries"
+        summary = f"{t.failed:,} of {t.total:,} {entries} failed: {detail}"
     elif status == "UNTRUSTED":
         summary = f"manifest not trusted: {reason}"
     else:
@@ -184,6 +228,7 @@ def make_report(
         manifest=manifest,
         counts=counts,
         problems=problems,
+        problems_truncated=t.truncated,
         elapsed_seconds=round(elapsed, 6),
         checked_at=checked_at,
         tool_version=tool_version,

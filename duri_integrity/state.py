@@ -4,8 +4,10 @@ A mark belongs to the deployment a manifest names (signed), not to the path it
 was verified at nor the key that signed it: the same service reached through
 ``current``, ``.`` or ``releases/v1.4.2``, and releases signed by an old and a
 new key during a rotation, all share one mark. An older manifest is refused
-unless the operator approves that one release; an approved rollback lowers the
-mark to it (so the restarted old release keeps verifying) and is recorded.
+unless the operator approves that one release; an approved rollback pins that
+release (so the restarted old release keeps verifying) without lowering the mark,
+so the releases between it and the newest stay refused; it is recorded. Two
+different trees may not share a serial.
 
 The state lives outside the tree (default /var/lib/duri-integrity for root,
 otherwise the user's state directory), in a directory only this user or root
@@ -24,7 +26,7 @@ from blake3 import blake3
 from .errors import ConfigError, IntegrityError, RollbackRefused
 from .files import UnreadableFile, check_private_dir, open_private_lock, read_file, replace_file
 
-__all__ = ["LOCK_TIMEOUT", "Approval", "RollbackState", "StateStore", "default_state_dir"]
+__all__ = ["LOCK_TIMEOUT", "Approval", "RollbackState", "StateStore", "check_against", "default_state_dir"]
 
 _FORMAT = "duri-integrity-state/2"
 LOCK_TIMEOUT = 10.0
@@ -49,6 +51,11 @@ class RollbackState(msgspec.Struct, kw_only=True):
     key_id: str
     """The key that signed the newest manifest verified (for the record; marks do not depend on it)."""
     updated: int
+    approved_serial: int | None = None
+    """The one older release the operator approved and this host now runs (with its root digest);
+    cleared once a release at or above ``serial`` verifies again. The mark itself never goes down,
+    so an approval cannot re-open the releases between the approved one and the newest."""
+    approved_digest: str | None = None
     approvals: list[Approval] = []
 
 
@@ -108,47 +115,24 @@ class StateStore:
         release: str,
         root_digest: str,
         key_id: str,
-        approved_from: RollbackState | None = None,
+        approved: bool = False,
     ) -> None:
-        """Raise the mark to ``serial`` (or lower it, for an approved rollback), under the lock.
+        """Record a verified release under the lock: a newer one raises the mark; an approved
+        older one becomes the pinned exception (the mark stays where it was).
 
-        Raises RollbackRefused when another run recorded a newer release since this
-        one checked (this release is now a rollback), ConfigError when the state
-        cannot be written.
+        Raises RollbackRefused when, meanwhile, another run recorded something that makes
+        this release a rollback; ConfigError when the state cannot be written.
         """
         self.check()
         fd = open_private_lock(self.directory)
         try:
             _lock(fd, self.directory)
             current = self.read(deployment)
-            if current is not None and current.serial > serial and approved_from is None:
-                raise RollbackRefused(
-                    f"rollback refused: serial {serial} is older than serial {current.serial}, "
-                    "recorded on this host by another run while this one was checking"
-                )
-            unchanged = current is not None and (current.serial, current.root_digest) == (serial, root_digest)
-            if unchanged and approved_from is None:
+            if current is not None and not approved:
+                check_against(current, serial, root_digest, "recorded on this host by another run meanwhile")
+            state = _next_state(current, deployment, serial, release, root_digest, key_id, approved)
+            if state is current:
                 return  # nothing new to record
-            approvals = list(current.approvals) if current else []
-            if approved_from is not None:
-                approvals.append(
-                    Approval(
-                        at=int(time.time()),
-                        serial=serial,
-                        release=release,
-                        previous_serial=approved_from.serial,
-                        previous_release=approved_from.release,
-                    )
-                )
-            state = RollbackState(
-                deployment=deployment,
-                serial=serial,
-                release=release,
-                root_digest=root_digest,
-                key_id=key_id,
-                updated=int(time.time()),
-                approvals=approvals[-50:],
-            )
             replace_file(self.path(deployment), msgspec.json.encode(state), 0o600)
         except OSError as exc:
             raise ConfigError(
@@ -157,6 +141,62 @@ class StateStore:
             ) from None
         finally:
             os.close(fd)  # closing releases the lock
+
+
+def check_against(
+    mark: RollbackState, serial: int, root_digest: str, when: str = "already verified on this host"
+) -> None:
+    """Refuse ``serial`` unless it is at or above the mark (the same tree, if equal) or the pinned approval."""
+    if serial > mark.serial or (mark.approved_serial, mark.approved_digest) == (serial, root_digest):
+        return
+    if serial == mark.serial:
+        if root_digest == mark.root_digest:
+            return
+        raise RollbackRefused(
+            f"serial {serial} was {when} for a different tree (root digest {mark.root_digest[:16]}...); "
+            "two releases may not share a serial: rebuild with a higher --serial"
+        )
+    newest = f"release {mark.release!r} (serial {mark.serial})" if mark.release else f"serial {mark.serial}"
+    raise RollbackRefused(f"rollback refused: serial {serial} is older than {newest} {when}")
+
+
+def _next_state(
+    current: RollbackState | None,
+    deployment: str,
+    serial: int,
+    release: str,
+    root_digest: str,
+    key_id: str,
+    approved: bool,
+) -> RollbackState:
+    now = int(time.time())
+    if approved and current is not None:
+        approval = Approval(
+            at=now, serial=serial, release=release, previous_serial=current.serial, previous_release=current.release
+        )
+        return msgspec.structs.replace(
+            current,
+            approved_serial=serial,
+            approved_digest=root_digest,
+            updated=now,
+            approvals=[*current.approvals, approval][-50:],
+        )
+    if current is not None and serial < current.serial:
+        return current  # the pinned approved release, restarted: nothing changes
+    if current is not None and (serial, root_digest) == (current.serial, current.root_digest):
+        if current.approved_serial is None:
+            return current
+        # Back at the newest release: the approval has served its purpose.
+        return msgspec.structs.replace(current, approved_serial=None, approved_digest=None, updated=now)
+    return RollbackState(
+        deployment=deployment,
+        serial=serial,
+        release=release,
+        root_digest=root_digest,
+        key_id=key_id,
+        updated=now,
+        approvals=list(current.approvals) if current else [],
+    )
 
 
 def _lock(fd: int, directory: str) -> None:

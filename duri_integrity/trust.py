@@ -28,7 +28,7 @@ from .errors import (
     ManifestUnreadable,
     RevokedKey,
     RollbackRefused,
-    UntrustedError,
+    TrustAnchorInTree,
     WrongDeployment,
 )
 from .files import read_file
@@ -36,12 +36,11 @@ from .keys import MAX_SIGNATURE_BYTES, SignatureInfo, TrustedKeys, key_files
 from .logs import WARNING, log_event
 from .manifest import MAX_MANIFEST_BYTES, Manifest, decode_manifest_keys
 from .report import ManifestInfo
-from .state import RollbackState, StateStore
+from .state import RollbackState, StateStore, check_against
 from .walk import inside_root
 
 __all__ = [
     "DEFAULT_CLOCK_SKEW",
-    "TrustAnchorInTree",
     "TrustInputs",
     "TrustedManifest",
     "evaluate",
@@ -53,16 +52,11 @@ __all__ = [
 DEFAULT_CLOCK_SKEW = 300
 
 
-class TrustAnchorInTree(UntrustedError):
-    """A trusted key, revocation list or config file that resolves inside the tree it would vouch for."""
-
-    code = "trust_anchor_in_tree"
-
-
 class TrustInputs:
     """Everything :func:`evaluate` decides from. (Plain classes: a dataclass costs start-up time.)"""
 
     __slots__ = (
+        "anchors",
         "approval",
         "data",
         "deployment",
@@ -90,7 +84,10 @@ class TrustInputs:
         store: StateStore | None = None,
         manifest_path: str = "",
         signature_path: str = "",
+        anchors: dict[int, tuple[int, str]] | None = None,
     ) -> None:
+        self.anchors = anchors or {}
+        """inode -> (device, path) of the files that decided trust (see :func:`anchor_inodes`)."""
         self.data, self.signature = data, signature
         self.trusted, self.revoked = trusted, revoked
         self.deployment, self.previous, self.approval = deployment, previous, approval
@@ -172,12 +169,19 @@ def _shown(release: str, serial: int) -> str:
 
 
 def check_rollback(m: Manifest, previous: RollbackState | None, approval: tuple[str | None, int] | None) -> bool:
-    """Not older than the mark, unless the operator approved exactly this release; True if approved."""
-    if previous is None or m.serial >= previous.serial:
+    """Not older than the mark (nor another tree under the same serial), unless it is the pinned
+    approved release or the operator approves exactly this release now; True if approved now."""
+    if previous is None:
         return False
-    shown, newest = _shown(m.release, m.serial), _shown(previous.release, previous.serial)
+    try:
+        check_against(previous, m.serial, m.root_digest)
+        return False
+    except RollbackRefused:
+        if m.serial == previous.serial:
+            raise  # a reused serial: no approval can tell the two trees apart
     if approval is not None and approval[1] == m.serial and approval[0] in (None, m.release):
         return True
+    shown, newest = _shown(m.release, m.serial), _shown(previous.release, previous.serial)
     name = f"{m.release}@{m.serial}" if m.release else str(m.serial)
     raise RollbackRefused(
         f"rollback refused: {shown} is older than {newest} already verified on this host; "
@@ -265,11 +269,37 @@ def trusted_key_sources(settings: Settings) -> list[str]:
 
 
 def revoked_sources(settings: Settings) -> list[str]:
+    """Configured revocations *and* the system directory: a revocation only ever adds up.
+
+    (Trusted keys are the other way round: configuring some replaces the system directory,
+    because trusting less is the safe direction.)"""
     sources = list(settings.revoked_keys or ())
     system = system_path("revoked-keys.d")
-    if not sources and os.path.isdir(system):
-        sources = [system]
+    if os.path.isdir(system) and system not in sources:
+        sources.append(system)
     return sources
+
+
+def anchor_files(settings: Settings) -> list[str]:
+    """Every file that decides trust: trusted keys and revocation lists (inline keys excepted)."""
+    from .keys import is_inline_key
+
+    trusted, revoked = trusted_key_sources(settings), revoked_sources(settings)
+    files = key_files(trusted, "trusted-key", ".pub") + key_files(revoked, "revoked-key")
+    return [f for f in files if not is_inline_key(f)]
+
+
+def anchor_inodes(paths: list[str]) -> dict[int, tuple[int, str]]:
+    """inode -> (device, path) of each trust anchor: the walk refuses a tree that holds one, however
+    it is reached (a bind mount or a hard link defeats any comparison of path strings)."""
+    out: dict[int, tuple[int, str]] = {}
+    for p in paths:
+        try:
+            st = os.stat(p)
+        except (OSError, ValueError):
+            continue  # reading it reports the problem
+        out[st.st_ino] = (st.st_dev, p)
+    return out
 
 
 def load_keys(settings: Settings, root_real: str) -> tuple[TrustedKeys, set[str]]:
@@ -337,6 +367,7 @@ def load_inputs(settings: Settings, root_real: str) -> TrustInputs:
         store=store,
         manifest_path=manifest_path,
         signature_path=sig_path,
+        anchors=anchor_inodes(anchor_files(settings)),
     )
 
 
@@ -355,5 +386,5 @@ def record_verified(tm: TrustedManifest, store: StateStore | None) -> None:
         release=m.release,
         root_digest=m.root_digest,
         key_id=tm.key_id,
-        approved_from=tm.previous if tm.rollback_approved else None,
+        approved=tm.rollback_approved,
     )

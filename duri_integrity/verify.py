@@ -3,160 +3,23 @@
 from __future__ import annotations
 
 import os
-import stat
-import threading
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import TypedDict, Unpack
 
 from . import __version__
-from .config import OWN_FILES, Settings, resolve_settings
-from .errors import IntegrityError, NotVerifiedError, UntrustedError
-from .exclude import Excluder
-from .hashing import FileCheck, check_files
+from .compare import DEFAULT_MAX_PROBLEMS, Outcome, compare
+from .config import Settings, resolve_settings
+from .errors import IntegrityError, NotVerifiedError, TrustAnchorInTree, UntrustedError
 from .logs import log_report
-from .manifest import File, Manifest, Symlink, display
-from .report import ManifestInfo, Mode, Problem, Report, Status, make_report
-from .snapshot import RECORD, Snapshot, default_cache_dir, load_snapshot, save_snapshot
-from .trust import TrustAnchorInTree, evaluate, load_inputs, now_utc, record_verified
-from .walk import KIND_BY_FMT, check_root, inside_root, iter_tree, relative_inside
+from .manifest import Manifest
+from .report import ManifestInfo, Mode, Report, Status, make_report
+from .snapshot import Snapshot, default_cache_dir, load_snapshot, save_snapshot
+from .trust import TrustInputs, anchor_inodes, evaluate, load_inputs, now_utc, record_verified
+from .walk import check_root, inside_root, relative_inside
 
 __all__ = ["VerifyOptions", "ensure_integrity", "verify_integrity", "verify_settings"]
-
-
-def _describe_target(e: Symlink) -> str:
-    if e.target is not None:
-        return e.target
-    return display(os.fsdecode(e.target_b64 or b""))
-
-
-class _Outcome:
-    """What comparing the tree with the manifest found."""
-
-    def __init__(self) -> None:
-        self.problems: list[Problem] = []
-        self.checked = 0
-        self.files = 0
-        self.hashed = 0
-        self.records: bytearray | None = None
-        """Quick mode: the stat record of every file that checked out, for the next snapshot."""
-
-
-def _compare(
-    m: Manifest,
-    keys: list[str],
-    root_real: str,
-    skip: set[str],
-    workers: int | None,
-    snapshot: Snapshot | None,
-    quick: bool,
-    progress: Callable[[int, int], None] | None = None,
-) -> _Outcome:
-    """Walk the tree and compare it with the manifest, hashing what must be hashed.
-
-    The walk is consumed as it goes, so nothing per entry is kept but the files
-    still to be hashed: a 100,000-file tree stays well under 100 MiB.
-    """
-    out = _Outcome()
-    problems = out.problems
-    entries = m.entries
-    index: dict[str, int] = dict(zip(keys, range(len(keys)), strict=True))
-    # The conventional in-tree manifest and signature are never part of the tree, even when
-    # this run uses a copy kept elsewhere (unless the manifest itself lists them).
-    skip = skip | {n for n in OWN_FILES if n not in index}
-    pop = index.pop
-    jobs: list[FileCheck] = []
-    job_index: list[int] = []
-    errors: list[tuple[str, str]] = []
-    seen = added = files = 0
-    records = bytearray(RECORD.size * len(entries)) if quick else None
-    old = snapshot.records if snapshot is not None else None
-    settled_before = snapshot.settled_before() if snapshot is not None else 0
-    size_of, pack = RECORD.size, RECORD.pack
-    for rel, st, link_target in iter_tree(root_real, Excluder(m.exclude), skip, stat_files=quick, errors=errors):
-        seen += 1
-        i = pop(rel, -1)
-        e = entries[i] if i >= 0 else None
-        if type(st) is int:  # full mode: a regular file known from its directory entry only
-            if type(e) is File:
-                files += 1
-                # keys[i] is the manifest's own string, equal to rel: sharing it lets the walk's copy go.
-                jobs.append((keys[i], st, e.size, e.mode, e.blake3))
-                job_index.append(i)
-            elif e is None:
-                problems.append(Problem(path=display(rel), kind="added", actual="file"))
-                added += 1
-            else:
-                problems.append(Problem(path=display(rel), kind="type_changed", expected=e.kind, actual="file"))
-            continue
-        assert isinstance(st, os.stat_result)
-        mode = st.st_mode
-        kind = KIND_BY_FMT.get(stat.S_IFMT(mode), "unknown")
-        if e is None:
-            problems.append(Problem(path=display(rel), kind="added", actual=kind))
-            added += 1
-            continue
-        if kind != e.kind:
-            problems.append(Problem(path=display(rel), kind="type_changed", expected=e.kind, actual=kind))
-            continue
-        perm = mode & 0o7777
-        if perm != e.mode:
-            problems.append(
-                Problem(path=display(rel), kind="mode_changed", expected=f"{e.mode:04o}", actual=f"{perm:04o}")
-            )
-        if type(e) is File:  # quick mode: regular files come with their lstat
-            files += 1
-            if st.st_size != e.size:
-                problems.append(
-                    Problem(path=display(rel), kind="modified", expected=f"size {e.size}", actual=f"size {st.st_size}")
-                )
-                continue
-            record = pack(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-            assert records is not None
-            records[size_of * i : size_of * (i + 1)] = record
-            if (
-                old is not None
-                and old[size_of * i : size_of * (i + 1)] == record
-                and st.st_mtime_ns < settled_before
-                and st.st_ctime_ns < settled_before
-            ):
-                continue
-            # The mode was compared above; hand the hasher the mode seen so it is not reported twice.
-            jobs.append((keys[i], st.st_ino, e.size, perm, e.blake3))
-            job_index.append(i)
-        elif type(e) is Symlink:
-            want = e.target if e.target is not None else os.fsdecode(e.target_b64 or b"")
-            if link_target != want:
-                problems.append(
-                    Problem(
-                        path=display(rel),
-                        kind="symlink_changed",
-                        expected=_describe_target(e),
-                        actual=display(link_target or ""),
-                    )
-                )
-    problems.extend(Problem(path=display(p), kind="unreadable", actual=msg) for p, msg in errors)
-    out.checked, out.files = seen - added, files
-    problems.extend(Problem(path=display(rel), kind="missing", expected=entries[i].kind) for rel, i in index.items())
-    del index
-    tick = None
-    if progress is not None:
-        lock, done, total = threading.Lock(), [0], len(jobs)
-
-        def tick(n: int) -> None:
-            with lock:
-                done[0] += n
-                progress(done[0], total)
-
-    for k, what, expected_value, got in check_files(root_real, jobs, workers, tick):
-        problems.append(Problem(path=display(jobs[k][0]), kind=what, expected=expected_value, actual=got))
-        if records is not None:  # never remember a file that failed
-            i = job_index[k]
-            records[size_of * i : size_of * (i + 1)] = bytes(size_of)
-    out.hashed = len(jobs)
-    out.records = records
-    return out
 
 
 def verify_integrity(
@@ -176,6 +39,7 @@ def verify_integrity(
     config_file: str | os.PathLike[str] | None = None,
     use_config_file: bool = True,
     progress: Callable[[int, int], None] | None = None,
+    max_problems: int | None = DEFAULT_MAX_PROBLEMS,
 ) -> Report:
     """Verify a tree against its signed manifest and return a complete :class:`Report`.
 
@@ -188,7 +52,9 @@ def verify_integrity(
     back as a report with status UNTRUSTED or ERROR; only invalid arguments raise.
 
     ``progress``, if given, is called from the hashing threads as
-    ``progress(files_done, files_to_hash)``.
+    ``progress(files_done, files_to_hash)``. ``max_problems`` bounds the problems
+    listed in the report (the first in path order; ``None`` lists all, and memory then
+    grows with them); the counts are exact either way.
 
     ``quick=True`` re-hashes only files whose stat changed since the last
     verified run (see :mod:`duri_integrity.snapshot`); it is weaker than a full
@@ -199,19 +65,24 @@ def verify_integrity(
     checked_at = datetime.now(tz=UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
     if workers is not None and (not isinstance(workers, int) or not 1 <= workers <= 256):
         raise ValueError("workers must be an integer between 1 and 256")
-    overrides = _overrides(
-        root,
-        manifest,
-        signature,
-        public_keys,
-        deployment,
-        workers,
-        cache_dir,
-        state_dir,
-        allow_rollback_to,
-        revoked_keys,
-        clock_skew,
-    )
+    if max_problems is not None and (not isinstance(max_problems, int) or max_problems < 1):
+        raise ValueError("max_problems must be a positive integer or None")
+    try:
+        overrides = _overrides(
+            root,
+            manifest,
+            signature,
+            public_keys,
+            deployment,
+            workers,
+            cache_dir,
+            state_dir,
+            allow_rollback_to,
+            revoked_keys,
+            clock_skew,
+        )
+    except TypeError as exc:  # os.fspath(False), a number where a path belongs...
+        raise ValueError(f"invalid argument: {exc}") from None
     run = Run(os.fspath(root) if root is not None else ".", t0, checked_at)
     try:
         settings, run.config_file = resolve_settings(
@@ -219,7 +90,9 @@ def verify_integrity(
         )
     except IntegrityError as exc:
         return run.finish("ERROR", str(exc), _error_code(exc))
-    return verify_settings(settings, run, quick=quick, progress=progress, started_ns=started_ns)
+    return verify_settings(
+        settings, run, quick=quick, progress=progress, started_ns=started_ns, max_problems=max_problems
+    )
 
 
 def verify_settings(
@@ -230,31 +103,35 @@ def verify_settings(
     progress: Callable[[int, int], None] | None = None,
     started_ns: int = 0,
     record: bool = True,
+    max_problems: int | None = DEFAULT_MAX_PROBLEMS,
 ) -> Report:
     """The verification proper, from resolved settings. ``record=False`` leaves the rollback
     mark and the quick-mode snapshot untouched (``doctor`` checks; it does not deploy)."""
     run.root = settings.root or "."
     try:
         root_real = check_root(run.root)
-        if run.config_file is not None and inside_root(root_real, run.config_file) is not None:
-            raise TrustAnchorInTree(
-                f"config file {run.config_file!r} is inside the tree being verified; it must come from outside it"
-            )
-        inputs = load_inputs(settings, root_real)
+        inputs = _trust(settings, run, root_real)
         tm = evaluate(inputs, now_utc())
         run.minfo = tm.info
         run.notes.extend(tm.notes)
         if inputs.store is None:
             run.notes.append("rollback protection is off (state directory set to none)")
         skip = relative_inside(root_real, (inputs.manifest_path, inputs.signature_path))
-        snapshot = None
         cache = settings.cache_dir or default_cache_dir()
-        if quick:
-            snapshot, note = load_snapshot(cache, root_real, tm.manifest.root_digest, len(tm.manifest.entries))
-            if note:
-                run.notes.append(note)
+        snapshot = _snapshot(run, cache, root_real, tm.manifest) if quick else None
         run.mode = "quick" if snapshot else "full"
-        outcome = _compare(tm.manifest, tm.keys, root_real, skip, settings.workers, snapshot, quick, progress)
+        outcome = compare(
+            tm.manifest,
+            tm.keys,
+            root_real,
+            skip,
+            settings.workers,
+            snapshot,
+            quick,
+            progress,
+            max_problems=max_problems,
+            anchors=inputs.anchors,
+        )
         if outcome.problems:
             return run.finish("FAILED", outcome=outcome)
         if record:
@@ -272,6 +149,25 @@ def verify_settings(
         if note:
             run.notes.append(note)
     return run.finish("VERIFIED", outcome=outcome)
+
+
+def _trust(settings: Settings, run: Run, root_real: str) -> TrustInputs:
+    """The trust pipeline's inputs, with the config file counted among the trust anchors."""
+    if run.config_file is not None and inside_root(root_real, run.config_file) is not None:
+        raise TrustAnchorInTree(
+            f"config file {run.config_file!r} is inside the tree being verified; it must come from outside it"
+        )
+    inputs = load_inputs(settings, root_real)
+    if run.config_file is not None:
+        inputs.anchors.update(anchor_inodes([run.config_file]))
+    return inputs
+
+
+def _snapshot(run: Run, cache: str, root_real: str, m: Manifest) -> Snapshot | None:
+    snapshot, note = load_snapshot(cache, root_real, m.root_digest, len(m.entries))
+    if note:
+        run.notes.append(note)
+    return snapshot
 
 
 def _overrides(
@@ -293,7 +189,7 @@ def _overrides(
     def paths(p: str | Sequence[str] | None) -> list[str] | None:
         return [p] if isinstance(p, str) else ([os.fspath(k) for k in p] if p is not None else None)
 
-    return Settings(
+    settings = Settings(
         root=path(root),
         manifest=path(manifest),
         signature=path(signature),
@@ -306,6 +202,12 @@ def _overrides(
         revoked_keys=paths(revoked_keys),
         clock_skew=clock_skew,
     )
+    import msgspec
+
+    try:  # the types, checked once: a wrong one is the caller's bug, a ValueError
+        return msgspec.convert(msgspec.structs.asdict(settings), Settings)
+    except msgspec.ValidationError as exc:
+        raise ValueError(f"invalid argument: {exc}") from None
 
 
 def _error_code(exc: IntegrityError) -> str:
@@ -331,7 +233,7 @@ class Run:
         self.mode: Mode = "full"
 
     def finish(
-        self, status: Status, reason: str | None = None, code: str | None = None, outcome: _Outcome | None = None
+        self, status: Status, reason: str | None = None, code: str | None = None, outcome: Outcome | None = None
     ) -> Report:
         report = make_report(
             status=status,
@@ -342,9 +244,7 @@ class Run:
             mode=self.mode,
             manifest=self.minfo,
             problems=outcome.problems if outcome else None,
-            checked=outcome.checked if outcome else 0,
-            files=outcome.files if outcome else 0,
-            hashed=outcome.hashed if outcome else 0,
+            tally=outcome.tally if outcome else None,
             notes=self.notes,
             elapsed=time.perf_counter() - self.t0,
             checked_at=self.checked_at,
@@ -371,6 +271,7 @@ class VerifyOptions(TypedDict, total=False):
     config_file: str | os.PathLike[str] | None
     use_config_file: bool
     progress: Callable[[int, int], None] | None
+    max_problems: int | None
 
 
 def ensure_integrity(root: str | os.PathLike[str] | None = None, **options: Unpack[VerifyOptions]) -> Report:

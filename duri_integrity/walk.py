@@ -2,15 +2,19 @@
 
 Every object under the root is listed (so additions are seen). Directories are
 reached only through descriptors opened with O_NOFOLLOW from the root's, so
-nothing outside the root is entered. Errors do not stop the walk: they are
-collected and reported.
+nothing outside the root is entered. An entry that cannot be read does not stop
+the walk: it comes out as a :class:`WalkError` in its place. Running out of
+descriptors or memory does stop it, with a TreeError: a partial listing would
+read as missing files.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from collections.abc import Collection, Iterable, Iterator
+from typing import NamedTuple
 
 from .errors import TreeError
 from .exclude import Excluder
@@ -18,10 +22,15 @@ from .exclude import Excluder
 __all__ = [
     "DIR_FLAGS",
     "KIND_BY_FMT",
+    "MAX_HELD_DIRS",
+    "RACE_ERRNOS",
     "DirCursor",
+    "Found",
+    "Walk",
+    "WalkError",
+    "check_resources",
     "check_root",
     "inside_root",
-    "iter_tree",
     "kind_of",
     "open_root",
     "relative_inside",
@@ -72,6 +81,23 @@ def inside_root(root_real: str, path: str) -> str | None:
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
+RACE_ERRNOS = frozenset((errno.ELOOP, errno.ENOENT, errno.ENOTDIR, errno.ENXIO, errno.EWOULDBLOCK, errno.EINVAL))
+"""What an open, stat or readlink gives when the name changed type or went away since it was listed."""
+_RESOURCE_ERRNOS = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOMEM))
+MAX_HELD_DIRS = 16
+"""Directory descriptors one :class:`DirCursor` keeps open: deeper chains are re-opened from the root."""
+
+
+def check_resources(exc: OSError, what: str) -> None:
+    """Raise TreeError if ``exc`` is the process or system running out of descriptors or memory.
+
+    Such a failure says nothing about the tree: reported per file it would read as
+    missing or unreadable files, and depend on how many threads were running.
+    """
+    if exc.errno in _RESOURCE_ERRNOS:
+        raise TreeError(f"ran out of resources while {what}: {exc.strerror or exc} (raise 'ulimit -n'?)") from None
+
+
 def open_root(root: str) -> int:
     """Open the (already resolved) root directory; raise TreeError if that fails."""
     try:
@@ -81,13 +107,16 @@ def open_root(root: str) -> int:
 
 
 class DirCursor:
-    """Directory fds from the root down to the directory being processed, one per component.
+    """Directory fds on the way from the root to the directory being processed.
 
     Files are opened by name relative to a directory that was itself reached from the
     root one component at a time with O_NOFOLLOW, so nothing outside the root is ever
     opened, even if a directory is swapped for a symlink after the walk. The chain is
     kept between files and batches (files come grouped by directory), so moving to a
-    sibling directory costs one open, not one per level.
+    sibling directory costs one open, not one per level. Only the deepest
+    :data:`MAX_HELD_DIRS` levels stay open (the shallower ones are closed, marked -1,
+    and re-opened from the root when needed): a deep tree must not make the number
+    of descriptors, and so the verdict under ``ulimit -n``, depend on the thread count.
     """
 
     __slots__ = ("error", "failed", "fds", "parts", "rel_dir", "root_fd")
@@ -101,7 +130,7 @@ class DirCursor:
         self.failed: str | None = None
 
     def enter(self, rel_dir: str) -> int:
-        """The fd of ``rel_dir``; raises the OSError that opening it gave."""
+        """The fd of ``rel_dir``; raises the OSError that opening it gave (TreeError if out of fds)."""
         if rel_dir == self.rel_dir:
             return self.fds[-1] if self.fds else self.root_fd
         if rel_dir == self.failed and self.error is not None:
@@ -112,108 +141,157 @@ class DirCursor:
             if have != want:
                 break
             keep += 1
-        while len(self.fds) > keep:
-            os.close(self.fds.pop())
-            self.parts.pop()
+        self._drop(keep)
+        if self.fds and self.fds[-1] < 0:  # the closed levels are a prefix: start again from the root
+            self.fds.clear()
+            self.parts.clear()
         self.rel_dir = None
-        for part in parts[keep:]:
+        for part in parts[len(self.fds) :]:
             try:
                 fd = os.open(part, DIR_FLAGS, dir_fd=self.fds[-1] if self.fds else self.root_fd)
             except OSError as exc:
+                check_resources(exc, f"opening directory {rel_dir!r}")
                 self.error, self.failed = exc, rel_dir
                 raise
             self.fds.append(fd)
             self.parts.append(part)
+            shallow = len(self.fds) - MAX_HELD_DIRS - 1
+            if shallow >= 0 and self.fds[shallow] >= 0:  # after a move up, fewer are open: nothing to close
+                os.close(self.fds[shallow])
+                self.fds[shallow] = -1
         self.rel_dir = rel_dir
         return self.fds[-1] if self.fds else self.root_fd
 
+    def _drop(self, keep: int) -> None:
+        while len(self.fds) > keep:
+            fd = self.fds.pop()
+            self.parts.pop()
+            if fd >= 0:
+                os.close(fd)
+
     def close(self) -> None:
-        while self.fds:
-            os.close(self.fds.pop())
-        self.parts.clear()
+        self._drop(0)
         self.rel_dir, self.error, self.failed = "", None, None
 
 
-def iter_tree(
-    root: str,
-    excluder: Excluder,
-    skip: Collection[str] = (),
-    *,
-    stat_files: bool = False,
-    errors: list[tuple[str, str]],
-) -> Iterator[tuple[str, int | os.stat_result, str | None]]:
-    """Yield every object under ``root`` (an absolute real path, see :func:`check_root`).
+class Found(NamedTuple):
+    """One object the walk listed. Built with ``tuple.__new__`` on the hot path (a third of the cost)."""
+
+    path: str
+    """Relative POSIX path."""
+    kind: str
+    """The manifest's type name (see :data:`KIND_BY_FMT`)."""
+    ino: int
+    st: os.stat_result | None
+    """The lstat; None only for regular files when the walk was asked not to stat them."""
+    target: str | None
+    """A symlink's target, else None."""
+
+
+class WalkError(NamedTuple):
+    """An object that could not be stat-ed, listed or entered; comes in its place in the walk."""
+
+    path: str
+    kind: str
+    """The report's problem kind: "unstable" (it changed under the walk) or "unreadable"."""
+    message: str
+    listed: bool
+    """True when the object itself was already yielded (a directory that could not be listed or entered)."""
+
+
+def _error(rel: str, what: str, exc: OSError, listed: bool) -> WalkError:
+    check_resources(exc, f"walking {rel!r}")
+    kind = "unstable" if exc.errno in RACE_ERRNOS else "unreadable"
+    return WalkError(rel, kind, f"cannot {what}: {exc.strerror or exc}", listed)
+
+
+_new = tuple.__new__
+
+
+class Walk:
+    """Every object under ``root`` (an absolute real path, see :func:`check_root`), as an iterable.
 
     Each directory is opened relative to its parent with O_NOFOLLOW and checked to be
     the inode that was listed, so the walk cannot be led outside the root, and no
-    path is ever longer than one name. Regular files come as ``(path, inode, None)``
-    from the directory entry alone, unless ``stat_files`` is set: the hasher fstat-s
+    path is ever longer than one name. Regular files come from the directory entry
+    alone (no lstat, ``st`` None) unless ``stat_files`` is set: the hasher fstat-s
     the open descriptor anyway, and on a 3,000-file tree the saved lstat calls are a
-    fifth of the walk. Symlinks come as ``(path, lstat, target)``, everything else as
-    ``(path, lstat, None)``. Paths are relative, POSIX, in directory order (a
-    directory's files together). Entries that cannot be listed or stat-ed go to
-    ``errors``; ``skip`` holds relative paths left out on purpose (the manifest and
-    its signature).
+    fifth of the walk. Paths come in directory order (a directory's files together).
+    ``skip`` holds relative paths left out when they are regular files (the tool's
+    own manifest and signature); anything else by those names is listed. Excluded
+    objects are counted in ``excluded`` (an excluded directory once: it is not entered).
+    The walk holds one descriptor per level of the directory it is in.
     """
-    use_excluder = bool(excluder)
-    s_isdir, s_islnk = stat.S_ISDIR, stat.S_ISLNK
-    root_fd = open_root(root)
-    # Depth-first with an explicit stack of (directory fd, its relative path, subdirectories
-    # still to enter); only the directories on the current path are open at any time.
-    stack: list[tuple[int, str, list[tuple[str, str, int]]]] = []
-    pending: list[tuple[int, str]] = [(root_fd, "")]
-    try:
-        while pending or stack:
-            if pending:
-                dir_fd, rel_dir = pending.pop()
-                prefix = rel_dir + "/" if rel_dir else ""
-                subdirs: list[tuple[str, str, int]] = []
-                stack.append((dir_fd, rel_dir, subdirs))  # owned by the stack from here: closed in finally
+
+    def __init__(self, root: str, excluder: Excluder, skip: Collection[str] = (), *, stat_files: bool = False) -> None:
+        self.root, self.excluder, self.skip, self.stat_files = root, excluder, skip, stat_files
+        self.excluded = 0
+
+    def __iter__(self) -> Iterator[Found | WalkError]:
+        excluder, skip, stat_files = self.excluder, self.skip, self.stat_files
+        use_excluder = bool(excluder)
+        by_fmt, s_ifmt, s_ifdir, s_iflnk = KIND_BY_FMT, stat.S_IFMT, stat.S_IFDIR, stat.S_IFLNK
+        root_fd = open_root(self.root)
+        # Depth-first with an explicit stack of (directory fd, its relative path, subdirectories
+        # still to enter); only the directories on the current path are open at any time.
+        stack: list[tuple[int, str, list[tuple[str, str, int]]]] = []
+        pending: list[tuple[int, str]] = [(root_fd, "")]
+        try:
+            while pending or stack:
+                if pending:
+                    dir_fd, rel_dir = pending.pop()
+                    prefix = rel_dir + "/" if rel_dir else ""
+                    subdirs: list[tuple[str, str, int]] = []
+                    stack.append((dir_fd, rel_dir, subdirs))  # owned by the stack from here: closed in finally
+                    try:
+                        with os.scandir(dir_fd) as it:
+                            for dent in it:
+                                name = dent.name
+                                rel = prefix + name
+                                try:
+                                    if not stat_files and dent.is_file(follow_symlinks=False):
+                                        if rel in skip:
+                                            continue
+                                        if use_excluder and excluder.excluded(rel, False):
+                                            self.excluded += 1
+                                            continue
+                                        yield _new(Found, (rel, "file", dent.inode(), None, None))
+                                        continue
+                                    st = dent.stat(follow_symlinks=False)
+                                    fmt = s_ifmt(st.st_mode)
+                                    if rel in skip and fmt == stat.S_IFREG:
+                                        continue
+                                    if use_excluder and excluder.excluded(rel, fmt == s_ifdir):
+                                        self.excluded += 1
+                                        continue
+                                    target = os.readlink(name, dir_fd=dir_fd) if fmt == s_iflnk else None
+                                except OSError as exc:
+                                    yield _error(rel, "stat", exc, False)
+                                    continue
+                                if fmt == s_ifdir:
+                                    subdirs.append((name, rel, st.st_ino))
+                                yield _new(Found, (rel, by_fmt.get(fmt, "unknown"), st.st_ino, st, target))
+                    except OSError as exc:
+                        yield _error(rel_dir or ".", "list directory", exc, True)
+                    subdirs.reverse()
+                dir_fd, rel_dir, subdirs = stack[-1]
+                if not subdirs:
+                    os.close(dir_fd)
+                    stack.pop()
+                    continue
+                name, rel, ino = subdirs.pop()
                 try:
-                    with os.scandir(dir_fd) as it:
-                        for dent in it:
-                            name = dent.name
-                            rel = prefix + name
-                            if rel in skip:
-                                continue
-                            try:
-                                if not stat_files and dent.is_file(follow_symlinks=False):
-                                    if not (use_excluder and excluder.excluded(rel, False)):
-                                        yield rel, dent.inode(), None
-                                    continue
-                                st = dent.stat(follow_symlinks=False)
-                                mode = st.st_mode
-                                is_dir = s_isdir(mode)
-                                if use_excluder and excluder.excluded(rel, is_dir):
-                                    continue
-                                target = os.readlink(name, dir_fd=dir_fd) if s_islnk(mode) else None
-                            except OSError as exc:
-                                errors.append((rel, f"cannot stat: {exc.strerror or exc}"))
-                                continue
-                            if is_dir:
-                                subdirs.append((name, rel, st.st_ino))
-                            yield rel, st, target
+                    child = os.open(name, DIR_FLAGS, dir_fd=dir_fd)
                 except OSError as exc:
-                    errors.append((rel_dir or ".", f"cannot list directory: {exc.strerror or exc}"))
-                subdirs.reverse()
-            dir_fd, rel_dir, subdirs = stack[-1]
-            if not subdirs:
+                    yield _error(rel, "open directory", exc, True)
+                    continue
+                if os.fstat(child).st_ino != ino:
+                    os.close(child)
+                    yield WalkError(rel, "unstable", "directory replaced during the walk", True)
+                    continue
+                pending.append((child, rel))
+        finally:
+            for dir_fd, _, _ in stack:
                 os.close(dir_fd)
-                stack.pop()
-                continue
-            name, rel, ino = subdirs.pop()
-            try:
-                child = os.open(name, DIR_FLAGS, dir_fd=dir_fd)
-            except OSError as exc:
-                errors.append((rel, f"cannot open directory: {exc.strerror or exc}"))
-                continue
-            if os.fstat(child).st_ino != ino:
-                os.close(child)
-                errors.append((rel, "directory replaced during the walk"))
-                continue
-            pending.append((child, rel))
-    finally:
-        for dir_fd, _, _ in stack:
-            os.close(dir_fd)
-        for dir_fd, _ in pending:
-            os.close(dir_fd)
+            for dir_fd, _ in pending:
+                os.close(dir_fd)

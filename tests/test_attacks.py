@@ -216,3 +216,127 @@ def test_build_warns_about_links_leaving_the_tree(tree: Path) -> None:
     assert any("link-outside" in w and "outside the tree" in w for w in warnings)
     assert any("app/escape" in w for w in warnings)
     assert not any("app/stays" in w or "link-inside" in w for w in warnings)
+
+
+def _releases(tmp_path: Path, keys: Keys, *serials: int) -> dict[int, Path]:
+    out = {}
+    for serial in serials:
+        out[serial] = build_and_sign(
+            make_tree(tmp_path / "rel" / str(serial)), keys, release=f"r{serial}", serial=serial
+        ).root
+    return out
+
+
+def test_an_approval_does_not_reopen_the_releases_in_between(tmp_path: Path, keys: Keys) -> None:
+    """Approving r100 after r200 lets r100 run, but r150 (never approved) stays refused."""
+    rel = _releases(tmp_path, keys, 100, 150, 200)
+    kw = {"public_keys": str(keys.public), "state_dir": str(tmp_path / "state")}
+    assert verify_integrity(rel[200], **kw).status == "VERIFIED"  # type: ignore[arg-type]
+    assert verify_integrity(rel[100], allow_rollback_to="r100@100", **kw).status == "VERIFIED"  # type: ignore[arg-type]
+    assert verify_integrity(rel[100], **kw).status == "VERIFIED"  # type: ignore[arg-type]  # restarts keep working
+    r = verify_integrity(rel[150], **kw)  # type: ignore[arg-type]
+    assert r.status == "UNTRUSTED" and r.reason_code == "rollback_refused", r.summary
+    assert verify_integrity(rel[200], **kw).status == "VERIFIED"  # type: ignore[arg-type]  # forward again: fine
+    assert verify_integrity(rel[100], **kw).status == "UNTRUSTED"  # type: ignore[arg-type]  # the approval is spent
+
+
+def test_two_trees_may_not_share_a_serial(tmp_path: Path, keys: Keys) -> None:
+    """A different build under an already verified serial is refused, approved or not."""
+    a = build_and_sign(make_tree(tmp_path / "a"), keys, release="good", serial=1000)
+    b_tree = make_tree(tmp_path / "b")
+    (b_tree / "app" / "main.py").write_text("print('vulnerable')\n")
+    b = build_and_sign(b_tree, keys, release="bad", serial=1000)
+    kw = {"public_keys": str(keys.public), "state_dir": str(tmp_path / "state")}
+    assert verify_integrity(a.root, **kw).status == "VERIFIED"  # type: ignore[arg-type]
+    for approval in (None, "bad@1000", "1000"):
+        r = verify_integrity(b.root, allow_rollback_to=approval, **kw)  # type: ignore[arg-type]
+        assert r.status == "UNTRUSTED" and "share a serial" in r.summary, r.summary
+    assert verify_integrity(a.root, **kw).status == "VERIFIED"  # type: ignore[arg-type]
+
+
+def test_configured_revocations_add_to_the_system_list(signed: Signed, tmp_path: Path) -> None:
+    """Naming another revocation list does not drop the ones in /etc/duri-integrity/revoked-keys.d."""
+    system = Path(os.environ["DURI_INTEGRITY_SYSTEM_DIR"]) / "revoked-keys.d"
+    system.mkdir(parents=True)
+    shutil.copy(signed.keys.public, system / "leaked.pub")
+    other = new_keys(tmp_path / "other", "o")
+    for extra in (None, str(other.public)):
+        r = signed.verify(revoked_keys=extra)
+        assert r.status == "UNTRUSTED" and r.reason_code == "revoked_key", (extra, r.summary)
+
+
+@pytest.mark.parametrize("what", ["trusted key", "revocation list"])
+@pytest.mark.parametrize("how", ["world-writable directory", "directory of another user", "link from such a dir"])
+def test_key_files_in_directories_others_can_write_are_refused(
+    signed: Signed, tmp_path: Path, what: str, how: str
+) -> None:
+    """Whoever can replace a key or revocation file (or a link to it) would decide trust: refused."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    if how == "directory of another user":
+        os.chown(shared, 65534, 65534)
+    else:
+        shared.chmod(0o777)
+    name = "k.pub"
+    if how == "link from such a dir":
+        safe = tmp_path / "safe"
+        safe.mkdir(mode=0o755)
+        shutil.copy(signed.keys.public, safe / name)
+        (shared / name).symlink_to(safe / name)
+    else:
+        shutil.copy(signed.keys.public, shared / name)
+    kw = {"public_keys": str(shared / name)} if what == "trusted key" else {"revoked_keys": str(shared / name)}
+    r = signed.verify(**kw)
+    assert r.status == "ERROR" and r.reason_code == "key_error", r.summary
+    assert "writable by group or others" in r.summary or "another user" in r.summary
+
+
+@pytest.mark.parametrize("value", ["off", "OFF", "None", " none "])
+def test_only_none_switches_rollback_protection_off(signed: Signed, tmp_path: Path, value: str) -> None:
+    """A look-alike of 'none' is a directory name, not a way to switch protection off."""
+    os.chdir(tmp_path)
+    r = signed.verify(state_dir=value)
+    assert not any("rollback protection is off" in n for n in r.notes)
+    assert (tmp_path / value).is_dir()
+
+
+@pytest.mark.parametrize(
+    "bad", [{"state_dir": False}, {"clock_skew": "5"}, {"public_keys": 123}, {"deployment": 5}, {"max_problems": 0}]
+)
+def test_wrong_argument_types_are_value_errors(signed: Signed, bad: dict[str, object]) -> None:
+    """A wrongly typed argument is the caller's bug: ValueError, as documented, never TypeError."""
+    with pytest.raises(ValueError, match=r"invalid argument|max_problems"):
+        signed.verify(**bad)
+
+
+def test_a_trust_anchor_reached_through_a_hard_link_or_bind_mount_is_refused(
+    tree: Path, keys: Keys, tmp_path: Path
+) -> None:
+    """The tree may not hold a file trust was taken from, whatever path string reaches it."""
+    os.link(keys.public, tree / "data" / "k.pub")  # the same inode as the trusted key
+    s = build_and_sign(tree, keys)
+    r = s.verify()
+    assert r.status == "UNTRUSTED" and r.reason_code == "trust_anchor_in_tree", r.summary
+    os.unlink(tree / "data" / "k.pub")
+    s = build_and_sign(tree, keys, serial=s.verify(state_dir="none").manifest.serial + 1)  # type: ignore[union-attr]
+    alias = tmp_path / "alias"
+    alias.mkdir()
+    if subprocess.run(["mount", "--bind", str(tree), str(alias)], capture_output=True, check=False).returncode:
+        pytest.skip("bind mounts are not permitted here")
+    try:
+        shutil.copy(keys.public, tree / "data" / "evil.pub")
+        s = build_and_sign(tree, keys, serial=10**10)
+        r = s.verify(public_keys=str(alias / "data" / "evil.pub"))
+        assert r.status == "UNTRUSTED" and r.reason_code == "trust_anchor_in_tree", r.summary
+    finally:
+        subprocess.run(["umount", str(alias)], check=False)
+
+
+@pytest.mark.parametrize("pattern", ["app/__pycache__/**", "app/", "app/*", "*.so.*"])
+def test_build_warns_about_code_the_exclusions_leave_out_of_this_tree(tree: Path, pattern: str) -> None:
+    """Whatever the pattern looks like, code it actually excludes from this tree is warned about."""
+    (tree / "app" / "__pycache__").mkdir()
+    (tree / "app" / "__pycache__" / "main.cpython-311.pyc").write_bytes(b"\x00" * 16)
+    (tree / "data" / "libx.so.1").write_bytes(b"\x7fELF")
+    warnings = build_manifest(str(tree), deployment="svc", exclude=[pattern]).warnings
+    assert any("loadable as code" in w for w in warnings), warnings

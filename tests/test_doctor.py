@@ -156,3 +156,10 @@ def test_directories_token_and_keys_around(signed: Signed, run_cli: Run, tmp_pat
     shutil.copy(signed.keys.secret, signed.root.parent / "left-behind.key")
     code, checks = _doctor(run_cli, signed)
     assert code == 1 and "left-behind.key" in str(checks["no secret keys around the tree"]["detail"])
+
+
+def test_a_malformed_approval_is_its_own_check(signed: Signed, run_cli: Run) -> None:
+    """A label-only approval fails the 'rollback approval' check, with a hint that names the form."""
+    code, checks = _doctor(run_cli, signed, "--allow-rollback-to", "new")
+    assert code == 1 and "exactly one release" in str(checks["rollback approval"]["detail"])
+    assert "LABEL@SERIAL" in str(checks["rollback approval"]["fix"]) and "deployment" not in checks

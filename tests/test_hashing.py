@@ -73,11 +73,33 @@ def test_many_files_all_checked_with_any_worker_count(tmp_path: Path, workers: i
     assert sorted(i for i, *_ in problems) == sorted(bad)
 
 
-def test_replaced_file_is_unstable(tmp_path: Path) -> None:
-    """A file whose inode differs from what the walk saw is reported, not hashed."""
+def test_other_inode_than_listed_but_same_file_now_is_checked(tmp_path: Path) -> None:
+    """An inode that differs from the directory entry's but is still the name's (overlayfs copy-up) is hashed."""
     p = tmp_path / "f"
     p.write_bytes(b"one")
     job = _check(p)
+    assert check_files(str(tmp_path), [(job[0], job[1] + 10**9, *job[2:])], workers=1) == []
+    [(_, kind, _, _)] = check_files(str(tmp_path), [(job[0], job[1] + 10**9, *job[2:4], "0" * 64)], workers=1)
+    assert kind == "modified"
+
+
+def test_replaced_file_is_unstable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file replaced between its open and the check of its name is reported unstable, not hashed."""
+    from duri_integrity import hashing
+
+    p, twin = tmp_path / "f", tmp_path / "twin"
+    p.write_bytes(b"one")
+    twin.write_bytes(b"one")
+    job = _check(p)
+    real_fstat = os.fstat
+
+    def fstat_then_swap(fd: int) -> os.stat_result:
+        st = real_fstat(fd)
+        if twin.exists():
+            twin.rename(p)  # the name now points at another inode than the descriptor
+        return st
+
+    monkeypatch.setattr(hashing.os, "fstat", fstat_then_swap)
     [(_, kind, _, _)] = check_files(str(tmp_path), [(job[0], job[1] + 10**9, *job[2:])], workers=1)
     assert kind == "unstable"
 
@@ -206,3 +228,70 @@ def test_files_rewritten_during_verification_never_verify(tmp_path: Path) -> Non
     finally:
         stop.set()
         t.join()
+
+
+def test_directory_chain_holds_a_bounded_number_of_descriptors(tmp_path: Path) -> None:
+    """Moving about a 60-level tree, the cursor keeps at most MAX_HELD_DIRS fds, each the right directory."""
+    import random
+
+    from duri_integrity.walk import MAX_HELD_DIRS, DirCursor
+
+    d = tmp_path
+    for _ in range(60):
+        d = d / "d"
+        d.mkdir()
+    rng = random.Random(7)
+    root_fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    cursor = DirCursor(root_fd)
+    before = len(os.listdir("/proc/self/fd"))
+    try:
+        for _ in range(300):
+            depth = rng.choice([0, 1, rng.randrange(61), 59, 60])
+            rel = "/".join(["d"] * depth)
+            fd = cursor.enter(rel)
+            assert os.fstat(fd).st_ino == (tmp_path / rel).stat().st_ino
+            assert len(os.listdir("/proc/self/fd")) - before <= MAX_HELD_DIRS
+    finally:
+        cursor.close()
+        os.close(root_fd)
+    assert len(os.listdir("/proc/self/fd")) == before - 1
+
+
+def test_secret_key_variants_minisign_loads_are_flagged(tmp_path: Path, minisign_bin: str) -> None:
+    """Every form of a secret key the real minisign loads (BOM, any first line, junk after, big file) is flagged."""
+    import subprocess
+
+    subprocess.run(
+        [minisign_bin, "-G", "-W", "-p", str(tmp_path / "k.pub"), "-s", str(tmp_path / "k.key")],
+        check=True,
+        capture_output=True,
+    )
+    key = (tmp_path / "k.key").read_bytes()
+    comment, key_line = key.splitlines()[:2]
+    variants = {
+        "plain.key": key,
+        "bom.key": b"\xef\xbb\xbf" + key,
+        "any-comment.key": b"release notes\n" + key_line + b"\n",
+        "crlf.key": comment + b"\r\n" + key_line + b"\r\n",
+        "junk-after.key": key + os.urandom(6000),
+        "huge.bin": key + b"\0" * (SMALL_FILE + 10),
+    }
+    (tmp_path / "msg").write_bytes(b"m")
+    for name, data in variants.items():
+        (tmp_path / name).write_bytes(data)
+        loaded = subprocess.run(
+            [minisign_bin, "-S", "-s", str(tmp_path / name), "-m", str(tmp_path / "msg"), "-x", str(tmp_path / "sig")],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            check=False,
+        )
+        assert loaded.returncode == 0, (name, loaded.stderr)  # minisign really uses it as a key
+    (tmp_path / "bare.key").write_bytes(key_line + b"\n")  # minisign 0.11 refuses it; it is the key all the same
+    (tmp_path / "notes.txt").write_bytes(b"a line\nthat quotes RWQAAEIy mid-line\n")
+    names = [*variants, "bare.key", "k.pub", "notes.txt"]
+    res = hash_for_build(str(tmp_path), [(n, (tmp_path / n).lstat()) for n in names], workers=2)
+    assert {n: r.secret_key for n, r in zip(names, res, strict=True)} == {
+        **dict.fromkeys([*variants, "bare.key"], True),
+        "k.pub": False,
+        "notes.txt": False,
+    }

@@ -96,7 +96,8 @@ def test_snapshot_of_another_manifest_is_not_used(signed: Signed, cache: Path, n
 
     quick(signed, cache)
     (signed.root / "new-in-release.txt").write_text("v2")
-    again = build_and_sign(signed.root, signed.keys, release="v2")
+    serial = signed.verify().manifest.serial + 1  # type: ignore[union-attr]
+    again = build_and_sign(signed.root, signed.keys, release="v2", serial=serial)
     r = quick(again, cache)
     assert r.status == "VERIFIED" and r.mode == "full"
 

@@ -26,7 +26,7 @@ def test_untouched_tree_is_verified(signed: Signed) -> None:
     assert r["status"] == "VERIFIED" and r["integrity_verified"] is True and bool(r)
     assert r["recommendation"] == "proceed"
     assert r.problems == []
-    assert r.summary == f"{r.counts['checked']:,} files verified"
+    assert r.summary == f"{r.counts['files']:,} files verified"
     assert r.manifest is not None and r.manifest.release == "v1.0.0"
     assert r.manifest.key_id == signed.keys.key_id
     assert r.mode == "full"
@@ -61,7 +61,7 @@ def test_modified_content(signed: Signed) -> None:
     assert r.status == "FAILED" and r.recommendation == "rollback_integrity"
     assert kinds(r) == {("app/main.py", "modified")}
     assert r.problems[0].expected.startswith("blake3:")  # type: ignore[union-attr]
-    assert r.summary == f"1 of {r.counts['checked']:,} files failed: 1 modified"
+    assert r.summary == f"1 of {r.counts['total']:,} entries failed: 1 modified"
 
 
 def test_size_change_is_modified_without_hashing(signed: Signed) -> None:
