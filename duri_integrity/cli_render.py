@@ -90,8 +90,10 @@ def render_report(report: Report, *, quiet: bool, echo: Callable[..., Any] = cli
         if p.expected is not None or p.actual is not None:
             detail = f"  (expected {p.expected or '-'}, actual {p.actual or '-'})"
         line(f"{p.kind.upper():<16} {p.path}{detail}")
-    if len(report.problems) > MAX_LISTED_PROBLEMS:
-        line(f"... and {len(report.problems) - MAX_LISTED_PROBLEMS:,} more problems (use --json for all)")
+    total = max(report.counts.get("problems", 0), len(report.problems))  # counts stay exact when the list is cut
+    if total > MAX_LISTED_PROBLEMS:
+        how = "--json --max-problems 0" if getattr(report, "problems_truncated", False) else "--json"
+        line(f"... and {total - MAX_LISTED_PROBLEMS:,} more problems (use {how} for all)")
     m = report.manifest
     if m is not None and report.status == "VERIFIED":
         label = f"release {m.release}, " if m.release else ""

@@ -260,3 +260,12 @@ def test_verify_side_refuses_a_label_ending_in_a_newline(tree: Path) -> None:
     assert decode_manifest(data).release == "v1"  # the unedited bytes decode
     with pytest.raises(ManifestError, match="release"):
         decode_manifest(data.replace(b'"release":"v1"', b'"release":"v1\\n"', 1))
+
+
+def test_text_output_counts_problems_beyond_the_report_list(signed: Signed, run_cli: Run) -> None:
+    """With the report's problem list cut (--max-problems), the text still counts every problem."""
+    for i in range(80):
+        (signed.root / f"added-{i:02}").write_text("x")
+    r = run_cli("verify", str(signed.root), "-p", str(signed.keys.public), "--max-problems", "60")
+    assert r.returncode == 1
+    assert "... and 30 more problems (use --json --max-problems 0 for all)" in r.stdout
