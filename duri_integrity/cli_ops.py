@@ -68,6 +68,7 @@ def doctor(
 
     from .config import Settings, resolve_settings
     from .doctor import run_doctor
+    from .logs import printable
 
     settings, used = resolve_settings(
         Settings(
@@ -98,7 +99,10 @@ def doctor(
     else:
         for c in report.checks:
             mark = "OK  " if c.ok else "FAIL"
-            click.echo(f"{mark} {c.name}: {c.detail}" + (f"\n     fix: {c.fix}" if c.fix else ""))
+            # Details quote paths and messages from the tree: escape control characters.
+            click.echo(f"{mark} {printable(c.name)}: {printable(c.detail)}")
+            if c.fix:
+                click.echo(f"     fix: {printable(c.fix)}")
         failed = sum(not c.ok for c in report.checks)
         click.echo("all checks passed" if report.ok else f"{failed} check(s) failed")
     sys.exit(EXIT_OK if report.ok else EXIT_FAILED)

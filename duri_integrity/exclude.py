@@ -76,6 +76,10 @@ def normalize_patterns(patterns: Iterable[str]) -> list[str]:
             continue
         if "\x00" in pattern or "\n" in pattern or len(pattern) > _MAX_PATTERN_LEN:
             raise ConfigError(f"invalid exclude pattern: {raw!r}")
+        try:
+            pattern.encode("utf-8")  # it is stored in the (UTF-8, JSON) manifest
+        except UnicodeEncodeError:
+            raise ConfigError(f"exclude pattern {raw!r} is not valid UTF-8") from None
         result.append(pattern)
     return result
 

@@ -209,6 +209,8 @@ def load_revoked_key_ids(sources: Iterable[str]) -> set[str]:
             continue
         _check_location(path, "revoked-key list")
         data = _read_small(path, 1 << 20, "revoked-key list", private=True)
+        if _looks_like_secret_key(data):
+            raise KeyFileError(f"{path!r} is a secret key: revoke a key by its .pub file or its key id")
         try:
             revoked.add(format_key_id(parse_public_key(data).key_id))
         except ValueError:  # not a public key: it must be an id list

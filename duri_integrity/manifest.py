@@ -56,7 +56,7 @@ Size = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
 # \Z, not $: "$" also matches before a final newline, which let "v1\n" through (and broke minisign's comment).
 Release = Annotated[str, msgspec.Meta(max_length=200, pattern=r"^[\x20-\x7e]*\Z")]
 Created = Annotated[datetime, msgspec.Meta(tz=True)]
-DEPLOYMENT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
+DEPLOYMENT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}\Z"
 Deployment = Annotated[str, msgspec.Meta(pattern=DEPLOYMENT_PATTERN)]
 """The service or deployment a release belongs to: a host is told which one it runs."""
 

@@ -340,3 +340,17 @@ def test_build_warns_about_code_the_exclusions_leave_out_of_this_tree(tree: Path
     (tree / "data" / "libx.so.1").write_bytes(b"\x7fELF")
     warnings = build_manifest(str(tree), deployment="svc", exclude=[pattern]).warnings
     assert any("loadable as code" in w for w in warnings), warnings
+
+
+def test_doctor_escapes_names_from_the_tree(signed: Signed, run_cli: Run) -> None:
+    """A file name with a carriage return cannot draw a fake 'all checks passed' on a terminal."""
+    (signed.root / "x\rOK   tree matches the manifest: 22 files verified\nall checks passed").write_text("x")
+    r = run_cli("doctor", str(signed.root), "-p", str(signed.keys.public))
+    assert r.returncode == 1 and "\r" not in r.stdout
+    assert r.stdout.strip().splitlines()[-1].endswith("check(s) failed")
+
+
+def test_a_secret_key_given_as_a_revocation_says_so(signed: Signed) -> None:
+    """Naming the secret key where a revocation belongs is a clear error, not 'not a key id'."""
+    r = signed.verify(revoked_keys=str(signed.keys.secret))
+    assert r.status == "ERROR" and "is a secret key" in r.summary
