@@ -17,7 +17,7 @@ from typing import Any
 
 from .errors import ConfigError
 from .report import Report
-from .watchdog import ChildVerification, SharedResult, unverified_report
+from .watchdog import KILL_GRACE, ChildVerification, SharedResult, unverified_report
 
 __all__ = [
     "ROUTES",
@@ -56,8 +56,10 @@ class CachedVerification(SharedResult[Report]):
     process killed at the deadline.
     """
 
-    def __init__(self, verify: Callable[[], Report], ttl: float, *, deadline: float = 60, root: str = ".") -> None:
-        super().__init__(verify, ttl=ttl, deadline=deadline, unavailable=self._stale)
+    def __init__(
+        self, verify: Callable[[], Report], ttl: float, *, deadline: float = 60, root: str = ".", grace: float = 0.0
+    ) -> None:
+        super().__init__(verify, ttl=ttl, deadline=deadline, unavailable=self._stale, grace=grace)
         self.root = root
         self._child: ChildVerification | None = None
 
@@ -73,7 +75,7 @@ class CachedVerification(SharedResult[Report]):
     ) -> CachedVerification:
         """Verify ``root`` with :func:`verify_integrity`'s ``options`` in a child process."""
         child = ChildVerification(root, deadline, list(options.items()))
-        cached = cls(child, ttl, deadline=deadline, root=child.root)
+        cached = cls(child, ttl, deadline=deadline, root=child.root, grace=KILL_GRACE)
         cached._child = child
         return cached
 

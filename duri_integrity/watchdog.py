@@ -23,7 +23,7 @@ from typing import Generic, TypeVar
 
 from .report import Report, make_report
 
-__all__ = ["ChildVerification", "SharedResult", "unverified_report", "verify_command"]
+__all__ = ["KILL_GRACE", "ChildVerification", "SharedResult", "unverified_report", "verify_command"]
 
 T = TypeVar("T")
 KILL_GRACE = 5.0
@@ -50,13 +50,23 @@ class SharedResult(Generic[T]):
       stuck run costs one thread in total, and callers get ``unavailable``.
     """
 
-    def __init__(self, run: Callable[[], T], *, ttl: float, deadline: float, unavailable: Callable[[str], T]) -> None:
+    def __init__(
+        self,
+        run: Callable[[], T],
+        *,
+        ttl: float,
+        deadline: float,
+        unavailable: Callable[[str], T],
+        grace: float = 0.0,
+    ) -> None:
         if ttl <= 0 or deadline <= 0:
             raise ValueError("ttl and deadline must be positive")
         self._job = run
         self._unavailable = unavailable
         self.ttl = ttl
         self.deadline = deadline
+        self.grace = grace
+        """Extra seconds callers wait for a run that enforces the deadline itself (to see its own answer)."""
         self._cond = threading.Condition()
         self._value: T | None = None
         self._at = 0.0
@@ -99,7 +109,7 @@ class SharedResult(Generic[T]):
                 error = self._start_locked()
                 if error is not None:
                     return self._unavailable(f"could not start a check: {error}")
-                remaining = self._started + self.deadline + KILL_GRACE - time.monotonic()
+                remaining = self._started + self.deadline + self.grace - time.monotonic()
                 if remaining <= 0:
                     return self._unavailable(f"the check has not finished within its {self.deadline:g}-second deadline")
                 self._cond.wait(remaining)
