@@ -153,7 +153,7 @@ def make_http_server(
         cleanup_interval=1,
         max_request_header_size=8192,
         max_request_body_size=4096,
-        backlog=1024,
+        backlog=2048,
         asyncore_use_poll=True,
         ident="duri-integrity",
         expose_tracebacks=False,
