@@ -206,7 +206,7 @@ def evaluate(config: ChecksConfig) -> list[CheckResult]:
         wait_futures(futures, timeout=prom.timeout_seconds)
         results = []
         for c, q, f in zip(config.checks, queries, futures, strict=True):
-            if not f.done():
+            if not f.done() or isinstance(f.exception(), TimeoutError):
                 q.abort()  # the socket timeout bounds each read; this bounds the whole answer
                 results.append(
                     _result(c, "unknown", f"Prometheus did not answer within {prom.timeout_seconds:g} s", None)
