@@ -125,7 +125,7 @@ def test_idle_flood_against_a_1024_descriptor_server(signed: Signed, prefix: str
         flood_out, _ = flood.communicate("", timeout=30)
         reconnects = int(flood_out.split()[-1])
         print(
-            f"\nlatency under the flood: median {statistics.median(latencies) * 1000:.0f} ms, "
+            f"\n{prefix.split(' ')[0] or 'silent'} flood: latency median {statistics.median(latencies) * 1000:.0f} ms, "
             f"max {max(latencies) * 1000:.0f} ms; the flood reconnected {reconnects:,} times"
         )
         assert statistics.median(latencies) < 1.0, latencies
