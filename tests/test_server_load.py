@@ -124,8 +124,9 @@ def test_idle_flood_against_a_1024_descriptor_server(signed: Signed, prefix: str
         assert flood.poll() is None
         flood_out, _ = flood.communicate("", timeout=30)
         reconnects = int(flood_out.split()[-1])
+        kind = "request-started" if prefix else "silent"
         print(
-            f"\n{prefix.split(' ')[0] or 'silent'} flood: latency median {statistics.median(latencies) * 1000:.0f} ms, "
+            f"\n{kind} flood: latency median {statistics.median(latencies) * 1000:.0f} ms, "
             f"max {max(latencies) * 1000:.0f} ms; the flood reconnected {reconnects:,} times"
         )
         assert statistics.median(latencies) < 1.0, latencies
