@@ -137,7 +137,7 @@ def _parse_bind(bind: str) -> tuple[str, int]:
     "--bind",
     default="127.0.0.1:8787",
     show_default=True,
-    help="HOST:PORT to listen on; [::1]:PORT for IPv6, localhost:PORT for both loopbacks.",
+    help="HOST:PORT to listen on; [::1]:PORT for IPv6; a name (localhost) means every address it resolves to.",
 )
 @click.option("--manifest", "-m", help="Manifest file [default: ROOT/MANIFEST.json].")
 @click.option("--signature", help="Signature file [default: the manifest path + .minisig].")

@@ -28,6 +28,7 @@ __all__ = ["KILL_GRACE", "ChildVerification", "SharedResult", "unverified_report
 T = TypeVar("T")
 KILL_GRACE = 5.0
 """Seconds waiters allow beyond the deadline for a killed child to be reaped."""
+_TOKEN_VARIABLES = ("CANARY_TOKEN", "DURI_INTEGRITY_STATUS_TOKEN", "DURI_INTEGRITY_STATUS_TOKEN_FILE")
 MAX_REPORT_BYTES = 256 << 20
 """A report bigger than this is not a report (a 100,000-problem report is ~15 MB)."""
 
@@ -145,9 +146,9 @@ def verify_command(root: str | None, options: dict[str, object]) -> list[str]:
         elif name in ("public_keys", "revoked_keys"):
             flag = "--public-key" if name == "public_keys" else "--revoked-key"
             for item in [value] if isinstance(value, str) else list(value):  # type: ignore[call-overload]
-                args += [flag, os.fspath(item)]
+                args.append(f"{flag}={os.fspath(item)}")  # one token: a value starting with - stays a value
         elif name in flags:
-            args += [flags[name], os.fspath(value) if isinstance(value, os.PathLike) else str(value)]
+            args.append(f"{flags[name]}={os.fspath(value) if isinstance(value, os.PathLike) else value}")
         else:
             raise TypeError(f"unknown verify option {name!r}")
     if root is not None:
@@ -170,7 +171,9 @@ class ChildVerification:
         self.argv = [sys.executable, "-P", "-m", "duri_integrity", *verify_command(root, dict(options))]
         here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         path = os.environ.get("PYTHONPATH")
-        self.env = {**os.environ, "PYTHONPATH": here + (os.pathsep + path if path else "")}
+        # The child needs no bearer token: keep the secret out of its environment.
+        env = {k: v for k, v in os.environ.items() if k not in _TOKEN_VARIABLES}
+        self.env = {**env, "PYTHONPATH": here + (os.pathsep + path if path else "")}
         self._proc: subprocess.Popen[bytes] | None = None
 
     def stop(self) -> None:

@@ -325,3 +325,20 @@ def test_the_plan_gate_commands_verbatim(signed: Signed, prometheus: Prometheus)
     finally:
         stop(proc)
     assert sh(gate).returncode != 0  # nothing listening: curl fails, pipefail keeps the failure
+
+
+def test_the_documented_checks_file_loads(tmp_path: Path) -> None:
+    """The plan's checks file in docs/howto-canary.md is valid: three checks with their own rollbacks."""
+    import re
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "howto-canary.md").read_text()
+    block = re.search(r"<!-- canary-checks -->\n```toml\n(.*?)```\n<!-- /canary-checks -->", doc, re.DOTALL)
+    assert block is not None
+    path = tmp_path / "canary-checks.toml"
+    path.write_text(block.group(1))
+    config = load_checks(str(path))
+    assert [(c.name, c.comparison, c.threshold, c.recommendation) for c in config.checks] == [
+        ("error_rate_5m", "<", 0.01, "rollback_error_rate"),
+        ("latency_p95_5m", "<", 0.5, "rollback_latency"),
+        ("health_failure_rate_5m", "<", 0.05, "rollback_health"),
+    ]

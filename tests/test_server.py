@@ -377,6 +377,18 @@ def test_child_verification_passes_the_options(signed: Signed, tmp_path: Path) -
     assert revoked.status == "UNTRUSTED" and revoked.recommendation == "rollback_untrusted"
 
 
+def test_verify_options_cannot_inject_flags(signed: Signed, tmp_path: Path) -> None:
+    """A root or option value starting with '-' stays a value in the child's command line."""
+    from duri_integrity.watchdog import verify_command
+
+    args = verify_command("--json", {"manifest": "--quick", "public_keys": ["-p"], "quick": False})
+    assert args == ["verify", "--json", "--manifest=--quick", "--public-key=-p", "--", "--json"]
+    report = CachedVerification.of_tree(
+        str(signed.root), manifest="--quick", public_keys=[str(signed.keys.public)], state_dir="none"
+    ).get()
+    assert report.status == "UNTRUSTED" and "'--quick'" in (report.reason or ""), report.reason
+
+
 # --- the token -----------------------------------------------------------------------------
 
 
