@@ -136,7 +136,8 @@ class StatusHTTPServer:
         """Stop :meth:`run` (from another thread) and wait for it."""
         self._stop.set()
         if self._servers:
-            self._servers[0].pull_trigger()
+            with contextlib.suppress(OSError):  # the loop has already stopped and closed its trigger
+                self._servers[0].pull_trigger()
         self._stopped.wait(timeout)
 
     def _close(self) -> None:
