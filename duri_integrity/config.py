@@ -65,9 +65,11 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     revoked_keys: list[str] | None = None
     clock_skew: int | None = None
     """Seconds a manifest's creation time may lie in the future (and expiry be stretched)."""
+    token_file: str | None = None
+    """serve: the file holding the status endpoint's bearer token (after the option and the environment)."""
 
 
-_PATH_KEYS = ("root", "manifest", "signature", "secret_key", "cache_dir", "state_dir")
+_PATH_KEYS = ("root", "manifest", "signature", "secret_key", "cache_dir", "state_dir", "token_file")
 _LIST_KEYS = ("public_key", "revoked_keys", "exclude")
 _ENV_KEYS = {
     "root": "ROOT",

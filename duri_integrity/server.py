@@ -1,167 +1,215 @@
-"""A small, dependency-free status endpoint for dashboards (WSGI).
+"""The status endpoint: routes, bearer token and the WSGI application.
 
-``GET /integrity_details`` returns the last verification report as JSON;
-``GET /healthz`` answers 200 when the tree is verified and 503 otherwise. Both
-require ``Authorization: Bearer TOKEN``. Verification results are cached for a
-TTL and refreshed in the background, and concurrent requests share one run, so
-a dashboard polling the endpoint cannot overload the host.
+Every route needs ``Authorization: Bearer TOKEN``. ``/canary_check`` and the
+``/dashboard/*`` routes answer **200 with a JSON verdict whatever it says** (a
+gate piping ``curl -f`` into ``jq -e`` must see a body to fail on; jq 1.6 passes
+an empty input); only ``/healthz`` uses 503, for load balancers. The same
+:class:`StatusService` backs the WSGI app here and the ASGI app in
+:mod:`duri_integrity.asgi`; :mod:`duri_integrity.httpserver` serves it.
 """
+
+from __future__ import annotations
 
 import hmac
 import os
-import threading
-import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from .errors import ConfigError
 from .report import Report
+from .watchdog import KILL_GRACE, ChildVerification, SharedResult, unverified_report
 
-__all__ = ["CachedVerification", "load_token", "make_server", "make_wsgi_app"]
+__all__ = [
+    "ROUTES",
+    "CachedVerification",
+    "StatusService",
+    "load_token",
+    "make_server",
+    "make_wsgi_app",
+]
 
 StartResponse = Callable[[str, list[tuple[str, str]]], Any]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
-TOKEN_ENV = "DURI_INTEGRITY_STATUS_TOKEN"  # noqa: S105 - the variable's name, not a secret
+Response = tuple[int, list[tuple[str, str]], bytes]
+TOKEN_OPTION = "--token-file"  # noqa: S105 - names, not secrets
 TOKEN_FILE_ENV = "DURI_INTEGRITY_STATUS_TOKEN_FILE"  # noqa: S105
+TOKEN_ENV = "DURI_INTEGRITY_STATUS_TOKEN"  # noqa: S105
+CANARY_TOKEN_ENV = "CANARY_TOKEN"  # noqa: S105 - the rollout plan's variable
+MIN_TOKEN = 16
+ROUTES = (
+    "/canary_check",
+    "/dashboard/integrity_details",
+    "/dashboard/canary_overview",
+    "/dashboard/health_summary",
+    "/integrity_details",
+    "/healthz",
+)
+_REASONS = {200: "OK", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed"}
+_REASONS[503] = "Service Unavailable"
 
 
-class CachedVerification:
-    """One verification shared by every caller; at most one run per TTL.
+class CachedVerification(SharedResult[Report]):
+    """The verification result, shared by every request; see :class:`~duri_integrity.watchdog.SharedResult`.
 
-    The first caller runs it (others wait for that run); once the result is older
-    than the TTL, callers keep getting it while one background thread refreshes it.
+    ``verify`` is any callable returning a :class:`Report`; it runs in a thread
+    that cannot be killed, so prefer :meth:`of_tree`, which verifies in a child
+    process killed at the deadline.
     """
 
-    def __init__(self, verify: Callable[[], Report], ttl: float) -> None:
-        if ttl <= 0:
-            raise ValueError("ttl must be positive")
-        self._verify = verify
-        self.ttl = ttl
-        self._cond = threading.Condition()
-        self._report: Report | None = None
-        self._at = 0.0
-        self._running = False
-        self.runs = 0
+    def __init__(
+        self, verify: Callable[[], Report], ttl: float, *, deadline: float = 60, root: str = ".", grace: float = 0.0
+    ) -> None:
+        super().__init__(verify, ttl=ttl, deadline=deadline, unavailable=self._stale, grace=grace)
+        self.root = root
+        self._child: ChildVerification | None = None
 
-    def _run(self) -> None:
-        report = None
-        try:
-            report = self._verify()
-        finally:
-            with self._cond:
-                if report is not None:
-                    self._report, self._at = report, time.monotonic()
-                    self.runs += 1
-                self._running = False
-                self._cond.notify_all()
+    def _stale(self, why: str) -> Report:
+        last, age = self.peek()
+        if last is not None:
+            why += f"; the last result ({last.status}, checked at {last.checked_at}, {age:.0f} s ago) is out of date"
+        return unverified_report(self.root, why)
 
-    def get(self) -> Report:
-        with self._cond:
-            while True:
-                if self._report is not None:
-                    if time.monotonic() - self._at >= self.ttl and not self._running:
-                        self._running = True  # stale: keep serving it while one thread refreshes
-                        threading.Thread(target=self._run, name="duri-integrity-refresh", daemon=True).start()
-                    return self._report
-                if not self._running:
-                    self._running = True  # the very first run: this caller does it, the others wait
-                    break
-                self._cond.wait()
-        self._run()
-        with self._cond:
-            if self._report is None:
-                raise RuntimeError("verification produced no report")
-            return self._report
+    @classmethod
+    def of_tree(
+        cls, root: str | None, *, ttl: float = 60, deadline: float = 60, **options: object
+    ) -> CachedVerification:
+        """Verify ``root`` with :func:`verify_integrity`'s ``options`` in a child process."""
+        child = ChildVerification(root, deadline, list(options.items()))
+        cached = cls(child, ttl, deadline=deadline, root=child.root, grace=KILL_GRACE)
+        cached._child = child
+        return cached
+
+    def stop(self) -> None:
+        """Kill a verification child in flight (of_tree only); for shutting down."""
+        if self._child is not None:
+            self._child.stop()
 
 
-def load_token(token: str | None = None, token_file: str | None = None) -> str:
-    """The bearer token: given, from DURI_INTEGRITY_STATUS_TOKEN, or from a file (first line)."""
-    token = token or os.environ.get(TOKEN_ENV)
-    token_file = token_file or os.environ.get(TOKEN_FILE_ENV)
-    if not token and token_file:
-        from .files import UnreadableFile, read_file
+def load_token(token: str | None = None, token_file: str | None = None, config_token_file: str | None = None) -> str:
+    """The bearer token, from the first source that is set.
 
-        try:
-            raw = read_file(token_file, 4096, "token file")
-        except UnreadableFile as exc:
-            raise ConfigError(str(exc)) from None
-        token = raw.decode("utf-8", "replace").partition("\n")[0].strip()
-    if not token or len(token) < 16:
-        raise ConfigError(
-            f"the status endpoint needs a bearer token of 16 characters or more ({TOKEN_ENV} or {TOKEN_FILE_ENV})"
-        )
-    return token
+    Order: ``token``, ``token_file`` (the --token-file option), then the
+    environment: DURI_INTEGRITY_STATUS_TOKEN_FILE, DURI_INTEGRITY_STATUS_TOKEN,
+    CANARY_TOKEN, then the config file's ``token_file``. A file gives its first line.
+    """
+    env = os.environ
+    sources: list[tuple[str, str | None, bool]] = [
+        ("the token argument", token, False),
+        (TOKEN_OPTION, token_file, True),
+        (TOKEN_FILE_ENV, env.get(TOKEN_FILE_ENV), True),
+        (TOKEN_ENV, env.get(TOKEN_ENV), False),
+        (CANARY_TOKEN_ENV, env.get(CANARY_TOKEN_ENV), False),
+        ("the config file's token_file", config_token_file, True),
+    ]
+    for name, value, is_file in sources:
+        if not value:
+            continue
+        if is_file:
+            from .files import UnreadableFile, read_file
 
-
-def _json(start_response: StartResponse, status: str, body: bytes, extra: list[tuple[str, str]] = []) -> list[bytes]:  # noqa: B006
-    start_response(
-        status,
-        [
-            ("Content-Type", "application/json"),
-            ("Cache-Control", "no-store"),
-            ("Content-Length", str(len(body))),
-            *extra,
-        ],
+            try:
+                raw = read_file(value, 4096, "token file")
+            except UnreadableFile as exc:
+                raise ConfigError(f"{exc} (from {name})") from None
+            found = raw.decode("utf-8", "replace").partition("\n")[0].strip()
+        else:
+            found = value.strip()
+        if len(found) < MIN_TOKEN:
+            raise ConfigError(f"the bearer token from {name} is shorter than {MIN_TOKEN} characters")
+        return found
+    raise ConfigError(
+        f"the status endpoint needs a bearer token of {MIN_TOKEN} characters or more: give {TOKEN_OPTION} FILE, "
+        f"or set {TOKEN_FILE_ENV}, {TOKEN_ENV} or {CANARY_TOKEN_ENV}, or token_file in the config file"
     )
-    return [body]
 
 
-def make_wsgi_app(status: CachedVerification, token: str) -> WSGIApp:
-    """A WSGI application serving /integrity_details and /healthz behind a bearer token."""
+class StatusService:
+    """Answers the routes: the integrity result, the service checks (optional) and the token."""
+
+    def __init__(self, integrity: CachedVerification, token: str, checks: Any = None) -> None:
+        if len(token) < MIN_TOKEN:
+            raise ConfigError(f"the bearer token is shorter than {MIN_TOKEN} characters")
+        self.integrity = integrity
+        self.checks = checks
+        """A :class:`~duri_integrity.promcheck.CachedChecks`, or None when no service checks are configured."""
+        self._token = token.encode()
+
+    def respond(self, method: str, path: str, authorization: str) -> Response:
+        """Status, headers and body for one request (the body is empty for HEAD)."""
+        return _head(method, self._route(method, path, authorization))
+
+    def _route(self, method: str, path: str, authorization: str) -> Response:
+        if path not in ROUTES:
+            return _json(404, {"error": "not found"})
+        if method not in ("GET", "HEAD"):
+            return _json(405, {"error": "method not allowed"}, [("Allow", "GET, HEAD")])
+        scheme, _, given = authorization.strip().partition(" ")
+        if scheme.lower() != "bearer" or not given.strip():
+            return _json(
+                401, {"error": "bearer token required"}, [("WWW-Authenticate", 'Bearer realm="duri-integrity"')]
+            )
+        if not hmac.compare_digest(given.strip().encode("utf-8", "replace"), self._token):
+            return _json(403, {"error": "wrong token"})
+        return self._answer(path)
+
+    def _answer(self, path: str) -> Response:
+        from . import canary
+
+        report = self.integrity.get()
+        if path in ("/integrity_details", "/dashboard/integrity_details"):
+            return 200, _HEADERS, report.to_json().encode()
+        if path == "/healthz":
+            body = {
+                "status": report.status,
+                "integrity_verified": report.integrity_verified,
+                "checked_at": report.checked_at,
+            }
+            return _json(200 if report.integrity_verified else 503, body)
+        results = self.checks.get() if self.checks is not None else None
+        verdict = canary.canary_verdict(report, results)
+        if path == "/canary_check":
+            return _json(200, verdict)
+        if path == "/dashboard/canary_overview":
+            return _json(200, canary.canary_overview(verdict))
+        return _json(200, canary.health_summary(verdict))
+
+
+_HEADERS = [("Content-Type", "application/json"), ("Cache-Control", "no-store")]
+
+
+def _json(code: int, body: object, extra: list[tuple[str, str]] | None = None) -> Response:
     import msgspec
 
-    expected = token.encode()
+    return code, [*_HEADERS, *(extra or [])], msgspec.json.encode(body)
+
+
+def _head(method: str, response: Response) -> Response:
+    """HEAD: the GET answer's status and headers (Content-Length included), no body."""
+    code, headers, body = response
+    headers = [*headers, ("Content-Length", str(len(body)))]
+    return code, headers, b"" if method == "HEAD" else body
+
+
+def status_line(code: int) -> str:
+    return f"{code} {_REASONS.get(code, 'Error')}"
+
+
+def make_wsgi_app(status: CachedVerification | StatusService, token: str | None = None, checks: Any = None) -> WSGIApp:
+    """A WSGI application for the routes; mount it under any prefix (PATH_INFO is what follows it)."""
+    service = status if isinstance(status, StatusService) else StatusService(status, token or "", checks)
 
     def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-        method = environ.get("REQUEST_METHOD", "GET")
-        path = environ.get("PATH_INFO", "")
-        if path not in ("/integrity_details", "/healthz"):
-            return _json(start_response, "404 Not Found", b'{"error":"not found"}')
-        if method not in ("GET", "HEAD"):
-            return _json(
-                start_response, "405 Method Not Allowed", b'{"error":"method not allowed"}', [("Allow", "GET, HEAD")]
-            )
-        auth = environ.get("HTTP_AUTHORIZATION", "")
-        scheme, _, given = auth.partition(" ")
-        if scheme.lower() != "bearer" or not given:
-            return _json(
-                start_response,
-                "401 Unauthorized",
-                b'{"error":"bearer token required"}',
-                [("WWW-Authenticate", 'Bearer realm="duri-integrity"')],
-            )
-        if not hmac.compare_digest(given.strip().encode(), expected):
-            return _json(start_response, "403 Forbidden", b'{"error":"wrong token"}')
-        report = status.get()
-        if path == "/healthz":
-            body = msgspec.json.encode(
-                {
-                    "status": report.status,
-                    "integrity_verified": report.integrity_verified,
-                    "checked_at": report.checked_at,
-                }
-            )
-            return _json(start_response, "200 OK" if report.integrity_verified else "503 Service Unavailable", body)
-        return _json(start_response, "200 OK", report.to_json().encode())
+        code, headers, body = service.respond(
+            environ.get("REQUEST_METHOD", "GET"), environ.get("PATH_INFO", ""), environ.get("HTTP_AUTHORIZATION", "")
+        )
+        start_response(status_line(code), headers)
+        return [body]
 
     return app
 
 
-def make_server(app: WSGIApp, host: str, port: int) -> Any:
-    """A threaded wsgiref server that logs requests through logging, not stderr."""
-    import logging
-    from socketserver import ThreadingMixIn
-    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
-    from wsgiref.simple_server import make_server as wsgiref_server
+def make_server(app: WSGIApp, host: str, port: int, **limits: Any) -> Any:
+    """A waitress server for ``app`` on HOST:PORT (see :mod:`duri_integrity.httpserver`)."""
+    from .httpserver import make_http_server
 
-    log = logging.getLogger("duri_integrity.server")
-
-    class Server(ThreadingMixIn, WSGIServer):
-        daemon_threads = True
-        request_queue_size = 128
-
-    class Handler(WSGIRequestHandler):
-        def log_message(self, format: str, *args: Any) -> None:
-            log.debug("%s - %s", self.address_string(), format % args)
-
-    return wsgiref_server(host, port, app, server_class=Server, handler_class=Handler)
+    return make_http_server(app, host, port, **limits)
