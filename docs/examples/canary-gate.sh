@@ -4,7 +4,8 @@
 #
 #   canary-gate.sh RELEASE_DIR [PUBLIC_KEY]
 #
-# The public key defaults to DURI_INTEGRITY_PUBLIC_KEY or /etc/duri-integrity/trusted-keys.d.
+# The public key defaults to DURI_INTEGRITY_PUBLIC_KEY or /etc/duri-integrity/trusted-keys.d;
+# the deployment this host runs comes from DURI_INTEGRITY_DEPLOYMENT or the system config.
 #
 # It fails closed: plain sh has no pipefail, so the exit code of duri-integrity is checked
 # before jq reads anything (a missing tool exits 127, a failed check 1, 3 or 4), and jq must
