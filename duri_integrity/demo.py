@@ -47,7 +47,7 @@ def _step(text: str) -> None:
 
 def run_demo(keep: str | None = None) -> int:
     """Return 0 when every step behaved as it should."""
-    from .cli import render_report
+    from .cli.render import render_report
     from .keys import generate_keypair
     from .release import build_and_sign
     from .verify import verify_integrity

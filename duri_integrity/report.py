@@ -40,7 +40,14 @@ RECOMMENDATIONS: dict[str, str] = {
     "UNTRUSTED": "rollback_untrusted",
     "ERROR": "rollback_unverifiable",
 }
-EXIT_CODES: dict[str, int] = {"VERIFIED": 0, "FAILED": 1, "UNTRUSTED": 3, "ERROR": 4}
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNTRUSTED, EXIT_ERROR = 0, 1, 2, 3, 4
+"""Every exit code the tool uses, in one place (2 is a usage error; 130 an interrupt)."""
+EXIT_CODES: dict[str, int] = {
+    "VERIFIED": EXIT_OK,
+    "FAILED": EXIT_FAILED,
+    "UNTRUSTED": EXIT_UNTRUSTED,
+    "ERROR": EXIT_ERROR,
+}
 
 
 class Problem(msgspec.Struct, frozen=True, kw_only=True, gc=False):

@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from .logs import printable
+from ..logs import printable
 
 if TYPE_CHECKING:
-    from .report import Report
+    from ..report import Report
 
 __all__ = ["MAX_LISTED_PROBLEMS", "Progress", "echo_line", "render_report"]
 

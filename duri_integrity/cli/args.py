@@ -12,7 +12,17 @@ from typing import Any
 
 import click
 
-__all__ = ["check_build_inputs", "logging_options", "parse_duration", "password"]
+__all__ = [
+    "EXIT_CODE_HELP",
+    "check_build_inputs",
+    "config_option",
+    "deployment_option",
+    "logging_options",
+    "parse_duration",
+    "password_option",
+    "read_password",
+    "workers_option",
+]
 
 
 def _configure_logging(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
@@ -21,7 +31,7 @@ def _configure_logging(ctx: click.Context, param: click.Parameter, value: str | 
         return
     meta = ctx.meta.setdefault("duri_integrity.logging", {})
     meta[param.name] = value
-    from .logs import configure_cli_logging
+    from ..logs import configure_cli_logging
 
     configure_cli_logging(meta.get("log_format") or "text", meta.get("log_level") or "info")
 
@@ -43,16 +53,16 @@ def logging_options(f: Callable[..., Any]) -> Callable[..., Any]:
     )(f)
 
 
-def password(password_file: str | None, *, confirm: bool = False) -> str | None:
+def read_password(password_file: str | None, *, confirm: bool = False) -> str | None:
     """The secret key's password: --password-file, DURI_INTEGRITY_PASSWORD, or a prompt on a terminal.
 
     None when there is none to be had (no file, no variable, no terminal). ``confirm``
     (keygen) asks twice.
     """
-    from .errors import KeyFileError
+    from ..errors import KeyFileError
 
     if password_file:
-        from .files import read_file
+        from ..files import read_file
 
         raw = read_file(password_file, 4096, "password file").partition(b"\n")[0].rstrip(b"\r")
         try:
@@ -94,8 +104,8 @@ def parse_duration(text: str) -> Any:
 
 def check_build_inputs(release: str | None, exclude: tuple[str, ...], *, from_option: bool) -> None:
     """Refuse, before any hashing, what the manifest model would refuse at verify time."""
-    from .errors import ManifestError
-    from .manifest import check_release, utc_now
+    from ..errors import ManifestError
+    from ..manifest import check_release, utc_now
 
     for pattern in exclude:
         try:
@@ -111,3 +121,38 @@ def check_build_inputs(release: str | None, exclude: tuple[str, ...], *, from_op
             raise click.BadParameter(str(exc), param_hint="'--release'") from None
         raise ManifestError(f"release (from the environment or config): {exc}") from None
     utc_now()  # a bad SOURCE_DATE_EPOCH fails here, not after hashing the tree
+
+
+EXIT_CODE_HELP = """\b
+Exit codes:
+  0  VERIFIED   the tree matches a trusted manifest (or the command succeeded)
+  1  FAILED     the tree differs from the manifest
+  2  usage      invalid command line
+  3  UNTRUSTED  manifest or signature missing, malformed or expired; not by a trusted,
+                unrevoked key; or older than a release already verified here
+  4  ERROR      could not run: missing root, bad key or config, unreadable input
+"""
+
+
+password_option: Callable[[Callable[..., Any]], Callable[..., Any]] = click.option(
+    "--password-file", type=click.Path(dir_okay=False), help="File whose first line is the key's password."
+)
+config_option: Callable[[Callable[..., Any]], Callable[..., Any]] = click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False),
+    help="Config file to read [default: DURI_INTEGRITY_CONFIG, else /etc/duri-integrity/config.toml; "
+    "never one in the working directory].",
+)
+deployment_option: Callable[[Callable[..., Any]], Callable[..., Any]] = click.option(
+    "--deployment",
+    "-d",
+    metavar="NAME",
+    help="The deployment (service) this release is for, or this host runs; signed into the manifest.",
+)
+workers_option: Callable[[Callable[..., Any]], Callable[..., Any]] = click.option(
+    "--workers",
+    type=click.IntRange(1, 256),
+    default=None,
+    help="Hashing threads [default: one per core, more when files come from disk].",
+)
