@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
-from . import __version__
+from ._version import __version__
 from .config import OWN_FILES, signature_path_for
 from .errors import IntegrityError, ManifestError, TreeError
 from .exclude import Excluder

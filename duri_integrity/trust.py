@@ -14,7 +14,6 @@ one :class:`~duri_integrity.errors.UntrustedError` leaf with a ``code``.
 import os
 from datetime import UTC, datetime, timedelta
 
-from . import state as _state
 from .config import Settings, manifest_paths, state_disabled, system_path
 from .errors import (
     CommentMismatch,
@@ -320,7 +319,9 @@ def open_store(settings: Settings) -> StateStore | None:
     """The rollback state store (checked to be private), or None when switched off explicitly."""
     if state_disabled(settings):
         return None
-    store = StateStore(settings.state_dir or _state.default_state_dir())
+    from .state import default_state_dir  # looked up at each call: tests and embedders may replace it
+
+    store = StateStore(settings.state_dir or default_state_dir())
     store.check()
     return store
 

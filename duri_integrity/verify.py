@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import TypedDict, Unpack
 
-from . import __version__
+from ._version import __version__
 from .compare import DEFAULT_MAX_PROBLEMS, Outcome, compare
 from .config import Settings, resolve_settings
 from .errors import IntegrityError, NotVerifiedError, TrustAnchorInTree, UntrustedError

@@ -105,6 +105,9 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg-state"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
     monkeypatch.setattr("duri_integrity.state.default_state_dir", lambda: str(tmp_path / "state"))
+    # Child processes (the console script, serve's verification children) cannot see that patch:
+    # as root their default would be the host's /var/lib/duri-integrity.
+    monkeypatch.setenv("DURI_INTEGRITY_STATE_DIR", str(tmp_path / "state"))
     # An in-process CLI run may have attached its handler to the package logger: undo that.
     import logging
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from .. import __version__
+from .._version import __version__
 from ..logs import printable
 from ..report import EXIT_ERROR, EXIT_FAILED, EXIT_OK, EXIT_UNTRUSTED, EXIT_USAGE
 from .args import EXIT_CODE_HELP, logging_options
