@@ -218,6 +218,10 @@ def load_revoked_key_ids(sources: Iterable[str]) -> set[str]:
     return revoked
 
 
+_MIN_KEY_ID_DIGITS = 12
+"""minisign prints key ids without leading zeros; fewer than 12 digits happens for one key in 65,536."""
+
+
 def _parse_id_list(path: str, data: bytes) -> set[str]:
     try:
         text = data.decode("utf-8")
@@ -230,6 +234,12 @@ def _parse_id_list(path: str, data: bytes) -> set[str]:
             continue
         if not 0 < len(item) <= 16 or any(c not in "0123456789abcdefABCDEF" for c in item):
             raise KeyFileError(f"{path}:{n}: {item[:40]!r} is neither a key id (up to 16 hex digits) nor a public key")
+        if len(item) < _MIN_KEY_ID_DIGITS:
+            # Most likely a truncated id (as short git hashes are), which would revoke nothing.
+            raise KeyFileError(
+                f"{path}:{n}: {item!r} is shorter than a key id: give all its hex digits as minisign prints "
+                "them (leading zeros may be written out to 16 digits)"
+            )
         ids.add(format_key_id(int(item, 16).to_bytes(8, "little")))
     return ids
 

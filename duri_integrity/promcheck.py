@@ -16,6 +16,7 @@ import operator
 import re
 import socket
 import threading
+import time
 import urllib.parse
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -153,6 +154,8 @@ class _Query:
             self.abort()
         if len(body) > MAX_ANSWER:
             raise ValueError("the answer is too large")
+        if resp.status != 200:  # whatever the body says: an error page is not a measurement
+            raise ValueError(f"Prometheus answered HTTP {resp.status}")
         answer = msgspec.json.decode(body)
         if not isinstance(answer, dict) or answer.get("status") != "success":
             error = answer.get("error") if isinstance(answer, dict) else None
@@ -168,15 +171,34 @@ class _Query:
             self.conn.close()
 
 
-def _samples(data: Any) -> list[float]:
+_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?|[+-]?(?:Inf|inf)|NaN")
+"""A sample value as Prometheus writes it (a JSON string): no underscores, no other spellings."""
+MAX_SAMPLE_AGE = 300.0
+"""A sample stamped this many seconds before (or after) the query is not a current measurement."""
+
+
+def _sample(pair: Any, now: float) -> float:
+    """One ``[unix_time, "value"]`` pair, strictly: a string value, a current timestamp."""
+    if not isinstance(pair, list) or len(pair) != 2:
+        raise ValueError("a sample is not a [time, value] pair")
+    when, value = pair
+    if isinstance(when, bool) or not isinstance(when, (int, float)) or abs(now - when) > MAX_SAMPLE_AGE:
+        raise ValueError(f"a sample is stamped {when!r}, not now")
+    if not isinstance(value, str) or not _NUMBER.fullmatch(value):
+        raise ValueError(f"a sample value {value!r} is not a Prometheus number")
+    return float(value)
+
+
+def _samples(data: Any, now: float | None = None) -> list[float]:
     """The numbers of an instant-query answer (vector or scalar); raise ValueError for anything else."""
+    now = time.time() if now is None else now
     if not isinstance(data, dict):
         raise ValueError("no data")
     kind, result = data.get("resultType"), data.get("result")
-    if kind == "scalar" and isinstance(result, list) and len(result) == 2:
-        return [float(result[1])]
+    if kind == "scalar":
+        return [_sample(result, now)]
     if kind == "vector" and isinstance(result, list):
-        return [float(s["value"][1]) for s in result]
+        return [_sample(s.get("value") if isinstance(s, dict) else None, now) for s in result]
     raise ValueError(f"the query returns a {kind}, not an instant vector or scalar")
 
 

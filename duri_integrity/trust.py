@@ -176,8 +176,14 @@ def check_rollback(m: Manifest, previous: RollbackState | None, approval: tuple[
         check_against(previous, m.serial, m.root_digest)
         return False
     except RollbackRefused:
-        if m.serial == previous.serial:
-            raise  # a reused serial: no approval can tell the two trees apart
+        reused = m.serial == previous.serial or (
+            m.serial == previous.approved_serial and m.root_digest != previous.approved_digest
+        )
+        if reused:
+            raise RollbackRefused(
+                f"serial {m.serial} was already verified on this host for a different tree; two releases "
+                "may not share a serial, and no approval can tell them apart: rebuild with a higher --serial"
+            ) from None
     if approval is not None and approval[1] == m.serial and approval[0] in (None, m.release):
         return True
     shown, newest = _shown(m.release, m.serial), _shown(previous.release, previous.serial)
@@ -312,7 +318,12 @@ def load_keys(settings: Settings, root_real: str) -> tuple[TrustedKeys, set[str]
         raise KeyFileError(f"no public keys found in {', '.join(sources)}")
     revoked = revoked_sources(settings)
     _outside(root_real, revoked + key_files(revoked, "revoked-key"), "revoked-key list")
-    return trusted, load_revoked_key_ids(revoked)
+    ids = load_revoked_key_ids(revoked)
+    for rid in ids:  # a truncated id (as short git hashes are) would revoke nothing
+        near = [tid for tid in trusted.key_ids if tid != rid and tid.startswith(rid)]
+        if near:
+            raise KeyFileError(f"revoked key id {rid} looks like a shortened {near[0]}: give every digit")
+    return trusted, ids
 
 
 def open_store(settings: Settings) -> StateStore | None:

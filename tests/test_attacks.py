@@ -15,7 +15,7 @@ import pytest
 from duri_integrity import verify_integrity
 from duri_integrity.build import build_manifest
 
-from .conftest import Keys, Signed, build_and_sign, make_tree, new_keys
+from .conftest import Keys, Signed, build_and_sign, console_script, make_tree, new_keys
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
 
@@ -354,3 +354,134 @@ def test_a_secret_key_given_as_a_revocation_says_so(signed: Signed) -> None:
     """Naming the secret key where a revocation belongs is a clear error, not 'not a key id'."""
     r = signed.verify(revoked_keys=str(signed.keys.secret))
     assert r.status == "ERROR" and "is a secret key" in r.summary
+
+
+@pytest.mark.parametrize("short", ["F6", "first8", "first13"])
+def test_a_shortened_key_id_in_a_revocation_list_is_an_error(signed: Signed, tmp_path: Path, short: str) -> None:
+    """A truncated key id would revoke nothing: it is refused, never silently accepted."""
+    kid = signed.keys.key_id
+    item = {"F6": kid[:2], "first8": kid[:8], "first13": kid[:13]}[short]
+    lst = tmp_path / "revoked.list"
+    lst.write_text(item + "\n")
+    r = signed.verify(revoked_keys=str(lst))
+    assert r.status == "ERROR" and r.reason_code == "key_error", r.summary
+    lst.write_text(kid.rjust(16, "0") + "\n")  # every digit, zero-padded: revoked
+    assert signed.verify(revoked_keys=str(lst)).reason_code == "revoked_key"
+
+
+def test_an_approval_cannot_swap_the_tree_behind_a_pinned_serial(tmp_path: Path, keys: Keys) -> None:
+    """With r100 approved and pinned, another tree signed as serial 100 stays refused, even approved."""
+    rel = _releases(tmp_path, keys, 100, 200)
+    other = make_tree(tmp_path / "other")
+    (other / "app" / "main.py").write_text("print('other')\n")
+    b = build_and_sign(other, keys, release="r100", serial=100)
+    kw = {"public_keys": str(keys.public), "state_dir": str(tmp_path / "state")}
+    assert verify_integrity(rel[200], **kw).status == "VERIFIED"  # type: ignore[arg-type]
+    assert verify_integrity(rel[100], allow_rollback_to="100", **kw).status == "VERIFIED"  # type: ignore[arg-type]
+    for approval in (None, "100", "r100@100"):
+        r = verify_integrity(b.root, allow_rollback_to=approval, **kw)  # type: ignore[arg-type]
+        assert r.status == "UNTRUSTED" and "share a serial" in r.summary, r.summary
+
+
+@pytest.mark.parametrize("stdout", ["/dev/full", "closed"])
+def test_a_report_that_cannot_be_written_is_not_a_success(signed: Signed, stdout: str) -> None:
+    """verify --json to a full disk, or with stdout closed: the report was never delivered, so not exit 0."""
+    import stat as stat_mod
+
+    exe = console_script()
+    assert exe is not None
+    argv = [exe, "verify", str(signed.root), "-p", str(signed.keys.public), "--json"]
+    if stdout == "closed":
+        r = subprocess.run(
+            argv,
+            stdout=None,
+            stderr=subprocess.PIPE,
+            text=True,
+            check=False,
+            pass_fds=(),
+            close_fds=True,
+            preexec_fn=lambda: os.close(1),
+        )
+        assert r.returncode == 4 and "stdout is closed" in r.stderr, r.stderr
+        return
+    if not stat_mod.S_ISCHR(os.stat("/dev/full").st_mode):
+        pytest.skip("/dev/full is not the full device here")
+    with open("/dev/full", "w") as full:
+        r = subprocess.run(argv, stdout=full, stderr=subprocess.PIPE, text=True, check=False)
+    assert r.returncode == 4 and "No space left on device" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("option", ["--ttl", "--deadline"])
+def test_serve_refuses_nan_durations(signed: Signed, run_cli: Run, option: str) -> None:
+    """NaN slips past a range check (every comparison with it is false): it is refused at start."""
+    r = run_cli("serve", str(signed.root), "-p", str(signed.keys.public), option, "nan", env={"CANARY_TOKEN": "x" * 20})
+    assert r.returncode == 2 and option in r.stderr
+
+
+class _LyingPrometheus:
+    """A loopback HTTP server that answers every query with a fixed status and body."""
+
+    def __init__(self, status: int, body: bytes) -> None:
+        import http.server
+        import threading
+
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self.send_response(outer.status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(outer.body)))
+                self.end_headers()
+                self.wfile.write(outer.body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.status, self.body = status, body
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize(
+    ("status", "value", "stamp"),
+    [
+        (500, '"0"', "now"),  # an error page that looks like a result
+        (503, '"0"', "now"),
+        (200, "false", "now"),  # not a Prometheus number
+        (200, '"0_0"', "now"),  # Python's float() would read it as 0
+        (200, '"0"', "1970"),  # a stale sample is not a current measurement
+    ],
+)
+def test_a_lying_prometheus_is_unknown_never_ok(status: int, value: str, stamp: str) -> None:
+    """Only a 200 answer with current, well-formed samples can pass a service check."""
+    import time
+
+    from duri_integrity.promcheck import Check, ChecksConfig, Prometheus, evaluate
+
+    when = time.time() if stamp == "now" else 1.0
+    sample = f'{{"metric":{{}},"value":[{when},{value}]}}'
+    body = ('{"status":"success","data":{"resultType":"vector","result":[' + sample + "]}}").encode()
+    fake = _LyingPrometheus(status, body)
+    try:
+        check = Check(
+            name="error_rate", query="x", comparison="<", threshold=0.01, recommendation="rollback_error_rate"
+        )
+        [result] = evaluate(ChecksConfig(prometheus=Prometheus(url=fake.url, timeout_seconds=2), checks=[check]))
+    finally:
+        fake.close()
+    assert result.status == "unknown", result
+    fake = _LyingPrometheus(
+        200, body.replace(value.encode(), b'"0.001"').replace(f"{when}".encode(), f"{time.time()}".encode())
+    )
+    try:
+        [result] = evaluate(ChecksConfig(prometheus=Prometheus(url=fake.url, timeout_seconds=2), checks=[check]))
+    finally:
+        fake.close()
+    assert result.status == "ok", result  # the same server, telling the truth, passes

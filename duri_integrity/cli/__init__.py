@@ -42,6 +42,21 @@ class _OperationalError(click.ClickException):
     exit_code = EXIT_ERROR
 
 
+def _deliver_output(code: object) -> None:
+    """Flush stdout now, while a failure can still be reported: a report that was never written
+    (a full disk, a closed pipe) must not leave a success exit code behind."""
+    if sys.stdout is None:  # started with stdout closed: nothing was written (see verify --json)
+        return
+    try:
+        sys.stdout.flush()
+    except (OSError, ValueError) as exc:
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        click.echo(f"duri-integrity: error: the output could not be written to stdout: {exc}", err=True)
+        if code in (None, 0, EXIT_OK):
+            sys.exit(EXIT_ERROR)
+
+
 class _Group(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(_COMMANDS)
@@ -62,7 +77,12 @@ class _Group(click.Group):
         """Run, turning every click failure into one ``duri-integrity: error:`` line and its exit code."""
         kwargs["standalone_mode"] = False
         try:
-            rv = super().main(*args, **kwargs)
+            try:
+                rv = super().main(*args, **kwargs)
+            except SystemExit as done:  # a command's sys.exit(code): deliver the output first
+                _deliver_output(done.code)
+                raise
+            _deliver_output(rv)
         except click.exceptions.NoArgsIsHelpError as exc:
             exc.show()  # no arguments at all: the help text is the answer
             sys.exit(exc.exit_code)

@@ -17,6 +17,7 @@ __all__ = [
     "check_build_inputs",
     "config_option",
     "deployment_option",
+    "finite",
     "logging_options",
     "parse_duration",
     "password_option",
@@ -156,3 +157,12 @@ workers_option: Callable[[Callable[..., Any]], Callable[..., Any]] = click.optio
     default=None,
     help="Hashing threads [default: one per core, more when files come from disk].",
 )
+
+
+def finite(value: float, name: str) -> float:
+    """click's FloatRange lets NaN through (every comparison with it is false): refuse it here."""
+    import math
+
+    if not math.isfinite(value):
+        raise click.BadParameter(f"{value!r} is not a number of seconds", param_hint=name)
+    return value

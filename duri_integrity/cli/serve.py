@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .args import config_option, deployment_option, workers_option
+from .args import config_option, deployment_option, finite, workers_option
 
 __all__ = ["serve"]
 
@@ -35,6 +35,7 @@ __all__ = ["serve"]
 @click.option(
     "--ttl",
     type=click.FloatRange(1, 86400),
+    callback=lambda ctx, param, value: finite(value, "--ttl"),
     default=60,
     show_default=True,
     help="Seconds a result stays current; older results are never served.",
@@ -42,6 +43,7 @@ __all__ = ["serve"]
 @click.option(
     "--deadline",
     type=click.FloatRange(1, 3600),
+    callback=lambda ctx, param, value: finite(value, "--deadline"),
     default=60,
     show_default=True,
     help="Seconds a verification may take before it is stopped and the answer is 'not verified'.",

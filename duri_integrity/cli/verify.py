@@ -115,6 +115,10 @@ def verify(
         except IntegrityError as exc:  # a side effect: warn, and keep the verdict, its output and exit code
             echo_line(f"duri-integrity: warning: {exc}", err=True)
     if as_json:
+        if sys.stdout is None:  # started with stdout closed: the report cannot be delivered
+            from ..errors import IntegrityError
+
+            raise IntegrityError("stdout is closed: the report cannot be written")
         click.echo(report.to_json())
     else:
         render_report(report, quiet=quiet)
