@@ -16,7 +16,7 @@ __all__ = ["Excluder", "normalize_patterns"]
 _MAX_PATTERN_LEN = 4096
 
 
-def _translate_glob(glob: str) -> str:
+def _translate_glob(glob: str) -> str:  # noqa: C901, PLR0912 - one branch per token of glob syntax, read left to right
     """Turn one gitignore glob (already stripped of '!', anchors and trailing '/') into a regex."""
     out: list[str] = []
     i, n = 0, len(glob)

@@ -34,7 +34,7 @@ FD_HEADROOM = 64
 """Descriptors kept free for the listeners, the trigger pipe, the verification child and Prometheus."""
 
 
-def _classes() -> tuple[type[Any], type[Any]]:
+def _classes() -> tuple[type[Any], type[Any]]:  # noqa: C901 - the server classes are made together, so waitress is imported only by serve
     """The waitress channel and server classes with eviction and the request timeout (built on first use)."""
     # Imported by name: waitress ships no type information (and typeshed's stubs lag its internals).
     HTTPChannel: Any = importlib.import_module("waitress.channel").HTTPChannel

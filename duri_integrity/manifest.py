@@ -215,7 +215,7 @@ def decode_manifest(data: bytes, *, max_entries: int = MAX_ENTRIES) -> Manifest:
     return decode_manifest_keys(data, max_entries=max_entries)[0]
 
 
-def decode_manifest_keys(data: bytes, *, max_entries: int = MAX_ENTRIES) -> tuple[Manifest, list[str]]:
+def decode_manifest_keys(data: bytes, *, max_entries: int = MAX_ENTRIES) -> tuple[Manifest, list[str]]:  # noqa: C901, PLR0912 - one refusal per rule, in order, each with its own message
     """Like :func:`decode_manifest`, also returning each entry's path as the walk spells it."""
     if len(data) > MAX_MANIFEST_BYTES:
         raise _fail(f"{len(data):,} bytes is over the {MAX_MANIFEST_BYTES:,}-byte limit")

@@ -122,7 +122,7 @@ def _private_cache(cache_dir: str) -> str | None:
     return None
 
 
-def load_snapshot(cache_dir: str, root_real: str, root_digest: str, entries: int) -> tuple[Snapshot | None, str | None]:
+def load_snapshot(cache_dir: str, root_real: str, root_digest: str, entries: int) -> tuple[Snapshot | None, str | None]:  # noqa: PLR0911 - each way a snapshot can be unusable returns its own note
     """Return the snapshot for this root and manifest, or None with the reason it was not used.
 
     The cache directory must be writable by no one but this user or root: whoever can
