@@ -21,7 +21,8 @@ from typing import NamedTuple, cast
 
 from blake3 import blake3
 
-from .walk import RACE_ERRNOS, DirCursor, check_resources, open_root
+from . import readahead, speedups
+from .walk import DirCursor, check_resources, open_problem, open_root
 
 __all__ = [
     "BuildHash",
@@ -43,6 +44,8 @@ SMALL_FILE = 1 << 20
 """Up to this size a file is read whole into the thread's buffer; above it, in chunks."""
 CHUNK = SMALL_FILE + 1
 """Each thread's one read buffer: a small file, plus one byte to notice growth, fits in one read."""
+ROUTE = 1 << 20
+"""Pure Python: files from this size go to the helper threads first (the caller takes the rest)."""
 HUGE_FILE = 256 << 20
 """From this size one file is hashed with several BLAKE3 threads."""
 BATCH = 48
@@ -105,13 +108,6 @@ Problem = tuple[int, str, "str | None", "str | None"]
 """(index of the FileCheck, kind, expected, actual)."""
 
 
-def _open_problem(exc: OSError) -> tuple[str, str]:
-    check_resources(exc, "opening files to hash")
-    if exc.errno in RACE_ERRNOS:
-        return "unstable", f"replaced or removed during the check ({exc.strerror})"
-    return "unreadable", exc.strerror or str(exc)
-
-
 def _hash_chunks(fd: int, size: int, buf: bytearray) -> tuple[str | None, int]:
     """Hash a large file in chunks; return (hex digest, bytes read) or (None, bytes read) if it grew."""
     hasher = blake3(max_threads=blake3.AUTO if size >= HUGE_FILE else 1)
@@ -161,7 +157,7 @@ def _check_batch(jobs: Sequence[FileCheck], batch: list[int], worker: _Worker, o
                     cur_dir = rel_dir
                 fd = os_open(name, flags, dir_fd=dir_fd)
             except OSError as exc:
-                kind, why = _open_problem(exc)
+                kind, why = open_problem(exc)
                 append((i, kind, None, why))
                 continue
             try:
@@ -280,14 +276,14 @@ def _schedule(
         raise errors[0]
 
 
-def _split(sizes: Sequence[int], workers: int) -> tuple[list[int], list[int]]:
-    """(small files in their given order, big files largest first).
+def _split(sizes: Sequence[int], route: int) -> tuple[list[int], list[int]]:
+    """(files under ``route`` bytes in their given order, the others largest first).
 
     Small files keep the walk's order, which groups them by directory, so a batch
     opens few directories.
     """
-    big = sorted((i for i, n in enumerate(sizes) if n >= SMALL_FILE), key=sizes.__getitem__, reverse=True)
-    small = [i for i, n in enumerate(sizes) if n < SMALL_FILE]
+    big = sorted((i for i, n in enumerate(sizes) if n >= route), key=sizes.__getitem__, reverse=True)
+    small = [i for i, n in enumerate(sizes) if n < route]
     return small, big
 
 
@@ -305,17 +301,61 @@ def check_files(
     elastic = workers is None
     workers = _workers(workers)
     out: list[Problem] = []
-    small, big = _split([j[2] for j in jobs], workers)
+    fast = speedups.available()
+    small, big = _split([j[2] for j in jobs], SMALL_FILE if fast else ROUTE)
     io_threads = min(16, IO_THREADS_PER_CORE * (os.cpu_count() or 1))
     extra = max(0, io_threads - workers) if elastic and workers > 1 else 0
     root_fd = open_root(root)
     try:
-        _schedule(
-            small, big, lambda batch, worker: _check_batch(jobs, batch, worker, out), root_fd, workers, progress, extra
-        )
+        if fast:
+            _check_fast(root_fd, jobs, small, big, workers, progress, extra, out)
+        else:
+            _schedule(
+                small,
+                big,
+                lambda batch, worker: _check_batch(jobs, batch, worker, out),
+                root_fd,
+                workers,
+                progress,
+                extra,
+            )
     finally:
         os.close(root_fd)
     return out
+
+
+def _check_fast(
+    root_fd: int,
+    jobs: Sequence[FileCheck],
+    small: list[int],
+    big: list[int],
+    workers: int,
+    progress: Callable[[int], None] | None,
+    extra: int,
+    out: list[Problem],
+) -> None:
+    """Small files through the C reader (read ahead on helper threads), large ones as in pure Python."""
+    lock = threading.Lock()
+    pending = big[::-1]  # largest last: pop() takes the largest first
+
+    def big_loop(stopped: Callable[[], bool]) -> None:
+        worker: _Worker | None = None
+        try:
+            while not stopped():
+                with lock:
+                    if not pending:
+                        return
+                    i = pending.pop()
+                worker = worker or _Worker(root_fd)
+                _check_batch(jobs, [i], worker, out)
+                if progress is not None:
+                    progress(1)
+        finally:
+            if worker is not None:
+                worker.cursor.close()
+
+    batches = readahead.plan_batches(jobs, small)
+    readahead.run(root_fd, jobs, batches, workers - 1, extra, big_loop, progress, out)
 
 
 class BuildHash(NamedTuple):
@@ -334,7 +374,7 @@ def _hash_for_build(worker: _Worker, rel: str, walk: os.stat_result) -> BuildHas
     try:
         fd = os.open(name, OPEN_FLAGS, dir_fd=worker.cursor.enter(rel_dir))
     except OSError as exc:
-        kind, why = _open_problem(exc)
+        kind, why = open_problem(exc)
         return BuildHash(None, kind, why)
     try:
         before = os.fstat(fd)
@@ -389,7 +429,7 @@ def hash_for_build(
             out[i] = _hash_for_build(worker, files[i][0], files[i][1])
 
     try:
-        small, big = _split([st.st_size for _, st in files], workers)
+        small, big = _split([st.st_size for _, st in files], ROUTE)
         _schedule(small, big, batch_of, root_fd, workers, None)
     finally:
         os.close(root_fd)

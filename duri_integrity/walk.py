@@ -32,6 +32,7 @@ __all__ = [
     "check_root",
     "inside_root",
     "kind_of",
+    "open_problem",
     "open_root",
     "relative_inside",
 ]
@@ -96,6 +97,14 @@ def check_resources(exc: OSError, what: str) -> None:
     """
     if exc.errno in _RESOURCE_ERRNOS:
         raise TreeError(f"ran out of resources while {what}: {exc.strerror or exc} (raise 'ulimit -n'?)") from None
+
+
+def open_problem(exc: OSError) -> tuple[str, str]:
+    """(problem kind, detail) for a file that could not be opened: a race is "unstable"."""
+    check_resources(exc, "opening files to hash")
+    if exc.errno in RACE_ERRNOS:
+        return "unstable", f"replaced or removed during the check ({exc.strerror})"
+    return "unreadable", exc.strerror or str(exc)
 
 
 def open_root(root: str) -> int:

@@ -1,0 +1,467 @@
+/* Optional C speed-ups for duri_integrity.hashing: a batched, GIL-free file reader.
+ *
+ * Reader(root_fd).read(jobs, batch, buf) opens each job's file beneath root_fd (directories one
+ * component at a time with O_DIRECTORY|O_NOFOLLOW, files with O_NOFOLLOW|O_NONBLOCK), fstat-s
+ * it, checks it is a regular file with the inode the walk listed, compares mode and size, and
+ * reads it whole into its slot of buf (size + 1 bytes, to notice growth), all with the GIL
+ * released. Hashing stays in Python (the blake3 package has no C API). No mmap: a file
+ * truncated under a mapping would kill the process with SIGBUS.
+ *
+ * The result is one object per job, in batch order:
+ *   int >= 0               content at this offset of buf, fstat unchanged across the read
+ *   ("changed", off)       content at off, but size/mtime/ctime changed across the read
+ *   ("open", errno)        the file or one of its directories could not be opened
+ *   ("read", errno)        fstat or read failed after the open
+ *   ("replaced",)          not a regular file, or another inode than listed (and than the name now)
+ *   ("size", actual)       another size than expected (not read)
+ *   ("short",)             fewer or more bytes read than the size (the file changed)
+ *   ("mode", actual, rest) another mode; rest is one of the above for the same file
+ * The caller (hashing.py) turns these into exactly the problems its pure-Python path reports.
+ */
+#define _GNU_SOURCE /* memrchr */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define MAX_HELD 16 /* directory descriptors one Reader keeps open (see walk.MAX_HELD_DIRS) */
+#define FILE_FLAGS (O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC | O_NOCTTY)
+#define DIR_FLAGS (O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+
+enum { R_OK_ = 0, R_CHANGED, R_OPEN, R_READ, R_REPLACED, R_SIZE, R_SHORT };
+enum { STAGE_OPEN = 0, STAGE_FSTAT, STAGE_READ };
+
+typedef struct {
+    const char *path; /* relative path, filesystem encoding */
+    Py_ssize_t len;
+    unsigned long long ino;
+    long long size;
+    unsigned int mode;
+    /* results */
+    int kind;
+    int err;
+    unsigned int actual_mode;
+    long long actual_size;
+    Py_ssize_t offset;
+    int mode_differs;
+} Item;
+
+typedef struct {
+    PyObject_HEAD int root_fd;
+    int busy;
+    char *cur;      /* the directory the chain is in, components separated by '/' */
+    size_t cur_len; /* bytes of cur in use */
+    size_t cur_cap;
+    int cur_valid;  /* 0 after a failed enter: the chain is a prefix of cur */
+    int *fds;       /* per level; -1 for a closed intermediate level */
+    size_t *ends;   /* end offset in cur of each level's component */
+    size_t depth;   /* levels open (or placeholders) */
+    size_t lvl_cap;
+    char *failed; /* the last directory that could not be entered, and why */
+    size_t failed_len;
+    int failed_errno;
+    PyObject *hook; /* tests only: hook(stage, path) -> errno to inject (0: none); GIL taken to call it */
+} Reader;
+
+static int retry_openat(int dirfd, const char *name, int flags) {
+    int fd;
+    do {
+        fd = openat(dirfd, name, flags);
+    } while (fd < 0 && errno == EINTR);
+    return fd;
+}
+
+static void drop_to(Reader *r, size_t keep) {
+    while (r->depth > keep) {
+        int fd = r->fds[--r->depth];
+        if (fd >= 0) close(fd);
+    }
+}
+
+static int grow_levels(Reader *r, size_t need) {
+    if (need <= r->lvl_cap) return 0;
+    size_t cap = r->lvl_cap ? r->lvl_cap * 2 : 16;
+    while (cap < need) cap *= 2;
+    int *fds = realloc(r->fds, cap * sizeof(int));
+    if (!fds) return -1;
+    r->fds = fds;
+    size_t *ends = realloc(r->ends, cap * sizeof(size_t));
+    if (!ends) return -1;
+    r->ends = ends;
+    r->lvl_cap = cap;
+    return 0;
+}
+
+/* The descriptor of directory dir[0:len] beneath the root, or -1 with errno set. */
+static int enter(Reader *r, const char *dir, size_t len) {
+    if (r->cur_valid && len == r->cur_len && memcmp(dir, r->cur, len) == 0)
+        return r->depth ? r->fds[r->depth - 1] : r->root_fd;
+    if (r->failed && len == r->failed_len && memcmp(dir, r->failed, len) == 0) {
+        errno = r->failed_errno;
+        return -1;
+    }
+    if (len == 0) {
+        drop_to(r, 0);
+        r->cur_len = 0;
+        r->cur_valid = 1;
+        return r->root_fd;
+    }
+    /* Levels in common with the chain held now. */
+    size_t keep = 0, start = 0;
+    while (keep < r->depth) {
+        size_t old_start = keep ? r->ends[keep - 1] + 1 : 0;
+        size_t old_len = r->ends[keep] - old_start;
+        const char *slash = memchr(dir + start, '/', len - start);
+        size_t end = slash ? (size_t)(slash - dir) : len;
+        if (end - start != old_len || memcmp(dir + start, r->cur + old_start, old_len) != 0) break;
+        keep++;
+        if (!slash) break;
+        start = end + 1;
+    }
+    drop_to(r, keep);
+    /* Deep intermediate levels are closed: restart from the deepest level still open. */
+    while (r->depth > 0 && r->fds[r->depth - 1] < 0) r->depth--;
+    size_t levels = 1;
+    for (size_t k = 0; k < len; k++) levels += dir[k] == '/';
+    if (len + 1 > r->cur_cap) {
+        char *cur = realloc(r->cur, len + 1);
+        if (!cur) {
+            errno = ENOMEM;
+            return -1;
+        }
+        r->cur = cur;
+        r->cur_cap = len + 1;
+    }
+    if (grow_levels(r, levels) < 0) {
+        errno = ENOMEM;
+        return -1;
+    }
+    memcpy(r->cur, dir, len);
+    r->cur[len] = '\0';
+    r->cur_len = len;
+    r->cur_valid = 0;
+    size_t lvl = 0, s = 0;
+    for (size_t k = 0; k <= len; k++) { /* the component ends, and NULs in place of the slashes */
+        if (k == len || r->cur[k] == '/') {
+            r->ends[lvl++] = k;
+            r->cur[k] = '\0';
+        }
+    }
+    for (lvl = r->depth; lvl < levels; lvl++) {
+        s = lvl ? r->ends[lvl - 1] + 1 : 0;
+        int parent = lvl ? r->fds[lvl - 1] : r->root_fd;
+        int fd = retry_openat(parent, r->cur + s, DIR_FLAGS);
+        if (fd < 0) {
+            int e = errno;
+            for (size_t k = 0; k < len; k++) /* restore the slashes for the prefix comparison */
+                if (r->cur[k] == '\0') r->cur[k] = '/';
+            char *failed = realloc(r->failed, len ? len : 1);
+            if (failed) {
+                memcpy(failed, dir, len);
+                r->failed = failed;
+                r->failed_len = len;
+                r->failed_errno = e;
+            }
+            errno = e;
+            return -1;
+        }
+        r->fds[lvl] = fd;
+        r->depth = lvl + 1;
+        if (lvl >= MAX_HELD && r->fds[lvl - 1] >= 0) { /* keep the shallow levels and the deepest one */
+            close(r->fds[lvl - 1]);
+            r->fds[lvl - 1] = -1;
+        }
+    }
+    for (size_t k = 0; k < len; k++)
+        if (r->cur[k] == '\0') r->cur[k] = '/';
+    r->cur_valid = 1;
+    return r->fds[r->depth - 1];
+}
+
+/* Tests only: ask the hook (with the GIL) whether to fail this stage with an errno. */
+static int injected(Reader *r, int stage, const char *path, PyThreadState **save) {
+    if (!r->hook) return 0;
+    PyEval_RestoreThread(*save);
+    int e = 0;
+    PyObject *res = PyObject_CallFunction(r->hook, "iy", stage, path);
+    if (res) {
+        e = (int)PyLong_AsLong(res);
+        Py_DECREF(res);
+    }
+    if (PyErr_Occurred()) {
+        PyErr_WriteUnraisable(r->hook);
+        e = 0;
+    }
+    *save = PyEval_SaveThread();
+    return e;
+}
+
+static void read_one(Reader *r, Item *it, char *buf, PyThreadState **save) {
+    const char *slash = memrchr(it->path, '/', (size_t)it->len);
+    size_t dir_len = slash ? (size_t)(slash - it->path) : 0;
+    const char *name = slash ? slash + 1 : it->path;
+    int e = injected(r, STAGE_OPEN, it->path, save);
+    int dirfd = e ? -1 : enter(r, it->path, dir_len);
+    if (e || dirfd < 0) {
+        it->kind = R_OPEN;
+        it->err = e ? e : errno;
+        return;
+    }
+    int fd = retry_openat(dirfd, name, FILE_FLAGS);
+    if (fd < 0) {
+        it->kind = R_OPEN;
+        it->err = errno;
+        return;
+    }
+    struct stat st, now;
+    if ((e = injected(r, STAGE_FSTAT, it->path, save)) != 0 || fstat(fd, &st) < 0) {
+        it->kind = R_READ;
+        it->err = e ? e : errno;
+        goto done;
+    }
+    if (!S_ISREG(st.st_mode) ||
+        ((unsigned long long)st.st_ino != it->ino &&
+         /* overlayfs copy-up: the name now holds the opened inode? */
+         (fstatat(dirfd, name, &now, AT_SYMLINK_NOFOLLOW) < 0 || now.st_ino != st.st_ino ||
+          now.st_dev != st.st_dev))) {
+        it->kind = R_REPLACED;
+        goto done;
+    }
+    it->actual_mode = st.st_mode & 07777;
+    it->mode_differs = it->actual_mode != it->mode;
+    if ((long long)st.st_size != it->size) {
+        it->kind = R_SIZE;
+        it->actual_size = (long long)st.st_size;
+        goto done;
+    }
+    if ((e = injected(r, STAGE_READ, it->path, save)) != 0) {
+        it->kind = R_READ;
+        it->err = e;
+        goto done;
+    }
+    /* Up to size + 1 bytes: a short read is legal (signals, network filesystems); more means it grew. */
+    char *p = buf + it->offset;
+    size_t want = (size_t)it->size + 1, n = 0;
+    for (;;) {
+        ssize_t got = read(fd, p + n, want - n);
+        if (got < 0) {
+            if (errno == EINTR) continue;
+            it->kind = R_READ;
+            it->err = errno;
+            goto done;
+        }
+        if (got == 0) break;
+        n += (size_t)got;
+        if (n >= (size_t)it->size) break;
+    }
+    if (n != (size_t)it->size) {
+        it->kind = R_SHORT;
+        goto done;
+    }
+    it->kind = R_OK_;
+    if (fstat(fd, &now) < 0 || now.st_size != st.st_size || now.st_mtim.tv_sec != st.st_mtim.tv_sec ||
+        now.st_mtim.tv_nsec != st.st_mtim.tv_nsec || now.st_ctim.tv_sec != st.st_ctim.tv_sec ||
+        now.st_ctim.tv_nsec != st.st_ctim.tv_nsec)
+        it->kind = R_CHANGED;
+done:
+    close(fd);
+}
+
+static PyObject *result_of(const Item *it) {
+    PyObject *res;
+    switch (it->kind) {
+    case R_OK_:
+        res = PyLong_FromSsize_t(it->offset);
+        break;
+    case R_CHANGED:
+        res = Py_BuildValue("(sn)", "changed", it->offset);
+        break;
+    case R_OPEN:
+        res = Py_BuildValue("(si)", "open", it->err);
+        break;
+    case R_READ:
+        res = Py_BuildValue("(si)", "read", it->err);
+        break;
+    case R_REPLACED:
+        return Py_BuildValue("(s)", "replaced"); /* the mode is not compared on another file */
+    case R_SIZE:
+        res = Py_BuildValue("(sL)", "size", it->actual_size);
+        break;
+    default:
+        res = Py_BuildValue("(s)", "short");
+        break;
+    }
+    if (res && it->mode_differs) {
+        PyObject *wrapped = Py_BuildValue("(sIN)", "mode", it->actual_mode, res);
+        return wrapped;
+    }
+    return res;
+}
+
+static int parse_job(PyObject *job, Item *it, PyObject **encoded) {
+    if (!PyTuple_Check(job) || PyTuple_GET_SIZE(job) < 4) {
+        PyErr_SetString(PyExc_TypeError, "a job is a (path, inode, size, mode, ...) tuple");
+        return -1;
+    }
+    *encoded = PyUnicode_EncodeFSDefault(PyTuple_GET_ITEM(job, 0));
+    if (!*encoded) return -1;
+    it->path = PyBytes_AS_STRING(*encoded);
+    it->len = PyBytes_GET_SIZE(*encoded);
+    if ((Py_ssize_t)strlen(it->path) != it->len) {
+        PyErr_SetString(PyExc_ValueError, "a path has a NUL byte");
+        return -1;
+    }
+    it->ino = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(job, 1));
+    it->size = PyLong_AsLongLong(PyTuple_GET_ITEM(job, 2));
+    it->mode = (unsigned int)PyLong_AsUnsignedLong(PyTuple_GET_ITEM(job, 3));
+    if (PyErr_Occurred()) return -1;
+    if (it->size < 0) {
+        PyErr_SetString(PyExc_ValueError, "a size is negative");
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *Reader_read(Reader *self, PyObject *args) {
+    PyObject *jobs, *batch;
+    Py_buffer view;
+    if (!PyArg_ParseTuple(args, "OO!w*", &jobs, &PyList_Type, &batch, &view)) return NULL;
+    PyObject *result = NULL;
+    Py_ssize_t n = PyList_GET_SIZE(batch);
+    Item *items = NULL;
+    PyObject **encoded = NULL;
+    if (self->busy || self->root_fd < 0) {
+        PyErr_SetString(PyExc_RuntimeError, "Reader closed or in use by another thread");
+        goto out;
+    }
+    items = PyMem_Calloc((size_t)(n ? n : 1), sizeof(Item));
+    encoded = PyMem_Calloc((size_t)(n ? n : 1), sizeof(PyObject *));
+    if (!items || !encoded) {
+        PyErr_NoMemory();
+        goto out;
+    }
+    Py_ssize_t offset = 0;
+    for (Py_ssize_t k = 0; k < n; k++) {
+        Py_ssize_t i = PyLong_AsSsize_t(PyList_GET_ITEM(batch, k));
+        if (i == -1 && PyErr_Occurred()) goto out;
+        PyObject *job = PySequence_GetItem(jobs, i);
+        if (!job) goto out;
+        int bad = parse_job(job, &items[k], &encoded[k]);
+        Py_DECREF(job);
+        if (bad) goto out;
+        if (items[k].size >= PY_SSIZE_T_MAX - offset - 1 || offset + items[k].size + 1 > view.len) {
+            PyErr_SetString(PyExc_ValueError, "the buffer is too small for the batch");
+            goto out;
+        }
+        items[k].offset = offset;
+        offset += (Py_ssize_t)items[k].size + 1;
+    }
+    self->busy = 1;
+    PyThreadState *save = PyEval_SaveThread();
+    for (Py_ssize_t k = 0; k < n; k++) read_one(self, &items[k], view.buf, &save);
+    PyEval_RestoreThread(save);
+    self->busy = 0;
+    result = PyList_New(n);
+    if (!result) goto out;
+    for (Py_ssize_t k = 0; k < n; k++) {
+        PyObject *res = result_of(&items[k]);
+        if (!res) {
+            Py_CLEAR(result);
+            goto out;
+        }
+        PyList_SET_ITEM(result, k, res);
+    }
+out:
+    if (encoded)
+        for (Py_ssize_t k = 0; k < n; k++) Py_XDECREF(encoded[k]);
+    PyMem_Free(encoded);
+    PyMem_Free(items);
+    PyBuffer_Release(&view);
+    return result;
+}
+
+static void reader_release(Reader *self) {
+    drop_to(self, 0);
+    self->cur_valid = 0;
+    free(self->failed);
+    self->failed = NULL;
+    self->failed_len = 0;
+}
+
+static PyObject *Reader_close(Reader *self, PyObject *Py_UNUSED(ignored)) {
+    if (self->busy) {
+        PyErr_SetString(PyExc_RuntimeError, "Reader in use by another thread");
+        return NULL;
+    }
+    reader_release(self);
+    self->root_fd = -1; /* not ours: the caller closes the root */
+    Py_RETURN_NONE;
+}
+
+static int Reader_init(Reader *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"root_fd", "hook", NULL};
+    int root_fd;
+    PyObject *hook = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "i|O", kwlist, &root_fd, &hook)) return -1;
+    if (root_fd < 0) {
+        PyErr_SetString(PyExc_ValueError, "root_fd must be an open descriptor");
+        return -1;
+    }
+    reader_release(self);
+    self->root_fd = root_fd;
+    Py_XSETREF(self->hook, hook == Py_None ? NULL : Py_NewRef(hook));
+    return 0;
+}
+
+static void Reader_dealloc(Reader *self) {
+    reader_release(self);
+    free(self->cur);
+    free(self->fds);
+    free(self->ends);
+    Py_XDECREF(self->hook);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyMethodDef Reader_methods[] = {
+    {"read", (PyCFunction)Reader_read, METH_VARARGS,
+     "read(jobs, batch, buf) -> list: open, check and read the files jobs[i] for i in batch into buf."},
+    {"close", (PyCFunction)Reader_close, METH_NOARGS, "Close the directory descriptors held."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject ReaderType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "duri_integrity._speedups.Reader",
+    .tp_basicsize = sizeof(Reader),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Reads batches of files beneath a root directory descriptor, without the GIL.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Reader_init,
+    .tp_dealloc = (destructor)Reader_dealloc,
+    .tp_methods = Reader_methods,
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_speedups", "Batched GIL-free file reading for duri_integrity.hashing.", -1, NULL,
+    NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__speedups(void) {
+    if (PyType_Ready(&ReaderType) < 0) return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (!m) return NULL;
+    if (PyModule_AddObjectRef(m, "Reader", (PyObject *)&ReaderType) < 0 ||
+        PyModule_AddIntConstant(m, "MAX_HELD", MAX_HELD) < 0 ||
+        PyModule_AddIntConstant(m, "STAGE_OPEN", STAGE_OPEN) < 0 ||
+        PyModule_AddIntConstant(m, "STAGE_FSTAT", STAGE_FSTAT) < 0 ||
+        PyModule_AddIntConstant(m, "STAGE_READ", STAGE_READ) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
