@@ -29,7 +29,7 @@ def _load() -> ModuleType | None:
     try:  # by name: type checkers must not need the compiled module
         return importlib.import_module("duri_integrity._speedups")
     except ImportError:
-        return None  # type: ignore[no-any-return]
+        return None
 
 
 _ext = _load()
