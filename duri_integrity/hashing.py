@@ -44,8 +44,10 @@ SMALL_FILE = 1 << 20
 """Up to this size a file is read whole into the thread's buffer; above it, in chunks."""
 CHUNK = SMALL_FILE + 1
 """Each thread's one read buffer: a small file, plus one byte to notice growth, fits in one read."""
-ROUTE = 1 << 20
-"""Pure Python: files from this size go to the helper threads first (the caller takes the rest)."""
+ROUTE = 64 << 10
+"""Pure Python: files from this size go to the helper threads first, the caller takes the smaller
+ones (whose BLAKE3 calls are too short to gain from a second thread under the GIL). 64 KiB did
+best of 16 KiB, 64 KiB and 1 MiB (docs/performance.md)."""
 HUGE_FILE = 256 << 20
 """From this size one file is hashed with several BLAKE3 threads."""
 BATCH = 48
@@ -301,6 +303,8 @@ def check_files(
     elastic = workers is None
     workers = _workers(workers)
     out: list[Problem] = []
+    if not jobs:  # quick mode with nothing changed: no threads to start and stop
+        return out
     fast = speedups.available()
     small, big = _split([j[2] for j in jobs], SMALL_FILE if fast else ROUTE)
     io_threads = min(16, IO_THREADS_PER_CORE * (os.cpu_count() or 1))
