@@ -22,8 +22,10 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,7 +37,7 @@
 #define DIR_FLAGS (O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
 
 enum { R_OK_ = 0, R_CHANGED, R_OPEN, R_READ, R_REPLACED, R_SIZE, R_SHORT };
-enum { STAGE_OPEN = 0, STAGE_FSTAT, STAGE_READ };
+enum { STAGE_OPEN = 0, STAGE_FSTAT, STAGE_READ, STAGE_ENTRY, STAGE_LIST };
 
 typedef struct {
     const char *path; /* relative path, filesystem encoding */
@@ -446,9 +448,365 @@ static PyTypeObject ReaderType = {
     .tp_methods = Reader_methods,
 };
 
+
+/* ---- Quick mode: walk and lstat in C, hand Python only what is not exactly as recorded ---- */
+
+typedef struct { /* one manifest entry as quick mode compares it (packed by compare.py) */
+    uint64_t size;
+    uint16_t mode;
+    uint8_t kind; /* 0 file, 1 directory, 2 anything else */
+    uint8_t pad[5];
+} Expect;
+
+typedef struct { /* the snapshot's record, struct "<QQQqq" */
+    uint64_t dev, ino, size;
+    int64_t mtime_ns, ctime_ns;
+} Record;
+
+typedef struct {
+    DIR *dir;
+    size_t rel_len;   /* length of this directory's relative path in the path buffer */
+    char *names;      /* subdirectories still to enter: NUL-terminated names */
+    size_t names_len, names_cap, next;
+    unsigned long long *inos;
+    size_t n, cap;
+} Frame;
+
+typedef struct {
+    PyObject *index, *skip, *excluded, *anchors, *found, *error, *hook;
+    const Expect *expect;
+    Py_ssize_t entries;
+    const Record *old;
+    int64_t settled;
+    Record *records;
+    unsigned char *seen;
+    long long files_ok, dirs_ok, excluded_count;
+    char *path;
+    size_t path_cap;
+} Scan;
+
+static int path_reserve(Scan *s, size_t need) {
+    if (need <= s->path_cap) return 0;
+    size_t cap = s->path_cap ? s->path_cap : 256;
+    while (cap < need) cap *= 2;
+    char *p = PyMem_Realloc(s->path, cap);
+    if (!p) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    s->path = p;
+    s->path_cap = cap;
+    return 0;
+}
+
+static int call_error(Scan *s, const char *rel, size_t len, const char *what, int err, int listed) {
+    PyObject *r = PyObject_CallFunction(s->error, "y#sii", rel, (Py_ssize_t)len, what, err, listed);
+    Py_XDECREF(r);
+    return r ? 0 : -1;
+}
+
+/* Tests only: the hook's errno for this stage and path (0: none), or -1 with an exception set. */
+static int scan_hook(Scan *s, int stage, const char *rel, size_t len) {
+    if (!s->hook) return 0;
+    PyObject *r = PyObject_CallFunction(s->hook, "iy#", stage, rel, (Py_ssize_t)len);
+    if (!r) return -1;
+    long e = PyLong_AsLong(r);
+    Py_DECREF(r);
+    return e == -1 && PyErr_Occurred() ? -1 : (int)e;
+}
+
+static int frame_add_sub(Frame *f, const char *name, unsigned long long ino) {
+    size_t len = strlen(name) + 1;
+    if (f->names_len + len > f->names_cap) {
+        size_t cap = f->names_cap ? f->names_cap * 2 : 256;
+        while (cap < f->names_len + len) cap *= 2;
+        char *p = PyMem_Realloc(f->names, cap);
+        if (!p) return -1;
+        f->names = p;
+        f->names_cap = cap;
+    }
+    if (f->n == f->cap) {
+        size_t cap = f->cap ? f->cap * 2 : 16;
+        unsigned long long *p = PyMem_Realloc(f->inos, cap * sizeof *p);
+        if (!p) return -1;
+        f->inos = p;
+        f->cap = cap;
+    }
+    memcpy(f->names + f->names_len, name, len);
+    f->names_len += len;
+    f->inos[f->n++] = ino;
+    return 0;
+}
+
+/* 1: handled here (exactly as recorded), 0: Python must look at it, -1: error. */
+static int fast_entry(Scan *s, PyObject *rel, const struct stat *st) {
+    PyObject *iobj = PyDict_GetItemWithError(s->index, rel);
+    if (!iobj) return PyErr_Occurred() ? -1 : 0;
+    Py_ssize_t i = PyLong_AsSsize_t(iobj);
+    if (i < 0 || i >= s->entries) return PyErr_Occurred() ? -1 : 0;
+    if (s->anchors) {
+        PyObject *ino = PyLong_FromUnsignedLongLong((unsigned long long)st->st_ino);
+        int in = ino ? PySet_Contains(s->anchors, ino) : -1;
+        Py_XDECREF(ino);
+        if (in) return in < 0 ? -1 : 0;
+    }
+    const Expect *e = &s->expect[i];
+    if ((st->st_mode & 07777) != e->mode) return 0;
+    if (S_ISDIR(st->st_mode) && e->kind == 1) {
+        s->seen[i] = 1;
+        s->dirs_ok++;
+        return 1;
+    }
+    if (!S_ISREG(st->st_mode) || e->kind != 0 || (uint64_t)st->st_size != e->size) return 0;
+    Record r = {(uint64_t)st->st_dev, (uint64_t)st->st_ino, (uint64_t)st->st_size,
+                (int64_t)st->st_mtim.tv_sec * 1000000000 + st->st_mtim.tv_nsec,
+                (int64_t)st->st_ctim.tv_sec * 1000000000 + st->st_ctim.tv_nsec};
+    s->records[i] = r;
+    if (!s->old || memcmp(&s->old[i], &r, sizeof r) != 0 || r.mtime_ns >= s->settled || r.ctime_ns >= s->settled)
+        return 0; /* to be hashed: Python adds the job (and redoes the record, identically) */
+    s->seen[i] = 1;
+    s->files_ok++;
+    return 1;
+}
+
+static int slow_entry(Scan *s, PyObject *rel, int dirfd, const char *name, const struct stat *st) {
+    PyObject *target;
+    if (S_ISLNK(st->st_mode)) {
+        char buf[PATH_MAX + 1]; /* the kernel keeps symlink targets under PATH_MAX bytes */
+        ssize_t n = readlinkat(dirfd, name, buf, sizeof buf);
+        if (n < 0) return call_error(s, PyBytes_AS_STRING(rel), (size_t)PyBytes_GET_SIZE(rel), "stat", errno, 0);
+        target = PyBytes_FromStringAndSize(buf, n);
+        if (!target) return -1;
+    } else {
+        target = Py_NewRef(Py_None);
+    }
+    PyObject *r = PyObject_CallFunction(
+        s->found, "OKKKKLLO", rel, (unsigned long long)st->st_mode, (unsigned long long)st->st_ino,
+        (unsigned long long)st->st_dev, (unsigned long long)st->st_size,
+        (long long)st->st_mtim.tv_sec * 1000000000LL + st->st_mtim.tv_nsec,
+        (long long)st->st_ctim.tv_sec * 1000000000LL + st->st_ctim.tv_nsec, target);
+    Py_DECREF(target);
+    Py_XDECREF(r);
+    return r ? 0 : -1;
+}
+
+/* One directory entry: lstat, skip/exclude, then the fast or the slow path; subdirectories queued. */
+static int scan_entry(Scan *s, Frame *f, const char *name) {
+    size_t base = f->rel_len, len = strlen(name);
+    size_t at = base ? base + 1 : 0;
+    if (path_reserve(s, at + len + 1) < 0) return -1;
+    if (base) s->path[base] = '/';
+    memcpy(s->path + at, name, len + 1);
+    size_t rel_len = at + len;
+    struct stat st;
+    int e = scan_hook(s, STAGE_ENTRY, s->path, rel_len);
+    if (e < 0) return -1;
+    if (e || fstatat(dirfd(f->dir), name, &st, AT_SYMLINK_NOFOLLOW) < 0) {
+        int rc = call_error(s, s->path, rel_len, "stat", e ? e : errno, 0);
+        s->path[base] = '\0';
+        return rc;
+    }
+    PyObject *rel = PyUnicode_DecodeFSDefaultAndSize(s->path, (Py_ssize_t)rel_len);
+    if (!rel) return -1;
+    int rc = -1, fast;
+    if (S_ISREG(st.st_mode)) {
+        int in = PySet_Contains(s->skip, rel);
+        if (in) {
+            rc = in < 0 ? -1 : 0;
+            goto out;
+        }
+    }
+    if (s->excluded) {
+        PyObject *x = PyObject_CallFunction(s->excluded, "OO", rel, S_ISDIR(st.st_mode) ? Py_True : Py_False);
+        if (!x) goto out;
+        int yes = PyObject_IsTrue(x);
+        Py_DECREF(x);
+        if (yes) {
+            s->excluded_count += yes > 0;
+            rc = yes < 0 ? -1 : 0;
+            goto out;
+        }
+    }
+    fast = fast_entry(s, rel, &st);
+    if (fast < 0) goto out;
+    if (!fast) {
+        PyObject *relb = PyBytes_FromStringAndSize(s->path, (Py_ssize_t)rel_len);
+        if (!relb) goto out;
+        int bad = slow_entry(s, relb, dirfd(f->dir), name, &st);
+        Py_DECREF(relb);
+        if (bad) goto out;
+    }
+    if (S_ISDIR(st.st_mode) && frame_add_sub(f, name, (unsigned long long)st.st_ino) < 0) {
+        PyErr_NoMemory();
+        goto out;
+    }
+    rc = 0;
+out:
+    Py_DECREF(rel);
+    s->path[base] = '\0';
+    return rc;
+}
+
+static int list_dir(Scan *s, Frame *f) {
+    const char *rel = f->rel_len ? s->path : ".";
+    size_t rel_len = f->rel_len ? f->rel_len : 1;
+    int e = scan_hook(s, STAGE_LIST, rel, rel_len);
+    if (e) return e < 0 ? -1 : call_error(s, rel, rel_len, "list directory", e, 1);
+    for (;;) {
+        errno = 0;
+        struct dirent *d = readdir(f->dir);
+        if (!d) {
+            if (errno) return call_error(s, f->rel_len ? s->path : ".", f->rel_len ? f->rel_len : 1, "list directory", errno, 1);
+            return 0;
+        }
+        if (d->d_name[0] == '.' && (d->d_name[1] == '\0' || (d->d_name[1] == '.' && d->d_name[2] == '\0'))) continue;
+        if (scan_entry(s, f, d->d_name) < 0) return -1;
+    }
+}
+
+static void frame_free(Frame *f) {
+    if (f->dir) closedir(f->dir);
+    PyMem_Free(f->names);
+    PyMem_Free(f->inos);
+    memset(f, 0, sizeof *f);
+}
+
+static int enter_pushed(Scan *s, Frame **stack, size_t *depth, int fd, size_t rel_len) {
+    DIR *dir = fdopendir(fd);
+    if (!dir) {
+        int e = errno;
+        close(fd);
+        int rc = call_error(s, s->path, rel_len, "list directory", e, 1);
+        s->path[(*stack)[*depth - 1].rel_len] = '\0';
+        return rc;
+    }
+    Frame *f = &(*stack)[(*depth)++];
+    memset(f, 0, sizeof *f);
+    f->dir = dir;
+    f->rel_len = rel_len;
+    return list_dir(s, f);
+}
+
+/* Open the top frame's next subdirectory beneath it, check it is the inode listed, then push and list it.
+ * The path buffer holds the top frame's path: the child's while it is on the stack, else restored. */
+static int enter_next(Scan *s, Frame **stack, size_t *depth, size_t *cap) {
+    Frame *top = &(*stack)[*depth - 1];
+    const char *name = top->names;
+    for (size_t k = 0; k < top->next; k++) name += strlen(name) + 1;
+    unsigned long long ino = top->inos[top->next++];
+    size_t base = top->rel_len, len = strlen(name), at = base ? base + 1 : 0;
+    if (path_reserve(s, at + len + 1) < 0) return -1;
+    if (base) s->path[base] = '/';
+    memcpy(s->path + at, name, len + 1);
+    int fd = retry_openat(dirfd(top->dir), name, DIR_FLAGS);
+    struct stat st;
+    int rc;
+    if (fd < 0) {
+        rc = call_error(s, s->path, at + len, "open directory", errno, 1);
+    } else if (fstat(fd, &st) < 0 || (unsigned long long)st.st_ino != ino) {
+        close(fd);
+        rc = call_error(s, s->path, at + len, "replaced", 0, 1);
+    } else if (*depth == *cap) {
+        size_t ncap = *cap * 2;
+        Frame *p = PyMem_Realloc(*stack, ncap * sizeof(Frame));
+        if (!p) {
+            close(fd);
+            PyErr_NoMemory();
+            return -1;
+        }
+        *stack = p;
+        *cap = ncap;
+        return enter_pushed(s, stack, depth, fd, at + len);
+    } else {
+        return enter_pushed(s, stack, depth, fd, at + len);
+    }
+    s->path[base] = '\0';
+    return rc;
+}
+
+static PyObject *quick_scan(PyObject *Py_UNUSED(module), PyObject *args) {
+    int root_fd;
+    Scan s;
+    memset(&s, 0, sizeof s);
+    Py_buffer expect, records, seen, old;
+    PyObject *oldobj, *excluded, *anchors;
+    long long settled;
+    PyObject *hook;
+    if (!PyArg_ParseTuple(args, "iO!y*OLw*w*O!OOOOO", &root_fd, &PyDict_Type, &s.index, &expect, &oldobj, &settled,
+                          &records, &seen, &PySet_Type, &s.skip, &excluded, &anchors, &s.found, &s.error, &hook))
+        return NULL;
+    old.buf = NULL;
+    PyObject *result = NULL;
+    Frame *stack = NULL;
+    size_t depth = 0, cap = 16;
+    s.entries = expect.len / (Py_ssize_t)sizeof(Expect);
+    if (oldobj != Py_None && PyObject_GetBuffer(oldobj, &old, PyBUF_SIMPLE) < 0) goto done_noold;
+    if (records.len != s.entries * (Py_ssize_t)sizeof(Record) || seen.len != s.entries ||
+        (old.buf && old.len != records.len)) {
+        PyErr_SetString(PyExc_ValueError, "expect, records, seen and old disagree on the number of entries");
+        goto done;
+    }
+    s.expect = expect.buf;
+    s.records = records.buf;
+    s.seen = seen.buf;
+    s.old = old.buf;
+    s.settled = settled;
+    s.excluded = excluded == Py_None ? NULL : excluded;
+    s.hook = hook == Py_None ? NULL : hook;
+    s.anchors = anchors == Py_None || PySet_GET_SIZE(anchors) == 0 ? NULL : anchors;
+    stack = PyMem_Malloc(cap * sizeof(Frame));
+    if (!stack || path_reserve(&s, 256) < 0) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    s.path[0] = '\0';
+    int fd = retry_openat(root_fd, ".", DIR_FLAGS);
+    DIR *dir = fd < 0 ? NULL : fdopendir(fd);
+    if (!dir) {
+        int e = errno;
+        if (fd >= 0) close(fd);
+        if (call_error(&s, ".", 1, "list directory", e, 1) < 0) goto done;
+    } else {
+        memset(&stack[0], 0, sizeof(Frame));
+        stack[0].dir = dir;
+        depth = 1;
+        if (list_dir(&s, &stack[0]) < 0) goto done;
+    }
+    while (depth) {
+        Frame *top = &stack[depth - 1];
+        if (top->next >= top->n) {
+            size_t base = depth > 1 ? stack[depth - 2].rel_len : 0;
+            frame_free(top);
+            depth--;
+            s.path[base] = '\0';
+            continue;
+        }
+        if (enter_next(&s, &stack, &depth, &cap) < 0) goto done;
+    }
+    result = Py_BuildValue("(LLL)", s.files_ok, s.dirs_ok, s.excluded_count);
+done:
+    if (old.buf) PyBuffer_Release(&old);
+done_noold:
+    while (depth) frame_free(&stack[--depth]);
+    PyMem_Free(stack);
+    PyMem_Free(s.path);
+    PyBuffer_Release(&expect);
+    PyBuffer_Release(&records);
+    PyBuffer_Release(&seen);
+    return result;
+}
+
+static PyMethodDef module_methods[] = {
+    {"quick_scan", quick_scan, METH_VARARGS,
+     "quick_scan(root_fd, index, expect, old, settled_before, records, seen, skip, excluded, anchors, found, error,"
+     " hook)"
+     " -> (files_ok, dirs_ok, excluded): quick mode's walk; see compare.py."},
+    {NULL, NULL, 0, NULL},
+};
+
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "_speedups", "Batched GIL-free file reading for duri_integrity.hashing.", -1, NULL,
-    NULL, NULL, NULL, NULL,
+    PyModuleDef_HEAD_INIT, "_speedups", "Batched GIL-free file reading and quick-mode scanning for duri_integrity.",
+    -1, module_methods, NULL, NULL, NULL, NULL,
 };
 
 PyMODINIT_FUNC PyInit__speedups(void) {
@@ -459,7 +817,9 @@ PyMODINIT_FUNC PyInit__speedups(void) {
         PyModule_AddIntConstant(m, "MAX_HELD", MAX_HELD) < 0 ||
         PyModule_AddIntConstant(m, "STAGE_OPEN", STAGE_OPEN) < 0 ||
         PyModule_AddIntConstant(m, "STAGE_FSTAT", STAGE_FSTAT) < 0 ||
-        PyModule_AddIntConstant(m, "STAGE_READ", STAGE_READ) < 0) {
+        PyModule_AddIntConstant(m, "STAGE_READ", STAGE_READ) < 0 ||
+        PyModule_AddIntConstant(m, "STAGE_ENTRY", STAGE_ENTRY) < 0 ||
+        PyModule_AddIntConstant(m, "STAGE_LIST", STAGE_LIST) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -9,18 +9,21 @@ problems at a time (the first ones in path order are kept; the counts stay exact
 from __future__ import annotations
 
 import os
+import struct
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import cast
 
+from . import speedups
 from .config import OWN_FILES
 from .errors import TrustAnchorInTree
 from .exclude import Excluder
 from .hashing import FileCheck, check_files
-from .manifest import File, Manifest, Symlink, display
+from .manifest import Dir, File, Manifest, Symlink, display
 from .report import Problem, Tally
 from .snapshot import RECORD, Snapshot
-from .walk import Found, Walk, WalkError
+from .walk import Found, Walk, WalkError, kind_of, open_root
+from .walk import error as walk_error
 
 __all__ = ["DEFAULT_MAX_PROBLEMS", "Outcome", "compare"]
 
@@ -182,17 +185,22 @@ def _refusing(
     """The walk, refusing any entry that is one of the files trust was taken from."""
     for found in walk:
         if not isinstance(found, WalkError) and found.ino in anchors:
-            dev, path = anchors[found.ino]
-            try:
-                same = os.lstat(os.path.join(root_real, found.path)).st_dev == dev
-            except OSError:
-                same = True  # cannot tell: fail closed
-            if same:
-                raise TrustAnchorInTree(
-                    f"{path!r}, which this run took trust from, is {display(found.path)!r} inside the tree "
-                    "being verified (a bind mount or a hard link); trust anchors must come from outside it"
-                )
+            _refuse(found, root_real, anchors)
         yield found
+
+
+def _refuse(found: Found, root_real: str, anchors: Mapping[int, tuple[int, str]]) -> None:
+    """Raise TrustAnchorInTree if ``found`` (whose inode is an anchor's) is on the anchor's device."""
+    dev, path = anchors[found.ino]
+    try:
+        same = os.lstat(os.path.join(root_real, found.path)).st_dev == dev
+    except OSError:
+        same = True  # cannot tell: fail closed
+    if same:
+        raise TrustAnchorInTree(
+            f"{path!r}, which this run took trust from, is {display(found.path)!r} inside the tree "
+            "being verified (a bind mount or a hard link); trust anchors must come from outside it"
+        )
 
 
 def _walk_full(c: _Comparison, walk: Iterable[Found | WalkError]) -> None:
@@ -211,26 +219,28 @@ def _walk_full(c: _Comparison, walk: Iterable[Found | WalkError]) -> None:
             append_index(i)
 
 
-def _walk_quick(c: _Comparison, walk: Iterable[Found | WalkError], snapshot: Snapshot | None) -> bytearray:
-    """Quick mode: files whose lstat matches a settled snapshot record are not hashed."""
+def _quick_consumer(
+    c: _Comparison, records: bytearray, snapshot: Snapshot | None
+) -> Callable[[Found | WalkError], None]:
+    """Quick mode, one walk entry at a time: files whose lstat matches a settled snapshot record are not hashed."""
     classify, add_job, walk_error = c.classify, c.add_job, c.walk_error
-    records = bytearray(RECORD.size * len(c.entries))
     old = snapshot.records if snapshot is not None else None
     settled_before = snapshot.settled_before() if snapshot is not None else 0
     size_of, pack = RECORD.size, RECORD.pack
-    for found in walk:
+
+    def consume(found: Found | WalkError) -> None:
         if isinstance(found, WalkError):
             walk_error(found)
-            continue
+            return
         i = classify(found)
         st = found.st
         if i < 0 or st is None:  # st is always there in quick mode (stat_files=True)
-            continue
+            return
         e = c.entries[i]
         assert type(e) is File
         if st.st_size != e.size:
             c.problem(i, found.path, "modified", expected=f"size {e.size}", actual=f"size {st.st_size}")
-            continue
+            return
         record = pack(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
         records[size_of * i : size_of * (i + 1)] = record
         if (
@@ -239,10 +249,94 @@ def _walk_quick(c: _Comparison, walk: Iterable[Found | WalkError], snapshot: Sna
             and st.st_mtime_ns < settled_before
             and st.st_ctime_ns < settled_before
         ):
-            continue
+            return
         # The mode was compared by classify(): hand the hasher the mode seen so it is not reported twice.
         add_job(i, st.st_ino, st.st_mode & 0o7777)
+
+    return consume
+
+
+def _walk_quick(c: _Comparison, walk: Iterable[Found | WalkError], snapshot: Snapshot | None) -> bytearray:
+    records = bytearray(RECORD.size * len(c.entries))
+    consume = _quick_consumer(c, records, snapshot)
+    for found in walk:
+        consume(found)
     return records
+
+
+_EXPECT = struct.Struct("<QHB5x")
+"""What the C scanner compares per manifest entry: size, mode, kind (0 file, 1 directory, 2 other)."""
+_expect_cache: list[tuple[Manifest, bytes]] = []
+
+
+def _expected(m: Manifest) -> bytes:
+    """The packed expectations of ``m``, kept for the last manifest (decoding reuses the object)."""
+    if _expect_cache and _expect_cache[0][0] is m:
+        return _expect_cache[0][1]
+    pack = _EXPECT.pack
+    data = b"".join(
+        pack(e.size, e.mode, 0) if type(e) is File else pack(0, e.mode, 1 if type(e) is Dir else 2) for e in m.entries
+    )
+    _expect_cache[:] = [(m, data)]
+    return data
+
+
+def _scan_quick(
+    c: _Comparison,
+    m: Manifest,
+    root_real: str,
+    skip: set[str],
+    excluder: Excluder,
+    anchors: Mapping[int, tuple[int, str]] | None,
+    snapshot: Snapshot | None,
+) -> tuple[bytearray, int]:
+    """Quick mode through the C scanner: it walks and lstat-s, settles in C every entry that is exactly
+    as the manifest and the snapshot say, and hands everything else, built as the Python walk builds
+    it, to the same consumer. Returns the records and the count of excluded entries."""
+    records = bytearray(RECORD.size * len(c.entries))
+    consume = _quick_consumer(c, records, snapshot)
+    fsdecode, stat_result, new = os.fsdecode, os.stat_result, tuple.__new__
+
+    def found(
+        rel_b: bytes, mode: int, ino: int, dev: int, size: int, mtime: int, ctime: int, target: bytes | None
+    ) -> None:
+        times = {"st_atime_ns": mtime, "st_mtime_ns": mtime, "st_ctime_ns": ctime}
+        st = stat_result((mode, ino, dev, 0, 0, 0, size, mtime // 10**9, mtime // 10**9, ctime // 10**9), times)
+        f = new(Found, (fsdecode(rel_b), kind_of(mode), ino, st, None if target is None else fsdecode(target)))
+        if anchors and ino in anchors:
+            _refuse(f, root_real, anchors)
+        consume(f)
+
+    def error(rel_b: bytes, what: str, err: int, listed: int) -> None:
+        rel = fsdecode(rel_b)
+        if what == "replaced":
+            consume(WalkError(rel, "unstable", "directory replaced during the walk", True))
+        else:
+            consume(walk_error(rel, what, OSError(err, os.strerror(err)), bool(listed)))
+
+    old = snapshot.records if snapshot is not None else None
+    settled = snapshot.settled_before() if snapshot is not None else 0
+    root_fd = open_root(root_real)
+    try:
+        files_ok, dirs_ok, excluded = speedups.quick_scan(
+            root_fd,
+            c.index,
+            _expected(m),
+            old,
+            settled,
+            records,
+            c.seen,
+            skip,
+            excluder.excluded if excluder else None,
+            set(anchors) if anchors else None,
+            found,
+            error,
+        )
+    finally:
+        os.close(root_fd)
+    c.files += files_ok
+    c.tally.directories += dirs_ok
+    return records, excluded
 
 
 def compare(
@@ -273,13 +367,18 @@ def compare(
     # The conventional in-tree manifest and signature are never part of the tree, even when
     # this run uses a copy kept elsewhere (unless the manifest itself lists them).
     skip = skip | {n for n in OWN_FILES if n not in c.index}
-    walk = Walk(root_real, Excluder(m.exclude), skip, stat_files=quick)
+    excluder = Excluder(m.exclude)
+    walk = Walk(root_real, excluder, skip, stat_files=quick)
     found: Iterable[Found | WalkError] = _refusing(walk, root_real, anchors) if anchors else walk
     records = None
-    if quick:
+    if quick and speedups.can_scan():
+        records, excluded = _scan_quick(c, m, root_real, skip, excluder, anchors, snapshot)
+    elif quick:
         records = _walk_quick(c, found, snapshot)
+        excluded = walk.excluded
     else:
         _walk_full(c, found)
-    c.finish_walk(walk.excluded)
+        excluded = walk.excluded
+    c.finish_walk(excluded)
     c.hash(root_real, workers, progress)
     return c.outcome(records)

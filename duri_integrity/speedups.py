@@ -17,7 +17,17 @@ from blake3 import blake3
 
 from .walk import check_resources, open_problem
 
-__all__ = ["FAULT_HOOK", "STAGE_FSTAT", "STAGE_OPEN", "STAGE_READ", "available", "hash_read_batch", "new_reader"]
+__all__ = [
+    "FAULT_HOOK",
+    "STAGE_FSTAT",
+    "STAGE_OPEN",
+    "STAGE_READ",
+    "available",
+    "can_scan",
+    "hash_read_batch",
+    "new_reader",
+    "quick_scan",
+]
 
 FileCheck = tuple[str, int, int, int, str]
 Problem = tuple[int, str, "str | None", "str | None"]
@@ -34,12 +44,25 @@ def _load() -> ModuleType | None:
 
 _ext = _load()
 
-STAGE_OPEN, STAGE_FSTAT, STAGE_READ = 0, 1, 2
-"""Where :data:`FAULT_HOOK` is called (the extension's constants of the same names)."""
+STAGE_OPEN, STAGE_FSTAT, STAGE_READ, STAGE_ENTRY, STAGE_LIST = 0, 1, 2, 3, 4
+"""Where :data:`FAULT_HOOK` is called (the extension's constants of the same names): before a
+file's open, fstat and read (the reader), before an entry's lstat and a directory's listing (the
+quick-mode scanner, with the directory's path, "." for the root)."""
 FAULT_HOOK: Callable[[int, bytes], int] | None = None
 """Tests only: ``hook(stage, path)`` is called (with the GIL) before each file's open, fstat and
 read in the extension, with the path relative to the root, and may return an errno to fail
 that call with: fault injection reaches the C path as monkeypatching ``os`` reaches Python's."""
+
+
+def can_scan() -> bool:
+    """Whether quick mode's walk runs in C."""
+    return _ext is not None
+
+
+def quick_scan(*args: Any) -> tuple[int, int, int]:
+    """``_speedups.quick_scan``: see compare._scan_quick."""
+    assert _ext is not None
+    return _ext.quick_scan(*args, FAULT_HOOK)  # type: ignore[no-any-return]
 
 
 def available() -> bool:

@@ -30,6 +30,7 @@ __all__ = [
     "WalkError",
     "check_resources",
     "check_root",
+    "error",
     "inside_root",
     "kind_of",
     "open_problem",
@@ -208,7 +209,8 @@ class WalkError(NamedTuple):
     """True when the object itself was already yielded (a directory that could not be listed or entered)."""
 
 
-def _error(rel: str, what: str, exc: OSError, listed: bool) -> WalkError:
+def error(rel: str, what: str, exc: OSError, listed: bool) -> WalkError:
+    """The WalkError for ``exc`` (TreeError when it is running out of descriptors or memory)."""
     check_resources(exc, f"walking {rel!r}")
     kind = "unstable" if exc.errno in RACE_ERRNOS else "unreadable"
     return WalkError(rel, kind, f"cannot {what}: {exc.strerror or exc}", listed)
@@ -275,13 +277,13 @@ class Walk:
                                         continue
                                     target = os.readlink(name, dir_fd=dir_fd) if fmt == s_iflnk else None
                                 except OSError as exc:
-                                    yield _error(rel, "stat", exc, False)
+                                    yield error(rel, "stat", exc, False)
                                     continue
                                 if fmt == s_ifdir:
                                     subdirs.append((name, rel, st.st_ino))
                                 yield _new(Found, (rel, by_fmt.get(fmt, "unknown"), st.st_ino, st, target))
                     except OSError as exc:
-                        yield _error(rel_dir or ".", "list directory", exc, True)
+                        yield error(rel_dir or ".", "list directory", exc, True)
                     subdirs.reverse()
                 dir_fd, rel_dir, subdirs = stack[-1]
                 if not subdirs:
@@ -292,7 +294,7 @@ class Walk:
                 try:
                     child = os.open(name, DIR_FLAGS, dir_fd=dir_fd)
                 except OSError as exc:
-                    yield _error(rel, "open directory", exc, True)
+                    yield error(rel, "open directory", exc, True)
                     continue
                 if os.fstat(child).st_ino != ino:
                     os.close(child)

@@ -61,9 +61,10 @@ def _tricky_tree(root: Path) -> list[FileCheck]:
 
 def _both(root: Path, jobs: list[FileCheck], workers: int, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, Any]:
     fast = sorted(check_files(str(root), jobs, workers=workers))
+    ext = speedups._ext
     monkeypatch.setattr(speedups, "_ext", None)
     pure = sorted(check_files(str(root), jobs, workers=workers))
-    monkeypatch.undo()
+    monkeypatch.setattr(speedups, "_ext", ext)
     return fast, pure
 
 
@@ -187,3 +188,86 @@ def test_pure_path_still_routes_every_file(tmp_path: Path, monkeypatch: pytest.M
     jobs = [_job(tmp_path, r) for r in rels]
     jobs[2] = (*jobs[2][:4], "0" * 64)
     assert [(i, k) for i, k, _, _ in check_files(str(tmp_path), jobs, workers=2)] == [(2, "modified")]
+
+
+def _quick_tree(root: Path) -> None:
+    """Nested directories, exclusions that match files and whole directories, links, odd names."""
+    for d in ("app/pkg/deep", "app/__pycache__", "data", "logs"):
+        (root / d).mkdir(parents=True, exist_ok=True)
+    for k in range(30):
+        (root / "app/pkg" / f"m{k}.py").write_bytes(b"x = %d\n" % k * (k + 1))
+    (root / "app/pkg/deep/leaf.txt").write_bytes(b"leaf")
+    (root / "app/__pycache__/m.pyc").write_bytes(b"cache")
+    (root / "logs/today.log").write_bytes(b"log")
+    (root / "data/blob.bin").write_bytes(os.urandom(70_000))
+    (root / "data/link").symlink_to("blob.bin")
+    with open(os.fsencode(root / "data") + b"/caf\xe9", "wb") as f:
+        f.write(b"latin-1")
+
+
+def _damage(root: Path) -> None:
+    (root / "app/pkg/m3.py").write_bytes(b"changed, other size")
+    (root / "app/pkg/m4.py").chmod(0o600)
+    (root / "app/pkg/m5.py").unlink()
+    (root / "app/pkg/new.py").write_bytes(b"added")
+    (root / "app/added-dir/sub").mkdir(parents=True)
+    (root / "app/added-dir/sub/f").write_bytes(b"added too")
+    (root / "data/link").unlink()
+    (root / "data/link").symlink_to("/etc/passwd")
+    (root / "app/__pycache__/other.pyc").write_bytes(b"excluded")
+    (root / "logs/tomorrow.log").write_bytes(b"excluded")
+    os.utime(root / "app/pkg/m6.py", ns=(10**18, 10**18))  # same size, new times: re-hashed, still fine
+    data = bytearray((root / "app/pkg/m7.py").read_bytes())
+    data[0] ^= 1
+    (root / "app/pkg/m7.py").write_bytes(bytes(data))  # same size, new content: found by the hash
+
+
+@needs_ext
+def test_quick_scanner_reports_exactly_what_the_python_walk_reports(
+    tmp_path: Path, keys: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Quick mode through the C scanner and through the Python walk: the same reports, clean and damaged."""
+    root = tmp_path / "t"
+    root.mkdir()
+    _quick_tree(root)
+    s = build_and_sign(root, keys, exclude=["__pycache__/", "*.log"])
+    cache = tmp_path / "cache"
+    runs: dict[str, list[Any]] = {"c": [], "py": []}
+    ext = speedups._ext
+
+    def run(label: str) -> None:
+        monkeypatch.setattr(speedups, "_ext", ext if label == "c" else None)
+        runs[label].append(s.verify(quick=True, cache_dir=str(cache / label)))
+
+    for label in ("c", "py", "c", "py"):  # the second of each uses the snapshot the first saved
+        run(label)
+    _damage(root)
+    for label in ("c", "py"):
+        run(label)
+    for fast, pure in zip(runs["c"], runs["py"], strict=True):
+        assert (fast.status, fast.mode, fast.summary, fast.counts) == (
+            pure.status,
+            pure.mode,
+            pure.summary,
+            pure.counts,
+        )
+        assert fast.problems == pure.problems
+    assert [r.status for r in runs["c"]] == ["VERIFIED", "VERIFIED", "FAILED"]
+    assert (
+        runs["c"][1].mode == "quick" and runs["c"][2].counts["excluded"] == runs["c"][0].counts["excluded"] + 1
+    )  # not inside an excluded dir
+    kinds = {(p.path, p.kind) for p in runs["c"][2].problems}
+    assert {("app/pkg/m3.py", "modified"), ("app/pkg/m4.py", "mode_changed"), ("app/pkg/m5.py", "missing")} <= kinds
+    assert {("app/pkg/m7.py", "modified"), ("data/link", "symlink_changed"), ("app/added-dir/sub/f", "added")} <= kinds
+
+
+@needs_ext
+def test_quick_scanner_refuses_a_trust_anchor_in_the_tree(tmp_path: Path, keys: Keys) -> None:
+    """A hard link to the public key inside the tree is refused in quick mode too (the scanner hands it over)."""
+    root = tmp_path / "t"
+    root.mkdir()
+    _quick_tree(root)
+    s = build_and_sign(root, keys)
+    os.link(keys.public, root / "data" / "key.pub")
+    r = s.verify(quick=True, cache_dir=str(tmp_path / "cache"))
+    assert r.status != "VERIFIED" and "trust anchors must come from outside" in (r.reason or "")
