@@ -54,6 +54,9 @@ BATCH = 48
 IO_BOUND_SECONDS_PER_FILE = 100e-6
 """Small files from the page cache take ~10-20 us each; ten times that means waiting on a disk."""
 IO_THREADS_PER_CORE = 2
+IO_THREADS_C = int(os.environ.get("DURI_INTEGRITY_IO_THREADS", "0") or 0) or 16
+"""With the C reader, reads from disk run outside the GIL: the threads reading a cold cache (see
+docs/performance.md for the counts measured). DURI_INTEGRITY_IO_THREADS overrides it (benchmarks)."""
 """On a 2-core VM with a cold cache, 4 threads did best of 2, 4, 8 and 16 (docs/performance.md)."""
 
 # A minisign secret key: base64 of "Ed" + KDF ("Sc" scrypt, or two zero bytes) + "B2" + ...
@@ -307,7 +310,7 @@ def check_files(
         return out
     fast = speedups.available()
     small, big = _split([j[2] for j in jobs], SMALL_FILE if fast else ROUTE)
-    io_threads = min(16, IO_THREADS_PER_CORE * (os.cpu_count() or 1))
+    io_threads = IO_THREADS_C if fast else min(16, IO_THREADS_PER_CORE * (os.cpu_count() or 1))
     extra = max(0, io_threads - workers) if elastic and workers > 1 else 0
     root_fd = open_root(root)
     try:
