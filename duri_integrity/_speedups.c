@@ -474,6 +474,7 @@ typedef struct {
 
 typedef struct {
     PyObject *index, *skip, *excluded, *anchors, *found, *error, *hook;
+    PyObject *jobs, *job_index, *keys, *digests; /* full mode: the jobs for the hasher, as compare.py builds them */
     const Expect *expect;
     Py_ssize_t entries;
     const Record *old;
@@ -557,7 +558,8 @@ static int fast_entry(Scan *s, PyObject *rel, const struct stat *st) {
         s->dirs_ok++;
         return 1;
     }
-    if (!S_ISREG(st->st_mode) || e->kind != 0 || (uint64_t)st->st_size != e->size) return 0;
+    /* Full mode hands files found by lstat (not by directory entry type) to Python, which adds the job. */
+    if (s->jobs || !S_ISREG(st->st_mode) || e->kind != 0 || (uint64_t)st->st_size != e->size) return 0;
     Record r = {(uint64_t)st->st_dev, (uint64_t)st->st_ino, (uint64_t)st->st_size,
                 (int64_t)st->st_mtim.tv_sec * 1000000000 + st->st_mtim.tv_nsec,
                 (int64_t)st->st_ctim.tv_sec * 1000000000 + st->st_ctim.tv_nsec};
@@ -647,6 +649,72 @@ out:
     return rc;
 }
 
+/* Full mode, a regular file by its directory entry (no lstat: the hasher fstat-s the open file):
+ * a job for the hasher when the manifest lists a file there, else Python's Found(path, "file", ino, None). */
+static int file_entry(Scan *s, Frame *f, const char *name, unsigned long long ino) {
+    size_t base = f->rel_len, len = strlen(name), at = base ? base + 1 : 0;
+    if (path_reserve(s, at + len + 1) < 0) return -1;
+    if (base) s->path[base] = '/';
+    memcpy(s->path + at, name, len + 1);
+    size_t rel_len = at + len;
+    int rc = -1;
+    PyObject *rel = NULL, *ino_obj = NULL;
+    int e = scan_hook(s, STAGE_ENTRY, s->path, rel_len);
+    if (e) { /* tests: the entry is treated as if its lstat had failed */
+        rc = e < 0 ? -1 : call_error(s, s->path, rel_len, "stat", e, 0);
+        goto out;
+    }
+    rel = PyUnicode_DecodeFSDefaultAndSize(s->path, (Py_ssize_t)rel_len);
+    ino_obj = rel ? PyLong_FromUnsignedLongLong(ino) : NULL;
+    if (!ino_obj) goto out;
+    int in = PySet_Contains(s->skip, rel);
+    if (in) {
+        rc = in < 0 ? -1 : 0;
+        goto out;
+    }
+    if (s->excluded) {
+        PyObject *x = PyObject_CallFunction(s->excluded, "OO", rel, Py_False);
+        if (!x) goto out;
+        int yes = PyObject_IsTrue(x);
+        Py_DECREF(x);
+        if (yes) {
+            s->excluded_count += yes > 0;
+            rc = yes < 0 ? -1 : 0;
+            goto out;
+        }
+    }
+    PyObject *iobj = PyDict_GetItemWithError(s->index, rel);
+    Py_ssize_t i = iobj ? PyLong_AsSsize_t(iobj) : -1;
+    if (PyErr_Occurred()) goto out;
+    int fast = i >= 0 && i < s->entries && s->expect[i].kind == 0;
+    if (fast && s->anchors) {
+        int anchor = PySet_Contains(s->anchors, ino_obj);
+        if (anchor < 0) goto out;
+        fast = !anchor;
+    }
+    if (fast) {
+        PyObject *job = Py_BuildValue("(OOKIO)", PyList_GET_ITEM(s->keys, i), ino_obj, (unsigned long long)s->expect[i].size,
+                                      (unsigned int)s->expect[i].mode, PyList_GET_ITEM(s->digests, i));
+        if (!job) goto out;
+        int bad = PyList_Append(s->jobs, job);
+        Py_DECREF(job);
+        if (bad || PyList_Append(s->job_index, iobj) < 0) goto out;
+        s->seen[i] = 1;
+        s->files_ok++;
+        rc = 0;
+        goto out;
+    }
+    PyObject *r = PyObject_CallFunction(s->found, "y#OOOOOOO", s->path, (Py_ssize_t)rel_len, Py_None, ino_obj, Py_None,
+                                        Py_None, Py_None, Py_None, Py_None);
+    Py_XDECREF(r);
+    rc = r ? 0 : -1;
+out:
+    Py_XDECREF(rel);
+    Py_XDECREF(ino_obj);
+    s->path[base] = '\0';
+    return rc;
+}
+
 static int list_dir(Scan *s, Frame *f) {
     const char *rel = f->rel_len ? s->path : ".";
     size_t rel_len = f->rel_len ? f->rel_len : 1;
@@ -660,7 +728,9 @@ static int list_dir(Scan *s, Frame *f) {
             return 0;
         }
         if (d->d_name[0] == '.' && (d->d_name[1] == '\0' || (d->d_name[1] == '.' && d->d_name[2] == '\0'))) continue;
-        if (scan_entry(s, f, d->d_name) < 0) return -1;
+        int rc = s->jobs && d->d_type == DT_REG ? file_entry(s, f, d->d_name, (unsigned long long)d->d_ino)
+                                               : scan_entry(s, f, d->d_name);
+        if (rc < 0) return -1;
     }
 }
 
@@ -731,18 +801,28 @@ static PyObject *quick_scan(PyObject *Py_UNUSED(module), PyObject *args) {
     Py_buffer expect, records, seen, old;
     PyObject *oldobj, *excluded, *anchors;
     long long settled;
-    PyObject *hook;
-    if (!PyArg_ParseTuple(args, "iO!y*OLw*w*O!OOOOO", &root_fd, &PyDict_Type, &s.index, &expect, &oldobj, &settled,
-                          &records, &seen, &PySet_Type, &s.skip, &excluded, &anchors, &s.found, &s.error, &hook))
+    PyObject *hook, *full;
+    if (!PyArg_ParseTuple(args, "iO!y*OLw*w*O!OOOOOO", &root_fd, &PyDict_Type, &s.index, &expect, &oldobj, &settled,
+                          &records, &seen, &PySet_Type, &s.skip, &excluded, &anchors, &s.found, &s.error, &full, &hook))
         return NULL;
+    if (full != Py_None) { /* (jobs, job_index, keys, digests) */
+        if (!PyArg_ParseTuple(full, "O!O!O!O!", &PyList_Type, &s.jobs, &PyList_Type, &s.job_index, &PyList_Type,
+                              &s.keys, &PyList_Type, &s.digests)) {
+            PyBuffer_Release(&expect);
+            PyBuffer_Release(&records);
+            PyBuffer_Release(&seen);
+            return NULL;
+        }
+    }
     old.buf = NULL;
     PyObject *result = NULL;
     Frame *stack = NULL;
     size_t depth = 0, cap = 16;
     s.entries = expect.len / (Py_ssize_t)sizeof(Expect);
     if (oldobj != Py_None && PyObject_GetBuffer(oldobj, &old, PyBUF_SIMPLE) < 0) goto done_noold;
-    if (records.len != s.entries * (Py_ssize_t)sizeof(Record) || seen.len != s.entries ||
-        (old.buf && old.len != records.len)) {
+    if ((s.jobs ? records.len != 0 : records.len != s.entries * (Py_ssize_t)sizeof(Record)) || seen.len != s.entries ||
+        (old.buf && old.len != records.len) ||
+        (s.jobs && (PyList_GET_SIZE(s.keys) != s.entries || PyList_GET_SIZE(s.digests) != s.entries))) {
         PyErr_SetString(PyExc_ValueError, "expect, records, seen and old disagree on the number of entries");
         goto done;
     }
@@ -799,7 +879,7 @@ done_noold:
 static PyMethodDef module_methods[] = {
     {"quick_scan", quick_scan, METH_VARARGS,
      "quick_scan(root_fd, index, expect, old, settled_before, records, seen, skip, excluded, anchors, found, error,"
-     " hook)"
+     " full, hook)"
      " -> (files_ok, dirs_ok, excluded): quick mode's walk; see compare.py."},
     {NULL, NULL, 0, NULL},
 };

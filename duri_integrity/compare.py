@@ -216,20 +216,30 @@ def _refuse(found: Found, root_real: str, anchors: Mapping[int, tuple[int, str]]
         )
 
 
-def _walk_full(c: _Comparison, walk: Iterable[Found | WalkError]) -> None:
-    """Full mode: every regular file the manifest lists is hashed (mode checked on the open fd)."""
+def _full_consumer(c: _Comparison) -> Callable[[Found | WalkError], None]:
+    """Full mode, one walk entry at a time: every regular file the manifest lists is hashed
+    (its mode checked on the open descriptor)."""
     classify, walk_error = c.classify, c.walk_error
     files, keys, append_job, append_index = cast(list[File], c.entries), c.keys, c.jobs.append, c.job_index.append
-    for found in walk:
+
+    def consume(found: Found | WalkError) -> None:
         if isinstance(found, WalkError):
             walk_error(found)
-            continue
+            return
         i = classify(found)
-        if i >= 0:  # a File (classify() checked the type); written out here because it is the hot loop
+        if i >= 0:  # a File (classify() checked the type)
             e, st = files[i], found[3]
             # A name listed as another type and lstat-ed as a file (a race) had its mode checked by classify().
             append_job((keys[i], found[2], e.size, e.mode if st is None else st.st_mode & 0o7777, e.blake3))
             append_index(i)
+
+    return consume
+
+
+def _walk_full(c: _Comparison, walk: Iterable[Found | WalkError]) -> None:
+    consume = _full_consumer(c)
+    for found in walk:
+        consume(found)
 
 
 def _quick_consumer(
@@ -279,22 +289,24 @@ def _walk_quick(c: _Comparison, walk: Iterable[Found | WalkError], snapshot: Sna
 
 _EXPECT = struct.Struct("<QHB5x")
 """What the C scanner compares per manifest entry: size, mode, kind (0 file, 1 directory, 2 other)."""
-_expect_cache: list[tuple[Manifest, bytes]] = []
+_expect_cache: list[tuple[Manifest, tuple[bytes, list[str | None]]]] = []
 
 
-def _expected(m: Manifest) -> bytes:
-    """The packed expectations of ``m``, kept for the last manifest (decoding reuses the object)."""
+def _expected(m: Manifest) -> tuple[bytes, list[str | None]]:
+    """The packed expectations of ``m`` and each entry's digest (None but for files), kept for the
+    last manifest (decoding the same bytes returns the same object)."""
     if _expect_cache and _expect_cache[0][0] is m:
         return _expect_cache[0][1]
     pack = _EXPECT.pack
     data = b"".join(
         pack(e.size, e.mode, 0) if type(e) is File else pack(0, e.mode, 1 if type(e) is Dir else 2) for e in m.entries
     )
-    _expect_cache[:] = [(m, data)]
-    return data
+    digests = [e.blake3 if type(e) is File else None for e in m.entries]
+    _expect_cache[:] = [(m, (data, digests))]
+    return data, digests
 
 
-def _scan_quick(
+def _scan(
     c: _Comparison,
     m: Manifest,
     root_real: str,
@@ -302,20 +314,26 @@ def _scan_quick(
     excluder: Excluder,
     anchors: Mapping[int, tuple[int, str]] | None,
     snapshot: Snapshot | None,
-) -> tuple[bytearray, int]:
-    """Quick mode through the C scanner: it walks and lstat-s, settles in C every entry that is exactly
-    as the manifest and the snapshot say, and hands everything else, built as the Python walk builds
-    it, to the same consumer. Returns the records and the count of excluded entries."""
-    records = bytearray(RECORD.size * len(c.entries))
-    consume = _quick_consumer(c, records, snapshot)
+    quick: bool,
+) -> tuple[bytearray | None, int]:
+    """The walk through the C scanner. It walks beneath the root by descriptor and settles in C each
+    entry exactly as the manifest (and in quick mode the snapshot) says: a directory; in quick mode a
+    file whose lstat matches a settled record; in full mode a regular file by its directory entry,
+    made a job for the hasher. Everything else, built as the Python walk builds it, goes to the same
+    consumer as the Python walk's entries. Returns the quick-mode records and the excluded count."""
+    records = bytearray(RECORD.size * len(c.entries)) if quick else bytearray()
+    consume = _quick_consumer(c, records, snapshot) if quick else _full_consumer(c)
     fsdecode, stat_result, new = os.fsdecode, os.stat_result, tuple.__new__
 
     def found(
-        rel_b: bytes, mode: int, ino: int, dev: int, size: int, mtime: int, ctime: int, target: bytes | None
+        rel_b: bytes, mode: int | None, ino: int, dev: int, size: int, mtime: int, ctime: int, target: bytes | None
     ) -> None:
-        times = {"st_atime_ns": mtime, "st_mtime_ns": mtime, "st_ctime_ns": ctime}
-        st = stat_result((mode, ino, dev, 0, 0, 0, size, mtime // 10**9, mtime // 10**9, ctime // 10**9), times)
-        f = new(Found, (fsdecode(rel_b), kind_of(mode), ino, st, None if target is None else fsdecode(target)))
+        if mode is None:  # full mode: a regular file by its directory entry, not stat-ed (as the Python walk)
+            f = new(Found, (fsdecode(rel_b), "file", ino, None, None))
+        else:
+            times = {"st_atime_ns": mtime, "st_mtime_ns": mtime, "st_ctime_ns": ctime}
+            st = stat_result((mode, ino, dev, 0, 0, 0, size, mtime // 10**9, mtime // 10**9, ctime // 10**9), times)
+            f = new(Found, (fsdecode(rel_b), kind_of(mode), ino, st, None if target is None else fsdecode(target)))
         if anchors and ino in anchors:
             _refuse(f, root_real, anchors)
         consume(f)
@@ -327,14 +345,15 @@ def _scan_quick(
         else:
             consume(walk_error(rel, what, OSError(err, os.strerror(err)), bool(listed)))
 
-    old = snapshot.records if snapshot is not None else None
+    old = snapshot.records if snapshot is not None and quick else None
     settled = snapshot.settled_before() if snapshot is not None else 0
+    full = None if quick else (c.jobs, c.job_index, c.keys, _expected(m)[1])
     root_fd = open_root(root_real)
     try:
         files_ok, dirs_ok, excluded = speedups.quick_scan(
             root_fd,
             c.index,
-            _expected(m),
+            _expected(m)[0],
             old,
             settled,
             records,
@@ -344,12 +363,13 @@ def _scan_quick(
             set(anchors) if anchors else None,
             found,
             error,
+            full,
         )
     finally:
         os.close(root_fd)
     c.files += files_ok
     c.tally.directories += dirs_ok
-    return records, excluded
+    return (records if quick else None), excluded
 
 
 def compare(
@@ -384,8 +404,8 @@ def compare(
     walk = Walk(root_real, excluder, skip, stat_files=quick)
     found: Iterable[Found | WalkError] = _refusing(walk, root_real, anchors) if anchors else walk
     records = None
-    if quick and speedups.can_scan():
-        records, excluded = _scan_quick(c, m, root_real, skip, excluder, anchors, snapshot)
+    if speedups.can_scan():
+        records, excluded = _scan(c, m, root_real, skip, excluder, anchors, snapshot, quick)
     elif quick:
         records = _walk_quick(c, found, snapshot)
         excluded = walk.excluded

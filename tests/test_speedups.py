@@ -223,10 +223,11 @@ def _damage(root: Path) -> None:
 
 
 @needs_ext
-def test_quick_scanner_reports_exactly_what_the_python_walk_reports(
-    tmp_path: Path, keys: Keys, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("quick", [True, False])
+def test_scanner_reports_exactly_what_the_python_walk_reports(
+    tmp_path: Path, keys: Keys, monkeypatch: pytest.MonkeyPatch, quick: bool
 ) -> None:
-    """Quick mode through the C scanner and through the Python walk: the same reports, clean and damaged."""
+    """Quick and full mode through the C scanner and through the Python walk: the same reports, clean and damaged."""
     root = tmp_path / "t"
     root.mkdir()
     _quick_tree(root)
@@ -237,7 +238,7 @@ def test_quick_scanner_reports_exactly_what_the_python_walk_reports(
 
     def run(label: str) -> None:
         monkeypatch.setattr(speedups, "_ext", ext if label == "c" else None)
-        runs[label].append(s.verify(quick=True, cache_dir=str(cache / label)))
+        runs[label].append(s.verify(quick=quick, cache_dir=str(cache / label)))
 
     for label in ("c", "py", "c", "py"):  # the second of each uses the snapshot the first saved
         run(label)
@@ -253,21 +254,21 @@ def test_quick_scanner_reports_exactly_what_the_python_walk_reports(
         )
         assert fast.problems == pure.problems
     assert [r.status for r in runs["c"]] == ["VERIFIED", "VERIFIED", "FAILED"]
-    assert (
-        runs["c"][1].mode == "quick" and runs["c"][2].counts["excluded"] == runs["c"][0].counts["excluded"] + 1
-    )  # not inside an excluded dir
+    assert runs["c"][1].mode == ("quick" if quick else "full")
+    assert runs["c"][2].counts["excluded"] == runs["c"][0].counts["excluded"] + 1  # not inside an excluded dir
     kinds = {(p.path, p.kind) for p in runs["c"][2].problems}
     assert {("app/pkg/m3.py", "modified"), ("app/pkg/m4.py", "mode_changed"), ("app/pkg/m5.py", "missing")} <= kinds
     assert {("app/pkg/m7.py", "modified"), ("data/link", "symlink_changed"), ("app/added-dir/sub/f", "added")} <= kinds
 
 
 @needs_ext
-def test_quick_scanner_refuses_a_trust_anchor_in_the_tree(tmp_path: Path, keys: Keys) -> None:
-    """A hard link to the public key inside the tree is refused in quick mode too (the scanner hands it over)."""
+@pytest.mark.parametrize("quick", [True, False])
+def test_scanner_refuses_a_trust_anchor_in_the_tree(tmp_path: Path, keys: Keys, quick: bool) -> None:
+    """A hard link to the public key inside the tree is refused through the scanner (it hands it over)."""
     root = tmp_path / "t"
     root.mkdir()
     _quick_tree(root)
     s = build_and_sign(root, keys)
     os.link(keys.public, root / "data" / "key.pub")
-    r = s.verify(quick=True, cache_dir=str(tmp_path / "cache"))
+    r = s.verify(quick=quick, cache_dir=str(tmp_path / "cache"))
     assert r.status != "VERIFIED" and "trust anchors must come from outside" in (r.reason or "")
