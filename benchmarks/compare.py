@@ -308,9 +308,9 @@ def main() -> None:
         f"Load average before the run: {load_before}. {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}."
     )
     print(header)
-    print(f"{'command':44s} {'median ms':>10s} {'min ms':>8s} {'runs':>5s}  ratio")
+    print(f"{'command':62s} {'median ms':>10s} {'min ms':>8s} {'runs':>5s}  ratio")
     for name, med, mn, n, ratio in rows:
-        print(f"{name:44s} {med:10.1f} {mn:8.1f} {n:5d}  {ratio}")
+        print(f"{name:62s} {med:10.1f} {mn:8.1f} {n:5d}  {ratio}")
     if args.markdown:
         lines = [header, "", "| command | median | min | runs | ratio |", "|---|---:|---:|---:|---|"]
         lines += [f"| {n} | {m:.1f} ms | {mn:.1f} ms | {k} | {r} |" for n, m, mn, k, r in rows]
