@@ -451,6 +451,8 @@ static PyTypeObject ReaderType = {
 
 /* ---- Quick mode: walk and lstat in C, hand Python only what is not exactly as recorded ---- */
 
+static PyObject *str_size, *str_mode, *str_blake3; /* interned attribute names of manifest.File */
+
 typedef struct { /* one manifest entry as quick mode compares it (packed by compare.py) */
     uint64_t size;
     uint16_t mode;
@@ -474,7 +476,7 @@ typedef struct {
 
 typedef struct {
     PyObject *index, *skip, *excluded, *anchors, *found, *error, *hook;
-    PyObject *jobs, *job_index, *keys, *digests; /* full mode: the jobs for the hasher, as compare.py builds them */
+    PyObject *jobs, *job_index, *keys, *entry_list; /* full mode: the jobs for the hasher, as compare.py builds them */
     const Expect *expect;
     Py_ssize_t entries;
     const Record *old;
@@ -693,8 +695,15 @@ static int file_entry(Scan *s, Frame *f, const char *name, unsigned long long in
         fast = !anchor;
     }
     if (fast) {
-        PyObject *job = Py_BuildValue("(OOKIO)", PyList_GET_ITEM(s->keys, i), ino_obj, (unsigned long long)s->expect[i].size,
-                                      (unsigned int)s->expect[i].mode, PyList_GET_ITEM(s->digests, i));
+        /* (path, inode, size, mode, blake3) with the manifest's own objects, as _full_consumer does:
+         * no new int or str per file (100,000 of each would be ~7 MB more at the peak). */
+        PyObject *entry = PyList_GET_ITEM(s->entry_list, i), *job = NULL;
+        PyObject *size = PyObject_GetAttr(entry, str_size), *mode = size ? PyObject_GetAttr(entry, str_mode) : NULL;
+        PyObject *digest = mode ? PyObject_GetAttr(entry, str_blake3) : NULL;
+        if (digest) job = PyTuple_Pack(5, PyList_GET_ITEM(s->keys, i), ino_obj, size, mode, digest);
+        Py_XDECREF(size);
+        Py_XDECREF(mode);
+        Py_XDECREF(digest);
         if (!job) goto out;
         int bad = PyList_Append(s->jobs, job);
         Py_DECREF(job);
@@ -807,7 +816,7 @@ static PyObject *quick_scan(PyObject *Py_UNUSED(module), PyObject *args) {
         return NULL;
     if (full != Py_None) { /* (jobs, job_index, keys, digests) */
         if (!PyArg_ParseTuple(full, "O!O!O!O!", &PyList_Type, &s.jobs, &PyList_Type, &s.job_index, &PyList_Type,
-                              &s.keys, &PyList_Type, &s.digests)) {
+                              &s.keys, &PyList_Type, &s.entry_list)) {
             PyBuffer_Release(&expect);
             PyBuffer_Release(&records);
             PyBuffer_Release(&seen);
@@ -822,7 +831,7 @@ static PyObject *quick_scan(PyObject *Py_UNUSED(module), PyObject *args) {
     if (oldobj != Py_None && PyObject_GetBuffer(oldobj, &old, PyBUF_SIMPLE) < 0) goto done_noold;
     if ((s.jobs ? records.len != 0 : records.len != s.entries * (Py_ssize_t)sizeof(Record)) || seen.len != s.entries ||
         (old.buf && old.len != records.len) ||
-        (s.jobs && (PyList_GET_SIZE(s.keys) != s.entries || PyList_GET_SIZE(s.digests) != s.entries))) {
+        (s.jobs && (PyList_GET_SIZE(s.keys) != s.entries || PyList_GET_SIZE(s.entry_list) != s.entries))) {
         PyErr_SetString(PyExc_ValueError, "expect, records, seen and old disagree on the number of entries");
         goto done;
     }
@@ -891,6 +900,10 @@ static struct PyModuleDef module = {
 
 PyMODINIT_FUNC PyInit__speedups(void) {
     if (PyType_Ready(&ReaderType) < 0) return NULL;
+    str_size = PyUnicode_InternFromString("size");
+    str_mode = PyUnicode_InternFromString("mode");
+    str_blake3 = PyUnicode_InternFromString("blake3");
+    if (!str_size || !str_mode || !str_blake3) return NULL;
     PyObject *m = PyModule_Create(&module);
     if (!m) return NULL;
     if (PyModule_AddObjectRef(m, "Reader", (PyObject *)&ReaderType) < 0 ||

@@ -289,21 +289,23 @@ def _walk_quick(c: _Comparison, walk: Iterable[Found | WalkError], snapshot: Sna
 
 _EXPECT = struct.Struct("<QHB5x")
 """What the C scanner compares per manifest entry: size, mode, kind (0 file, 1 directory, 2 other)."""
-_expect_cache: list[tuple[Manifest, tuple[bytes, list[str | None]]]] = []
+_expect_cache: list[tuple[Manifest, bytearray]] = []
 
 
-def _expected(m: Manifest) -> tuple[bytes, list[str | None]]:
-    """The packed expectations of ``m`` and each entry's digest (None but for files), kept for the
-    last manifest (decoding the same bytes returns the same object)."""
+def _expected(m: Manifest) -> bytearray:
+    """The packed expectations of ``m``, kept for the last manifest (decoding the same bytes
+    returns the same object)."""
     if _expect_cache and _expect_cache[0][0] is m:
         return _expect_cache[0][1]
-    pack = _EXPECT.pack
-    data = b"".join(
-        pack(e.size, e.mode, 0) if type(e) is File else pack(0, e.mode, 1 if type(e) is Dir else 2) for e in m.entries
-    )
-    digests = [e.blake3 if type(e) is File else None for e in m.entries]
-    _expect_cache[:] = [(m, (data, digests))]
-    return data, digests
+    data = bytearray(_EXPECT.size * len(m.entries))  # packed in place: no object per entry
+    pack_into, size = _EXPECT.pack_into, _EXPECT.size
+    for k, e in enumerate(m.entries):
+        if type(e) is File:
+            pack_into(data, k * size, e.size, e.mode, 0)
+        else:
+            pack_into(data, k * size, 0, e.mode, 1 if type(e) is Dir else 2)
+    _expect_cache[:] = [(m, data)]
+    return data
 
 
 def _scan(
@@ -347,13 +349,13 @@ def _scan(
 
     old = snapshot.records if snapshot is not None and quick else None
     settled = snapshot.settled_before() if snapshot is not None else 0
-    full = None if quick else (c.jobs, c.job_index, c.keys, _expected(m)[1])
+    full = None if quick else (c.jobs, c.job_index, c.keys, c.entries)
     root_fd = open_root(root_real)
     try:
         files_ok, dirs_ok, excluded = speedups.quick_scan(
             root_fd,
             c.index,
-            _expected(m)[0],
+            _expected(m),
             old,
             settled,
             records,

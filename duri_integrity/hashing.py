@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import stat
 import threading
-import time
 from collections.abc import Callable, Sequence
 from typing import NamedTuple, cast
 
@@ -51,8 +50,6 @@ best of 16 KiB, 64 KiB and 1 MiB (docs/performance.md)."""
 HUGE_FILE = 256 << 20
 """From this size one file is hashed with several BLAKE3 threads."""
 BATCH = 48
-IO_BOUND_SECONDS_PER_FILE = 100e-6
-"""Small files from the page cache take ~10-20 us each; ten times that means waiting on a disk."""
 IO_THREADS_PER_CORE = 2
 IO_THREADS_C = int(os.environ.get("DURI_INTEGRITY_IO_THREADS", "0") or 0) or 16
 """With the C reader, reads from disk run outside the GIL: the threads reading a cold cache (see
@@ -260,11 +257,11 @@ def _schedule(
         watch = not front and extra_when_io_bound > 0
         try:
             while (batch := take(front)) is not None:
-                t0 = time.perf_counter() if watch else 0.0
+                before = readahead.io_clock() if watch else (0.0, 0)
                 run_batch(batch, worker)
                 if watch:
                     watch = False  # decide once, on the first batch
-                    if (time.perf_counter() - t0) / len(batch) > IO_BOUND_SECONDS_PER_FILE:
+                    if readahead.from_disk(before, len(batch)):
                         start_helpers(extra_when_io_bound)
                 if progress is not None:
                     progress(len(batch))

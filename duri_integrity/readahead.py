@@ -11,6 +11,7 @@ be hashed, one more per reader is being read, each in a buffer of ``BATCH_BYTES`
 
 from __future__ import annotations
 
+import resource
 import threading
 import time
 from collections import deque
@@ -95,11 +96,11 @@ def _reader_loop(
     try:
         while (claimed := st.claim()) is not None:
             batch, buf = claimed
-            t0 = time.perf_counter()
+            before = io_clock() if watch else (0.0, 0)
             results = read_batch(reader, jobs, batch, buf)
             if watch:
                 watch = False  # decide once, on the first batch
-                if (time.perf_counter() - t0) / len(batch) > IO_BOUND_SECONDS_PER_FILE:
+                if from_disk(before, len(batch)):
                     start(extra)
             with st.cond:
                 st.ready.append((batch, results, buf))
@@ -115,6 +116,20 @@ def _reader_loop(
 
 IO_BOUND_SECONDS_PER_FILE = 100e-6
 """Small files from the page cache take ~5-10 us each to read; ten times that means waiting on a disk."""
+
+
+def io_clock() -> tuple[float, int]:
+    """(now, blocks this thread has read from storage so far): the start of a :func:`from_disk` check."""
+    return time.perf_counter(), resource.getrusage(resource.RUSAGE_THREAD).ru_inblock
+
+
+def from_disk(before: tuple[float, int], files: int) -> bool:
+    """Whether the files read since ``before`` came from storage rather than the page cache: slow,
+    and the kernel counted blocks read. Slowness alone is not enough: on a busy machine a thread
+    waiting for a CPU looks the same, and extra threads then only add memory and contention."""
+    t0, blocks = before
+    slow = (time.perf_counter() - t0) / max(1, files) > IO_BOUND_SECONDS_PER_FILE
+    return slow and resource.getrusage(resource.RUSAGE_THREAD).ru_inblock > blocks
 
 
 def run(
