@@ -158,7 +158,11 @@ static int enter(Reader *r, const char *dir, size_t len) {
     for (lvl = r->depth; lvl < levels; lvl++) {
         s = lvl ? r->ends[lvl - 1] + 1 : 0;
         int parent = lvl ? r->fds[lvl - 1] : r->root_fd;
-        int fd = retry_openat(parent, r->cur + s, DIR_FLAGS);
+        const char *part = r->cur + s;
+        /* Never up or sideways: manifest paths are validated, but "" "." ".." must not reach openat. */
+        int bad = part[0] == '\0' || (part[0] == '.' && (part[1] == '\0' || (part[1] == '.' && part[2] == '\0')));
+        if (bad) errno = EINVAL;
+        int fd = bad ? -1 : retry_openat(parent, part, DIR_FLAGS);
         if (fd < 0) {
             int e = errno;
             for (size_t k = 0; k < len; k++) /* restore the slashes for the prefix comparison */

@@ -158,6 +158,8 @@ class DirCursor:
         self.rel_dir = None
         for part in parts[len(self.fds) :]:
             try:
+                if part in ("", ".", ".."):  # never up or sideways (manifest paths are validated too)
+                    raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
                 fd = os.open(part, DIR_FLAGS, dir_fd=self.fds[-1] if self.fds else self.root_fd)
             except OSError as exc:
                 check_resources(exc, f"opening directory {rel_dir!r}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import shutil
@@ -272,3 +273,20 @@ def test_scanner_refuses_a_trust_anchor_in_the_tree(tmp_path: Path, keys: Keys, 
     os.link(keys.public, root / "data" / "key.pub")
     r = s.verify(quick=quick, cache_dir=str(tmp_path / "cache"))
     assert r.status != "VERIFIED" and "trust anchors must come from outside" in (r.reason or "")
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_reader_never_climbs_out_of_the_root(tmp_path: Path, fast: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A path with '..', '.' or an empty component (which manifest validation refuses) is never opened."""
+    if fast and not speedups.available():
+        pytest.skip("C extension not built or turned off")
+    if not fast:
+        monkeypatch.setattr(speedups, "_ext", None)
+    root = tmp_path / "root"
+    (root / "d").mkdir(parents=True)
+    (tmp_path / "outside").write_bytes(b"secret")
+    st = (tmp_path / "outside").lstat()
+    for rel in ("../outside", "d/../../outside", "./d/../../outside", "d//x"):
+        job = (rel, st.st_ino, st.st_size, st.st_mode & 0o7777, blake3(b"secret").hexdigest())
+        [(_, kind, _, why)] = check_files(str(root), [job], workers=1)
+        assert kind == "unstable" and os.strerror(errno.EINVAL) in (why or ""), rel  # never opened, never hashed
