@@ -84,6 +84,7 @@ class _State:
 
 
 def _reader_loop(
+    big_first: bool,
     st: _State,
     root_fd: int,
     jobs: Sequence[FileCheck],
@@ -94,6 +95,8 @@ def _reader_loop(
     reader = speedups.new_reader(root_fd)
     watch = extra > 0
     try:
+        if big_first and not st.stop:  # from disk: the large files' reads start now, beside the small ones'
+            big(st.stopped)
         while (claimed := st.claim()) is not None:
             batch, buf = claimed
             before = io_clock() if watch else (0.0, 0)
@@ -154,7 +157,9 @@ def run(
             if st.stop:
                 return
             for _ in range(n):
-                t = threading.Thread(target=_reader_loop, args=(st, root_fd, jobs, 0, start, big), daemon=True)
+                # Every other extra reader starts with the large files (most of the bytes).
+                args = (len(st.threads) % 2 == 0, st, root_fd, jobs, 0, start, big)
+                t = threading.Thread(target=_reader_loop, args=args, daemon=True)
                 t.start()
                 st.threads.append(t)
 
@@ -165,7 +170,9 @@ def run(
             with st.cond:  # the first reader may start more: st.threads changes under the lock
                 for k in range(readers):
                     t = threading.Thread(
-                        target=_reader_loop, args=(st, root_fd, jobs, extra if k == 0 else 0, start, big), daemon=True
+                        target=_reader_loop,
+                        args=(False, st, root_fd, jobs, extra if k == 0 else 0, start, big),
+                        daemon=True,
                     )
                     t.start()
                     st.threads.append(t)
