@@ -9,21 +9,19 @@ problems at a time (the first ones in path order are kept; the counts stay exact
 from __future__ import annotations
 
 import os
-import struct
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import cast
 
-from . import speedups
+from . import scan, speedups
 from .config import OWN_FILES
 from .errors import TrustAnchorInTree
 from .exclude import Excluder
 from .hashing import FileCheck, check_files
-from .manifest import Dir, File, Manifest, Symlink, display
+from .manifest import File, Manifest, Symlink, display
 from .report import Problem, Tally
 from .snapshot import RECORD, Snapshot
-from .walk import Found, Walk, WalkError, kind_of, open_root
-from .walk import error as walk_error
+from .walk import Found, Walk, WalkError
 
 __all__ = ["DEFAULT_MAX_PROBLEMS", "Outcome", "compare"]
 
@@ -287,27 +285,6 @@ def _walk_quick(c: _Comparison, walk: Iterable[Found | WalkError], snapshot: Sna
     return records
 
 
-_EXPECT = struct.Struct("<QHB5x")
-"""What the C scanner compares per manifest entry: size, mode, kind (0 file, 1 directory, 2 other)."""
-_expect_cache: list[tuple[Manifest, bytearray]] = []
-
-
-def _expected(m: Manifest) -> bytearray:
-    """The packed expectations of ``m``, kept for the last manifest (decoding the same bytes
-    returns the same object)."""
-    if _expect_cache and _expect_cache[0][0] is m:
-        return _expect_cache[0][1]
-    data = bytearray(_EXPECT.size * len(m.entries))  # packed in place: no object per entry
-    pack_into, size = _EXPECT.pack_into, _EXPECT.size
-    for k, e in enumerate(m.entries):
-        if type(e) is File:
-            pack_into(data, k * size, e.size, e.mode, 0)
-        else:
-            pack_into(data, k * size, 0, e.mode, 1 if type(e) is Dir else 2)
-    _expect_cache[:] = [(m, data)]
-    return data
-
-
 def _scan(
     c: _Comparison,
     m: Manifest,
@@ -318,57 +295,25 @@ def _scan(
     snapshot: Snapshot | None,
     quick: bool,
 ) -> tuple[bytearray | None, int]:
-    """The walk through the C scanner. It walks beneath the root by descriptor and settles in C each
-    entry exactly as the manifest (and in quick mode the snapshot) says: a directory; in quick mode a
-    file whose lstat matches a settled record; in full mode a regular file by its directory entry,
-    made a job for the hasher. Everything else, built as the Python walk builds it, goes to the same
-    consumer as the Python walk's entries. Returns the quick-mode records and the excluded count."""
+    """The walk through the C scanner (see :mod:`duri_integrity.scan`), into the same consumers as
+    the Python walk's entries. Returns the quick-mode records and the count of excluded entries."""
     records = bytearray(RECORD.size * len(c.entries)) if quick else bytearray()
     consume = _quick_consumer(c, records, snapshot) if quick else _full_consumer(c)
-    fsdecode, stat_result, new = os.fsdecode, os.stat_result, tuple.__new__
-
-    def found(
-        rel_b: bytes, mode: int | None, ino: int, dev: int, size: int, mtime: int, ctime: int, target: bytes | None
-    ) -> None:
-        if mode is None:  # full mode: a regular file by its directory entry, not stat-ed (as the Python walk)
-            f = new(Found, (fsdecode(rel_b), "file", ino, None, None))
-        else:
-            times = {"st_atime_ns": mtime, "st_mtime_ns": mtime, "st_ctime_ns": ctime}
-            st = stat_result((mode, ino, dev, 0, 0, 0, size, mtime // 10**9, mtime // 10**9, ctime // 10**9), times)
-            f = new(Found, (fsdecode(rel_b), kind_of(mode), ino, st, None if target is None else fsdecode(target)))
-        if anchors and ino in anchors:
-            _refuse(f, root_real, anchors)
-        consume(f)
-
-    def error(rel_b: bytes, what: str, err: int, listed: int) -> None:
-        rel = fsdecode(rel_b)
-        if what == "replaced":
-            consume(WalkError(rel, "unstable", "directory replaced during the walk", True))
-        else:
-            consume(walk_error(rel, what, OSError(err, os.strerror(err)), bool(listed)))
-
-    old = snapshot.records if snapshot is not None and quick else None
-    settled = snapshot.settled_before() if snapshot is not None else 0
-    full = None if quick else (c.jobs, c.job_index, c.keys, c.entries)
-    root_fd = open_root(root_real)
-    try:
-        files_ok, dirs_ok, excluded = speedups.quick_scan(
-            root_fd,
-            c.index,
-            _expected(m),
-            old,
-            settled,
-            records,
-            c.seen,
-            skip,
-            excluder.excluded if excluder else None,
-            set(anchors) if anchors else None,
-            found,
-            error,
-            full,
-        )
-    finally:
-        os.close(root_fd)
+    files_ok, dirs_ok, excluded = scan.run(
+        root_real,
+        m,
+        c.index,
+        c.seen,
+        records,
+        snapshot.records if snapshot is not None and quick else None,
+        snapshot.settled_before() if snapshot is not None else 0,
+        skip,
+        excluder,
+        anchors,
+        consume,
+        (lambda f: _refuse(f, root_real, anchors)) if anchors else None,
+        None if quick else (c.jobs, c.job_index, c.keys, c.entries),
+    )
     c.files += files_ok
     c.tally.directories += dirs_ok
     return (records if quick else None), excluded

@@ -21,7 +21,8 @@ from typing import NamedTuple, cast
 from blake3 import blake3
 
 from . import readahead, speedups
-from .walk import DirCursor, check_resources, open_problem, open_root
+from .schedule import Worker, schedule, split
+from .walk import check_resources, open_problem, open_root
 
 __all__ = [
     "BuildHash",
@@ -49,7 +50,6 @@ ones (whose BLAKE3 calls are too short to gain from a second thread under the GI
 best of 16 KiB, 64 KiB and 1 MiB (docs/performance.md)."""
 HUGE_FILE = 256 << 20
 """From this size one file is hashed with several BLAKE3 threads."""
-BATCH = 48
 IO_THREADS_PER_CORE = 2
 IO_THREADS_C = int(os.environ.get("DURI_INTEGRITY_IO_THREADS", "0") or 0) or 16
 """With the C reader, reads from disk run outside the GIL: the threads reading a cold cache (see
@@ -129,17 +129,7 @@ def _hash_chunks(fd: int, size: int, buf: bytearray) -> tuple[str | None, int]:
     return hasher.hexdigest(), total
 
 
-class _Worker:
-    """What one hashing thread keeps between batches: its read buffer and its directory chain."""
-
-    __slots__ = ("buf", "cursor")
-
-    def __init__(self, root_fd: int) -> None:
-        self.buf = bytearray(CHUNK)
-        self.cursor = DirCursor(root_fd)
-
-
-def _check_batch(jobs: Sequence[FileCheck], batch: list[int], worker: _Worker, out: list[Problem]) -> None:
+def _check_batch(jobs: Sequence[FileCheck], batch: list[int], worker: Worker, out: list[Problem]) -> None:
     """Check a batch of files. The loop is written flat, with local names, because it is
     the innermost loop of verification: each file costs four syscalls and little else."""
     os_open, os_fstat, os_close = os.open, os.fstat, os.close
@@ -215,80 +205,6 @@ def _same_file(name: str, dir_fd: int, opened: os.stat_result) -> bool:
     return (now.st_ino, now.st_dev) == (opened.st_ino, opened.st_dev)
 
 
-def _schedule(
-    small: list[int],
-    big: list[int],
-    run_batch: Callable[[list[int], _Worker], None],
-    root_fd: int,
-    workers: int,
-    progress: Callable[[int], None] | None,
-    extra_when_io_bound: int = 0,
-) -> None:
-    """Run every index: helpers take big files first from the front, the caller small batches from the back.
-
-    With ``extra_when_io_bound``, the caller times its batches; if small files take
-    far longer than hashing from the page cache would (a cold cache, a slow disk),
-    that many more helpers join: waiting on a disk wants more threads than cores.
-    """
-    work: list[list[int]] = [[i] for i in big] + [small[k : k + BATCH] for k in range(0, len(small), BATCH)]
-    lock = threading.Lock()
-    bounds = [0, len(work)]  # [next from the front, end of the unclaimed range]
-    errors: list[BaseException] = []
-    helpers: list[threading.Thread] = []
-
-    def take(front: bool) -> list[int] | None:
-        with lock:
-            if bounds[0] >= bounds[1]:
-                return None
-            if front:
-                bounds[0] += 1
-                return work[bounds[0] - 1]
-            bounds[1] -= 1
-            return work[bounds[1]]
-
-    def start_helpers(n: int) -> None:
-        for _ in range(n):
-            t = threading.Thread(target=loop, args=(True,), daemon=True)
-            t.start()
-            helpers.append(t)
-
-    def loop(front: bool) -> None:
-        worker = _Worker(root_fd)
-        watch = not front and extra_when_io_bound > 0
-        try:
-            while (batch := take(front)) is not None:
-                before = readahead.io_clock() if watch else (0.0, 0)
-                run_batch(batch, worker)
-                if watch:
-                    watch = False  # decide once, on the first batch
-                    if readahead.from_disk(before, len(batch)):
-                        start_helpers(extra_when_io_bound)
-                if progress is not None:
-                    progress(len(batch))
-        except BaseException as exc:  # re-raised in the caller's thread
-            errors.append(exc)
-        finally:
-            worker.cursor.close()
-
-    start_helpers(workers - 1)
-    loop(not helpers)
-    for t in list(helpers):
-        t.join()
-    if errors:
-        raise errors[0]
-
-
-def _split(sizes: Sequence[int], route: int) -> tuple[list[int], list[int]]:
-    """(files under ``route`` bytes in their given order, the others largest first).
-
-    Small files keep the walk's order, which groups them by directory, so a batch
-    opens few directories.
-    """
-    big = sorted((i for i, n in enumerate(sizes) if n >= route), key=sizes.__getitem__, reverse=True)
-    small = [i for i, n in enumerate(sizes) if n < route]
-    return small, big
-
-
 def check_files(
     root: str,
     jobs: Sequence[FileCheck],
@@ -306,7 +222,7 @@ def check_files(
     if not jobs:  # quick mode with nothing changed: no threads to start and stop
         return out
     fast = speedups.available()
-    small, big = _split([j[2] for j in jobs], SMALL_FILE if fast else ROUTE)
+    small, big = split([j[2] for j in jobs], SMALL_FILE if fast else ROUTE)
     io_threads = IO_THREADS_C if fast else min(16, IO_THREADS_PER_CORE * (os.cpu_count() or 1))
     extra = max(0, io_threads - workers) if elastic and workers > 1 else 0
     root_fd = open_root(root)
@@ -314,11 +230,12 @@ def check_files(
         if fast:
             _check_fast(root_fd, jobs, small, big, workers, progress, extra, out)
         else:
-            _schedule(
+            schedule(
                 small,
                 big,
                 lambda batch, worker: _check_batch(jobs, batch, worker, out),
                 root_fd,
+                CHUNK,
                 workers,
                 progress,
                 extra,
@@ -343,14 +260,14 @@ def _check_fast(
     pending = big[::-1]  # largest last: pop() takes the largest first
 
     def big_loop(stopped: Callable[[], bool]) -> None:
-        worker: _Worker | None = None
+        worker: Worker | None = None
         try:
             while not stopped():
                 with lock:
                     if not pending:
                         return
                     i = pending.pop()
-                worker = worker or _Worker(root_fd)
+                worker = worker or Worker(root_fd, CHUNK)
                 _check_batch(jobs, [i], worker, out)
                 if progress is not None:
                     progress(1)
@@ -372,7 +289,7 @@ class BuildHash(NamedTuple):
     """True when the content looks like a minisign secret key file."""
 
 
-def _hash_for_build(worker: _Worker, rel: str, walk: os.stat_result) -> BuildHash:
+def _hash_for_build(worker: Worker, rel: str, walk: os.stat_result) -> BuildHash:
     """Hash a file for a manifest: the bytes must be stable from before the open to after the read."""
     rel_dir, _, name = rel.rpartition("/")
     try:
@@ -428,13 +345,13 @@ def hash_for_build(
     out: list[BuildHash | None] = [None] * len(files)
     root_fd = open_root(root)
 
-    def batch_of(batch: list[int], worker: _Worker) -> None:
+    def batch_of(batch: list[int], worker: Worker) -> None:
         for i in batch:
             out[i] = _hash_for_build(worker, files[i][0], files[i][1])
 
     try:
-        small, big = _split([st.st_size for _, st in files], ROUTE)
-        _schedule(small, big, batch_of, root_fd, workers, None)
+        small, big = split([st.st_size for _, st in files], ROUTE)
+        schedule(small, big, batch_of, root_fd, CHUNK, workers, None)
     finally:
         os.close(root_fd)
     return cast(list[BuildHash], out)  # _schedule runs every index or raises
