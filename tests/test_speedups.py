@@ -290,3 +290,38 @@ def test_reader_never_climbs_out_of_the_root(tmp_path: Path, fast: bool, monkeyp
         job = (rel, st.st_ino, st.st_size, st.st_mode & 0o7777, blake3(b"secret").hexdigest())
         [(_, kind, _, why)] = check_files(str(root), [job], workers=1)
         assert kind == "unstable" and os.strerror(errno.EINVAL) in (why or ""), rel  # never opened, never hashed
+
+
+@pytest.mark.parametrize("quick", [True, False])
+@pytest.mark.parametrize("stage", ["entry", "list"])
+def test_walk_out_of_descriptors_is_an_error_and_leaks_nothing(
+    tmp_path: Path, keys: Keys, monkeypatch: pytest.MonkeyPatch, quick: bool, stage: str
+) -> None:
+    """EMFILE while the scanner lists or stats deep in the tree: ERROR (never a per-entry problem), no fd left open."""
+    root = tmp_path / "t"
+    root.mkdir()
+    _quick_tree(root)
+    s = build_and_sign(root, keys)
+    where = {"entry": (speedups.STAGE_ENTRY, b"app/pkg/deep/leaf.txt"), "list": (speedups.STAGE_LIST, b"app/pkg/deep")}
+    want_stage, want_path = where[stage]
+
+    def hook(stage_now: int, path: bytes) -> int:
+        return errno.EMFILE if (stage_now, path) == (want_stage, want_path) else 0
+
+    monkeypatch.setattr(speedups, "FAULT_HOOK", hook)
+    real_scandir = os.scandir
+
+    def scandir(path: Any = ".") -> Any:  # the same fault for the Python walk (no extension)
+        if stage == "list" and isinstance(path, int) and os.readlink(f"/proc/self/fd/{path}").endswith("app/pkg/deep"):
+            raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+        return real_scandir(path)
+
+    from duri_integrity import walk
+
+    monkeypatch.setattr(walk.os, "scandir", scandir)
+    if stage == "entry" and not speedups.can_scan():
+        pytest.skip("the Python walk's lstat is not hooked here (tests/test_compare.py covers it)")
+    before = len(os.listdir("/proc/self/fd"))
+    r = s.verify(quick=quick, cache_dir=str(tmp_path / "cache"))
+    assert r.status == "ERROR" and "ran out of resources" in (r.reason or "") and not r.problems
+    assert len(os.listdir("/proc/self/fd")) == before
