@@ -50,7 +50,12 @@ def bench_venv() -> Path:
     """A clean venv with the project installed (rebuilt when the package sources change)."""
     venv = CACHE / "venv"
     stamp = venv / ".source-stamp"
-    sources = [*sorted((PROJECT / "duri_integrity").glob("*.py")), PROJECT / "pyproject.toml"]
+    sources = [
+        *sorted((PROJECT / "duri_integrity").glob("*.py")),
+        *sorted((PROJECT / "duri_integrity").glob("*.c")),
+        PROJECT / "pyproject.toml",
+        PROJECT / "hatch_build.py",
+    ]
     digest = str(max(p.stat().st_mtime_ns for p in sources))
     if stamp.exists() and stamp.read_text() == digest:
         return venv
@@ -94,6 +99,43 @@ def machine() -> str:
     )
 
 
+def build_floor(work: Path) -> str | None:
+    """Compile benchmarks/floor.c (the open/fstat/read/close floor, no hashing); None without gcc."""
+    gcc = shutil.which("gcc") or shutil.which("cc")
+    if not gcc:
+        print("C floor: skipped (no C compiler)", file=sys.stderr)
+        return None
+    exe = work / "floor"
+    subprocess.run([gcc, "-O2", "-o", str(exe), str(HERE / "floor.c")], check=True)
+    return str(exe)
+
+
+def git_peer(tree: Path, work: Path) -> list[str] | None:
+    """`git status` over the same tree (its index kept outside the tree): quick mode's stat-cache peer."""
+    git = shutil.which("git")
+    if not git:
+        print("git status: skipped (git is not installed)", file=sys.stderr)
+        return None
+    base = [git, f"--git-dir={work / 'git'}", f"--work-tree={tree}", "-c", "core.untrackedCache=false"]
+    if not (work / "git").exists():
+        subprocess.run([git, "init", "-q", "--bare", str(work / "git")], check=True)
+        subprocess.run([*base, "add", "-A"], check=True)
+        ident = ["-c", "user.name=bench", "-c", "user.email=bench@localhost"]
+        subprocess.run([*base, *ident, "commit", "-q", "-m", "tree"], check=True)
+    subprocess.run([*base, "status", "--porcelain"], check=True, capture_output=True)  # refresh the index
+    return [*base, "status", "--porcelain"]
+
+
+def timed_stdin(cmd: list[str], stdin: Path, cwd: Path) -> float:
+    with stdin.open("rb") as f:
+        t = time.perf_counter()
+        r = subprocess.run(cmd, cwd=cwd, stdin=f, stdout=subprocess.DEVNULL, check=False)
+        dt = time.perf_counter() - t
+    if r.returncode:
+        sys.exit(f"{cmd[0]} exited {r.returncode}")
+    return dt
+
+
 def timed(cmd: list[str], cwd: Path | None = None, expect: int = 0) -> float:
     t = time.perf_counter()
     r = subprocess.run(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)
@@ -113,6 +155,7 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="write raw results here")
     args = ap.parse_args()
 
+    load_before = " ".join(f"{x:.1f}" for x in os.getloadavg())
     # Rollback state like a real host keeps it, but in the cache rather than /var/lib.
     os.environ["DURI_INTEGRITY_STATE_DIR"] = str(CACHE / "state")
     b3sum = ensure_tool("b3sum", "b3sum")
@@ -152,6 +195,12 @@ def main() -> None:
         "b3sum FILES (hash only)": lambda: timed([b3sum, *rel_files], cwd=tree),
         "python -c pass (interpreter start)": lambda: timed([vpy, "-c", "pass"]),
     }
+    floor = build_floor(work)
+    if floor:
+        commands["C floor: open/fstat/read/close, no hash"] = lambda: timed_stdin([floor], work / "files.txt", tree)
+    git_status = git_peer(tree, work)
+    if git_status:
+        commands["git status (stat cache, quick-mode peer)"] = lambda: timed(git_status)
     inproc = (
         "import sys, time, json\n"
         "from duri_integrity import verify_integrity\n"
@@ -166,7 +215,16 @@ def main() -> None:
         "print(json.dumps({'first': xs[0], 'warm': xs[2:]}))\n"
     )
     results: dict[str, list[float]] = {name: [] for name in commands}
-    for label in ("", " --quick"):
+    inproc_variants = [("full", "", False), ("quick", " --quick", False)]
+    has_ext = subprocess.run(
+        [vpy, "-c", "from duri_integrity import speedups; print(speedups.available())"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    if has_ext == "True":  # the pure-Python path too, for comparison (DURI_INTEGRITY_NO_EXTENSION=1)
+        inproc_variants += [("full", ", pure Python", True), ("quick", " --quick, pure Python", True)]
+    for _, label, _ in inproc_variants:
         results[f"duri-integrity verify{label} (in-process)"] = []
         results[f"duri-integrity verify{label} (in-process, first call)"] = []
     for run in commands.values():  # warm the page cache and the venv's .pyc files
@@ -177,8 +235,11 @@ def main() -> None:
         for name in order:
             results[name].append(commands[name]())
         # In-process: a fresh interpreter runs several verifications; its later runs are warm.
-        for mode, label in (("full", ""), ("quick", " --quick")):
-            out = subprocess.run([vpy, "-c", inproc, "3", mode], check=True, capture_output=True, text=True).stdout
+        for mode, label, pure in inproc_variants:
+            env = {**os.environ, "DURI_INTEGRITY_NO_EXTENSION": "1" if pure else ""}
+            out = subprocess.run(
+                [vpy, "-c", inproc, "3", mode], check=True, capture_output=True, text=True, env=env
+            ).stdout
             got = json.loads(out)
             results[f"duri-integrity verify{label} (in-process)"].extend(got["warm"])
             results[f"duri-integrity verify{label} (in-process, first call)"].append(got["first"])
@@ -219,6 +280,8 @@ def main() -> None:
                 "duri-integrity verify --workers 8, cold": lambda: timed([*verify_cmd, "--workers", "8"]),
                 "b3sum --quiet --check, cold": commands["b3sum --quiet --check"],
             }
+            if floor:
+                cold_cmds["C floor: open/fstat/read/close, cold"] = commands["C floor: open/fstat/read/close, no hash"]
             cold = {k: [] for k in cold_cmds}
             for _ in range(args.cold_rounds):
                 for name in random.sample(list(cold_cmds), len(cold_cmds)):
@@ -241,12 +304,13 @@ def main() -> None:
         rows.append((name, med * 1000, min(xs) * 1000, len(xs), ratio))
     header = (
         f"Tree: {count:,} files, {total / 1e6:.1f} MB (benchmarks/treegen.py, seeded). "
-        f"Machine: {machine()}. {time.strftime('%Y-%m-%d')}."
+        f"Machine: {machine()}. C extension: {'built' if has_ext == 'True' else 'not built'}. "
+        f"Load average before the run: {load_before}. {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}."
     )
     print(header)
-    print(f"{'command':44s} {'median ms':>10s} {'min ms':>8s} {'runs':>5s}  ratio")
+    print(f"{'command':62s} {'median ms':>10s} {'min ms':>8s} {'runs':>5s}  ratio")
     for name, med, mn, n, ratio in rows:
-        print(f"{name:44s} {med:10.1f} {mn:8.1f} {n:5d}  {ratio}")
+        print(f"{name:62s} {med:10.1f} {mn:8.1f} {n:5d}  {ratio}")
     if args.markdown:
         lines = [header, "", "| command | median | min | runs | ratio |", "|---|---:|---:|---:|---|"]
         lines += [f"| {n} | {m:.1f} ms | {mn:.1f} ms | {k} | {r} |" for n, m, mn, k, r in rows]

@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import cast
 
+from . import scan, speedups
 from .config import OWN_FILES
 from .errors import TrustAnchorInTree
 from .exclude import Excluder
@@ -42,13 +43,26 @@ class Outcome:
         """Quick mode: the stat record of every file seen, for the next snapshot (used only if VERIFIED)."""
 
 
+_index_cache: list[tuple[Manifest, dict[str, int]]] = []
+
+
+def _index_of(m: Manifest, keys: list[str]) -> dict[str, int]:
+    """Path -> entry number, kept for the last manifest: decoding the same bytes returns the same
+    (immutable) Manifest object, whose keys are the same. The dict is only ever read."""
+    if _index_cache and _index_cache[0][0] is m and len(_index_cache[0][1]) == len(keys):
+        return _index_cache[0][1]
+    index = dict(zip(keys, range(len(keys)), strict=True))
+    _index_cache[:] = [(m, index)]
+    return index
+
+
 class _Comparison:
     """The state shared by the full and the quick path: one classification for both."""
 
     def __init__(self, m: Manifest, keys: list[str], max_problems: int | None) -> None:
         self.entries = m.entries
         self.keys = keys
-        self.index: dict[str, int] = dict(zip(keys, range(len(keys)), strict=True))
+        self.index: dict[str, int] = _index_of(m, keys)
         self.lookup = self.index.get
         self.files = 0
         self.seen = bytearray(len(keys))
@@ -182,55 +196,72 @@ def _refusing(
     """The walk, refusing any entry that is one of the files trust was taken from."""
     for found in walk:
         if not isinstance(found, WalkError) and found.ino in anchors:
-            dev, path = anchors[found.ino]
-            try:
-                same = os.lstat(os.path.join(root_real, found.path)).st_dev == dev
-            except OSError:
-                same = True  # cannot tell: fail closed
-            if same:
-                raise TrustAnchorInTree(
-                    f"{path!r}, which this run took trust from, is {display(found.path)!r} inside the tree "
-                    "being verified (a bind mount or a hard link); trust anchors must come from outside it"
-                )
+            _refuse(found, root_real, anchors)
         yield found
 
 
-def _walk_full(c: _Comparison, walk: Iterable[Found | WalkError]) -> None:
-    """Full mode: every regular file the manifest lists is hashed (mode checked on the open fd)."""
+def _refuse(found: Found, root_real: str, anchors: Mapping[int, tuple[int, str]]) -> None:
+    """Raise TrustAnchorInTree if ``found`` (whose inode is an anchor's) is on the anchor's device."""
+    dev, path = anchors[found.ino]
+    try:
+        same = os.lstat(os.path.join(root_real, found.path)).st_dev == dev
+    except OSError:
+        same = True  # cannot tell: fail closed
+    if same:
+        raise TrustAnchorInTree(
+            f"{path!r}, which this run took trust from, is {display(found.path)!r} inside the tree "
+            "being verified (a bind mount or a hard link); trust anchors must come from outside it"
+        )
+
+
+def _full_consumer(c: _Comparison) -> Callable[[Found | WalkError], None]:
+    """Full mode, one walk entry at a time: every regular file the manifest lists is hashed
+    (its mode checked on the open descriptor)."""
     classify, walk_error = c.classify, c.walk_error
     files, keys, append_job, append_index = cast(list[File], c.entries), c.keys, c.jobs.append, c.job_index.append
-    for found in walk:
+
+    def consume(found: Found | WalkError) -> None:
         if isinstance(found, WalkError):
             walk_error(found)
-            continue
+            return
         i = classify(found)
-        if i >= 0:  # a File (classify() checked the type); written out here because it is the hot loop
+        if i >= 0:  # a File (classify() checked the type)
             e, st = files[i], found[3]
             # A name listed as another type and lstat-ed as a file (a race) had its mode checked by classify().
             append_job((keys[i], found[2], e.size, e.mode if st is None else st.st_mode & 0o7777, e.blake3))
             append_index(i)
 
+    return consume
 
-def _walk_quick(c: _Comparison, walk: Iterable[Found | WalkError], snapshot: Snapshot | None) -> bytearray:
-    """Quick mode: files whose lstat matches a settled snapshot record are not hashed."""
+
+def _walk_full(c: _Comparison, walk: Iterable[Found | WalkError]) -> None:
+    consume = _full_consumer(c)
+    for found in walk:
+        consume(found)
+
+
+def _quick_consumer(
+    c: _Comparison, records: bytearray, snapshot: Snapshot | None
+) -> Callable[[Found | WalkError], None]:
+    """Quick mode, one walk entry at a time: files whose lstat matches a settled snapshot record are not hashed."""
     classify, add_job, walk_error = c.classify, c.add_job, c.walk_error
-    records = bytearray(RECORD.size * len(c.entries))
     old = snapshot.records if snapshot is not None else None
     settled_before = snapshot.settled_before() if snapshot is not None else 0
     size_of, pack = RECORD.size, RECORD.pack
-    for found in walk:
+
+    def consume(found: Found | WalkError) -> None:
         if isinstance(found, WalkError):
             walk_error(found)
-            continue
+            return
         i = classify(found)
         st = found.st
         if i < 0 or st is None:  # st is always there in quick mode (stat_files=True)
-            continue
+            return
         e = c.entries[i]
         assert type(e) is File
         if st.st_size != e.size:
             c.problem(i, found.path, "modified", expected=f"size {e.size}", actual=f"size {st.st_size}")
-            continue
+            return
         record = pack(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
         records[size_of * i : size_of * (i + 1)] = record
         if (
@@ -239,10 +270,53 @@ def _walk_quick(c: _Comparison, walk: Iterable[Found | WalkError], snapshot: Sna
             and st.st_mtime_ns < settled_before
             and st.st_ctime_ns < settled_before
         ):
-            continue
+            return
         # The mode was compared by classify(): hand the hasher the mode seen so it is not reported twice.
         add_job(i, st.st_ino, st.st_mode & 0o7777)
+
+    return consume
+
+
+def _walk_quick(c: _Comparison, walk: Iterable[Found | WalkError], snapshot: Snapshot | None) -> bytearray:
+    records = bytearray(RECORD.size * len(c.entries))
+    consume = _quick_consumer(c, records, snapshot)
+    for found in walk:
+        consume(found)
     return records
+
+
+def _scan(
+    c: _Comparison,
+    m: Manifest,
+    root_real: str,
+    skip: set[str],
+    excluder: Excluder,
+    anchors: Mapping[int, tuple[int, str]] | None,
+    snapshot: Snapshot | None,
+    quick: bool,
+) -> tuple[bytearray | None, int]:
+    """The walk through the C scanner (see :mod:`duri_integrity.scan`), into the same consumers as
+    the Python walk's entries. Returns the quick-mode records and the count of excluded entries."""
+    records = bytearray(RECORD.size * len(c.entries)) if quick else bytearray()
+    consume = _quick_consumer(c, records, snapshot) if quick else _full_consumer(c)
+    files_ok, dirs_ok, excluded = scan.run(
+        root_real,
+        m,
+        c.index,
+        c.seen,
+        records,
+        snapshot.records if snapshot is not None and quick else None,
+        snapshot.settled_before() if snapshot is not None else 0,
+        skip,
+        excluder,
+        anchors,
+        consume,
+        (lambda f: _refuse(f, root_real, anchors)) if anchors else None,
+        None if quick else (c.jobs, c.job_index, c.keys, c.entries),
+    )
+    c.files += files_ok
+    c.tally.directories += dirs_ok
+    return (records if quick else None), excluded
 
 
 def compare(
@@ -273,13 +347,18 @@ def compare(
     # The conventional in-tree manifest and signature are never part of the tree, even when
     # this run uses a copy kept elsewhere (unless the manifest itself lists them).
     skip = skip | {n for n in OWN_FILES if n not in c.index}
-    walk = Walk(root_real, Excluder(m.exclude), skip, stat_files=quick)
+    excluder = Excluder(m.exclude)
+    walk = Walk(root_real, excluder, skip, stat_files=quick)
     found: Iterable[Found | WalkError] = _refusing(walk, root_real, anchors) if anchors else walk
     records = None
-    if quick:
+    if speedups.can_scan():
+        records, excluded = _scan(c, m, root_real, skip, excluder, anchors, snapshot, quick)
+    elif quick:
         records = _walk_quick(c, found, snapshot)
+        excluded = walk.excluded
     else:
         _walk_full(c, found)
-    c.finish_walk(walk.excluded)
+        excluded = walk.excluded
+    c.finish_walk(excluded)
     c.hash(root_real, workers, progress)
     return c.outcome(records)

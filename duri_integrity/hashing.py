@@ -15,13 +15,14 @@ from __future__ import annotations
 import os
 import stat
 import threading
-import time
 from collections.abc import Callable, Sequence
 from typing import NamedTuple, cast
 
 from blake3 import blake3
 
-from .walk import RACE_ERRNOS, DirCursor, check_resources, open_root
+from . import readahead, speedups
+from .schedule import Worker, schedule, split
+from .walk import check_resources, open_problem, open_root
 
 __all__ = [
     "BuildHash",
@@ -43,12 +44,16 @@ SMALL_FILE = 1 << 20
 """Up to this size a file is read whole into the thread's buffer; above it, in chunks."""
 CHUNK = SMALL_FILE + 1
 """Each thread's one read buffer: a small file, plus one byte to notice growth, fits in one read."""
+ROUTE = 64 << 10
+"""Pure Python: files from this size go to the helper threads first, the caller takes the smaller
+ones (whose BLAKE3 calls are too short to gain from a second thread under the GIL). 64 KiB did
+best of 16 KiB, 64 KiB and 1 MiB (docs/performance.md)."""
 HUGE_FILE = 256 << 20
 """From this size one file is hashed with several BLAKE3 threads."""
-BATCH = 48
-IO_BOUND_SECONDS_PER_FILE = 100e-6
-"""Small files from the page cache take ~10-20 us each; ten times that means waiting on a disk."""
 IO_THREADS_PER_CORE = 2
+IO_THREADS_C = int(os.environ.get("DURI_INTEGRITY_IO_THREADS", "0") or 0) or 16
+"""With the C reader, reads from disk run outside the GIL: the threads reading a cold cache (see
+docs/performance.md for the counts measured). DURI_INTEGRITY_IO_THREADS overrides it (benchmarks)."""
 """On a 2-core VM with a cold cache, 4 threads did best of 2, 4, 8 and 16 (docs/performance.md)."""
 
 # A minisign secret key: base64 of "Ed" + KDF ("Sc" scrypt, or two zero bytes) + "B2" + ...
@@ -105,13 +110,6 @@ Problem = tuple[int, str, "str | None", "str | None"]
 """(index of the FileCheck, kind, expected, actual)."""
 
 
-def _open_problem(exc: OSError) -> tuple[str, str]:
-    check_resources(exc, "opening files to hash")
-    if exc.errno in RACE_ERRNOS:
-        return "unstable", f"replaced or removed during the check ({exc.strerror})"
-    return "unreadable", exc.strerror or str(exc)
-
-
 def _hash_chunks(fd: int, size: int, buf: bytearray) -> tuple[str | None, int]:
     """Hash a large file in chunks; return (hex digest, bytes read) or (None, bytes read) if it grew."""
     hasher = blake3(max_threads=blake3.AUTO if size >= HUGE_FILE else 1)
@@ -131,17 +129,7 @@ def _hash_chunks(fd: int, size: int, buf: bytearray) -> tuple[str | None, int]:
     return hasher.hexdigest(), total
 
 
-class _Worker:
-    """What one hashing thread keeps between batches: its read buffer and its directory chain."""
-
-    __slots__ = ("buf", "cursor")
-
-    def __init__(self, root_fd: int) -> None:
-        self.buf = bytearray(CHUNK)
-        self.cursor = DirCursor(root_fd)
-
-
-def _check_batch(jobs: Sequence[FileCheck], batch: list[int], worker: _Worker, out: list[Problem]) -> None:
+def _check_batch(jobs: Sequence[FileCheck], batch: list[int], worker: Worker, out: list[Problem]) -> None:
     """Check a batch of files. The loop is written flat, with local names, because it is
     the innermost loop of verification: each file costs four syscalls and little else."""
     os_open, os_fstat, os_close = os.open, os.fstat, os.close
@@ -161,7 +149,7 @@ def _check_batch(jobs: Sequence[FileCheck], batch: list[int], worker: _Worker, o
                     cur_dir = rel_dir
                 fd = os_open(name, flags, dir_fd=dir_fd)
             except OSError as exc:
-                kind, why = _open_problem(exc)
+                kind, why = open_problem(exc)
                 append((i, kind, None, why))
                 continue
             try:
@@ -217,80 +205,6 @@ def _same_file(name: str, dir_fd: int, opened: os.stat_result) -> bool:
     return (now.st_ino, now.st_dev) == (opened.st_ino, opened.st_dev)
 
 
-def _schedule(
-    small: list[int],
-    big: list[int],
-    run_batch: Callable[[list[int], _Worker], None],
-    root_fd: int,
-    workers: int,
-    progress: Callable[[int], None] | None,
-    extra_when_io_bound: int = 0,
-) -> None:
-    """Run every index: helpers take big files first from the front, the caller small batches from the back.
-
-    With ``extra_when_io_bound``, the caller times its batches; if small files take
-    far longer than hashing from the page cache would (a cold cache, a slow disk),
-    that many more helpers join: waiting on a disk wants more threads than cores.
-    """
-    work: list[list[int]] = [[i] for i in big] + [small[k : k + BATCH] for k in range(0, len(small), BATCH)]
-    lock = threading.Lock()
-    bounds = [0, len(work)]  # [next from the front, end of the unclaimed range]
-    errors: list[BaseException] = []
-    helpers: list[threading.Thread] = []
-
-    def take(front: bool) -> list[int] | None:
-        with lock:
-            if bounds[0] >= bounds[1]:
-                return None
-            if front:
-                bounds[0] += 1
-                return work[bounds[0] - 1]
-            bounds[1] -= 1
-            return work[bounds[1]]
-
-    def start_helpers(n: int) -> None:
-        for _ in range(n):
-            t = threading.Thread(target=loop, args=(True,), daemon=True)
-            t.start()
-            helpers.append(t)
-
-    def loop(front: bool) -> None:
-        worker = _Worker(root_fd)
-        watch = not front and extra_when_io_bound > 0
-        try:
-            while (batch := take(front)) is not None:
-                t0 = time.perf_counter() if watch else 0.0
-                run_batch(batch, worker)
-                if watch:
-                    watch = False  # decide once, on the first batch
-                    if (time.perf_counter() - t0) / len(batch) > IO_BOUND_SECONDS_PER_FILE:
-                        start_helpers(extra_when_io_bound)
-                if progress is not None:
-                    progress(len(batch))
-        except BaseException as exc:  # re-raised in the caller's thread
-            errors.append(exc)
-        finally:
-            worker.cursor.close()
-
-    start_helpers(workers - 1)
-    loop(not helpers)
-    for t in list(helpers):
-        t.join()
-    if errors:
-        raise errors[0]
-
-
-def _split(sizes: Sequence[int], workers: int) -> tuple[list[int], list[int]]:
-    """(small files in their given order, big files largest first).
-
-    Small files keep the walk's order, which groups them by directory, so a batch
-    opens few directories.
-    """
-    big = sorted((i for i, n in enumerate(sizes) if n >= SMALL_FILE), key=sizes.__getitem__, reverse=True)
-    small = [i for i, n in enumerate(sizes) if n < SMALL_FILE]
-    return small, big
-
-
 def check_files(
     root: str,
     jobs: Sequence[FileCheck],
@@ -305,17 +219,64 @@ def check_files(
     elastic = workers is None
     workers = _workers(workers)
     out: list[Problem] = []
-    small, big = _split([j[2] for j in jobs], workers)
-    io_threads = min(16, IO_THREADS_PER_CORE * (os.cpu_count() or 1))
+    if not jobs:  # quick mode with nothing changed: no threads to start and stop
+        return out
+    fast = speedups.available()
+    small, big = split([j[2] for j in jobs], SMALL_FILE if fast else ROUTE)
+    io_threads = IO_THREADS_C if fast else min(16, IO_THREADS_PER_CORE * (os.cpu_count() or 1))
     extra = max(0, io_threads - workers) if elastic and workers > 1 else 0
     root_fd = open_root(root)
     try:
-        _schedule(
-            small, big, lambda batch, worker: _check_batch(jobs, batch, worker, out), root_fd, workers, progress, extra
-        )
+        if fast:
+            _check_fast(root_fd, jobs, small, big, workers, progress, extra, out)
+        else:
+            schedule(
+                small,
+                big,
+                lambda batch, worker: _check_batch(jobs, batch, worker, out),
+                root_fd,
+                CHUNK,
+                workers,
+                progress,
+                extra,
+            )
     finally:
         os.close(root_fd)
     return out
+
+
+def _check_fast(
+    root_fd: int,
+    jobs: Sequence[FileCheck],
+    small: list[int],
+    big: list[int],
+    workers: int,
+    progress: Callable[[int], None] | None,
+    extra: int,
+    out: list[Problem],
+) -> None:
+    """Small files through the C reader (read ahead on helper threads), large ones as in pure Python."""
+    lock = threading.Lock()
+    pending = big[::-1]  # largest last: pop() takes the largest first
+
+    def big_loop(stopped: Callable[[], bool]) -> None:
+        worker: Worker | None = None
+        try:
+            while not stopped():
+                with lock:
+                    if not pending:
+                        return
+                    i = pending.pop()
+                worker = worker or Worker(root_fd, CHUNK)
+                _check_batch(jobs, [i], worker, out)
+                if progress is not None:
+                    progress(1)
+        finally:
+            if worker is not None:
+                worker.cursor.close()
+
+    batches = readahead.plan_batches(jobs, small)
+    readahead.run(root_fd, jobs, batches, workers - 1, extra, big_loop, progress, out)
 
 
 class BuildHash(NamedTuple):
@@ -328,13 +289,13 @@ class BuildHash(NamedTuple):
     """True when the content looks like a minisign secret key file."""
 
 
-def _hash_for_build(worker: _Worker, rel: str, walk: os.stat_result) -> BuildHash:
+def _hash_for_build(worker: Worker, rel: str, walk: os.stat_result) -> BuildHash:
     """Hash a file for a manifest: the bytes must be stable from before the open to after the read."""
     rel_dir, _, name = rel.rpartition("/")
     try:
         fd = os.open(name, OPEN_FLAGS, dir_fd=worker.cursor.enter(rel_dir))
     except OSError as exc:
-        kind, why = _open_problem(exc)
+        kind, why = open_problem(exc)
         return BuildHash(None, kind, why)
     try:
         before = os.fstat(fd)
@@ -384,13 +345,13 @@ def hash_for_build(
     out: list[BuildHash | None] = [None] * len(files)
     root_fd = open_root(root)
 
-    def batch_of(batch: list[int], worker: _Worker) -> None:
+    def batch_of(batch: list[int], worker: Worker) -> None:
         for i in batch:
             out[i] = _hash_for_build(worker, files[i][0], files[i][1])
 
     try:
-        small, big = _split([st.st_size for _, st in files], workers)
-        _schedule(small, big, batch_of, root_fd, workers, None)
+        small, big = split([st.st_size for _, st in files], ROUTE)
+        schedule(small, big, batch_of, root_fd, CHUNK, workers, None)
     finally:
         os.close(root_fd)
     return cast(list[BuildHash], out)  # _schedule runs every index or raises

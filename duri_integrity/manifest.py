@@ -215,8 +215,28 @@ def decode_manifest(data: bytes, *, max_entries: int = MAX_ENTRIES) -> Manifest:
     return decode_manifest_keys(data, max_entries=max_entries)[0]
 
 
-def decode_manifest_keys(data: bytes, *, max_entries: int = MAX_ENTRIES) -> tuple[Manifest, list[str]]:  # noqa: C901, PLR0912 - one refusal per rule, in order, each with its own message
-    """Like :func:`decode_manifest`, also returning each entry's path as the walk spells it."""
+_last: list[tuple[bytes, int, Manifest, list[str]]] = []
+"""The last manifest decoded and validated: a long-lived caller verifies the same bytes again and
+again. One entry, held by its exact bytes (compared whole, so nothing but identical bytes hits)."""
+
+
+def decode_manifest_keys(data: bytes, *, max_entries: int = MAX_ENTRIES) -> tuple[Manifest, list[str]]:
+    """Like :func:`decode_manifest`, also returning each entry's path as the walk spells it.
+
+    Decoding identical bytes again returns the same (immutable) Manifest and a fresh key
+    list without re-validating: the result depends on nothing but the bytes and the limit.
+    Signature checks are not cached here: callers check the bytes before decoding them.
+    """
+    last = _last[0] if _last else None
+    if last is not None and last[1] == max_entries and last[0] == data:
+        return last[2], list(last[3])
+    data = bytes(data)  # the caller's object if it is bytes already; a copy of anything mutable
+    m, keys = _decode_manifest_keys(data, max_entries)
+    _last[:] = [(data, max_entries, m, keys)]
+    return m, list(keys)
+
+
+def _decode_manifest_keys(data: bytes, max_entries: int) -> tuple[Manifest, list[str]]:  # noqa: C901, PLR0912 - one refusal per rule, in order, each with its own message
     if len(data) > MAX_MANIFEST_BYTES:
         raise _fail(f"{len(data):,} bytes is over the {MAX_MANIFEST_BYTES:,}-byte limit")
     # Every entry is a JSON object, so it needs a "{": counting them bounds the entries before

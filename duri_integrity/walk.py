@@ -30,8 +30,10 @@ __all__ = [
     "WalkError",
     "check_resources",
     "check_root",
+    "error",
     "inside_root",
     "kind_of",
+    "open_problem",
     "open_root",
     "relative_inside",
 ]
@@ -98,6 +100,14 @@ def check_resources(exc: OSError, what: str) -> None:
         raise TreeError(f"ran out of resources while {what}: {exc.strerror or exc} (raise 'ulimit -n'?)") from None
 
 
+def open_problem(exc: OSError) -> tuple[str, str]:
+    """(problem kind, detail) for a file that could not be opened: a race is "unstable"."""
+    check_resources(exc, "opening files to hash")
+    if exc.errno in RACE_ERRNOS:
+        return "unstable", f"replaced or removed during the check ({exc.strerror})"
+    return "unreadable", exc.strerror or str(exc)
+
+
 def open_root(root: str) -> int:
     """Open the (already resolved) root directory; raise TreeError if that fails."""
     try:
@@ -148,6 +158,8 @@ class DirCursor:
         self.rel_dir = None
         for part in parts[len(self.fds) :]:
             try:
+                if part in ("", ".", ".."):  # never up or sideways (manifest paths are validated too)
+                    raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
                 fd = os.open(part, DIR_FLAGS, dir_fd=self.fds[-1] if self.fds else self.root_fd)
             except OSError as exc:
                 check_resources(exc, f"opening directory {rel_dir!r}")
@@ -199,7 +211,8 @@ class WalkError(NamedTuple):
     """True when the object itself was already yielded (a directory that could not be listed or entered)."""
 
 
-def _error(rel: str, what: str, exc: OSError, listed: bool) -> WalkError:
+def error(rel: str, what: str, exc: OSError, listed: bool) -> WalkError:
+    """The WalkError for ``exc`` (TreeError when it is running out of descriptors or memory)."""
     check_resources(exc, f"walking {rel!r}")
     kind = "unstable" if exc.errno in RACE_ERRNOS else "unreadable"
     return WalkError(rel, kind, f"cannot {what}: {exc.strerror or exc}", listed)
@@ -266,13 +279,13 @@ class Walk:
                                         continue
                                     target = os.readlink(name, dir_fd=dir_fd) if fmt == s_iflnk else None
                                 except OSError as exc:
-                                    yield _error(rel, "stat", exc, False)
+                                    yield error(rel, "stat", exc, False)
                                     continue
                                 if fmt == s_ifdir:
                                     subdirs.append((name, rel, st.st_ino))
                                 yield _new(Found, (rel, by_fmt.get(fmt, "unknown"), st.st_ino, st, target))
                     except OSError as exc:
-                        yield _error(rel_dir or ".", "list directory", exc, True)
+                        yield error(rel_dir or ".", "list directory", exc, True)
                     subdirs.reverse()
                 dir_fd, rel_dir, subdirs = stack[-1]
                 if not subdirs:
@@ -283,7 +296,7 @@ class Walk:
                 try:
                     child = os.open(name, DIR_FLAGS, dir_fd=dir_fd)
                 except OSError as exc:
-                    yield _error(rel, "open directory", exc, True)
+                    yield error(rel, "open directory", exc, True)
                     continue
                 if os.fstat(child).st_ino != ino:
                     os.close(child)

@@ -6,11 +6,12 @@ import errno
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-from duri_integrity import walk
+from duri_integrity import speedups, walk
 from duri_integrity.build import build_manifest, sign_manifest, write_atomic
 from duri_integrity.compare import compare
 from duri_integrity.manifest import decode_manifest_keys
@@ -23,10 +24,24 @@ def kinds(r: Any) -> set[tuple[str, str]]:
     return {(p.path, p.kind) for p in r.problems}
 
 
-def _scandir_hook(monkeypatch: pytest.MonkeyPatch, on_entry: Any = None, fail_dir: str | None = None) -> None:
+def _scandir_hook(
+    monkeypatch: pytest.MonkeyPatch, on_entry: Any = None, fail_dir: str | None = None, root: Path | None = None
+) -> None:
     """Wrap os.scandir for the walk: run ``on_entry(dirent)`` after each entry is read (the
-    directory entry's type is fixed by then), or fail listing the directory named ``fail_dir``."""
+    directory entry's type is fixed by then), or fail listing the directory named ``fail_dir``
+    (the root when ``root`` is given). The same faults reach quick mode's C scanner by its hook."""
     real = os.scandir
+
+    def hook(stage: int, path: bytes) -> int:
+        rel = os.fsdecode(path)
+        if stage == speedups.STAGE_ENTRY and on_entry is not None:
+            on_entry(SimpleNamespace(name=rel.rpartition("/")[2]))
+        listing = stage == speedups.STAGE_LIST and fail_dir is not None
+        if listing and ((rel == "." and root is not None) or (root is None and ("/" + rel).endswith(f"/{fail_dir}"))):
+            return errno.EACCES
+        return 0
+
+    monkeypatch.setattr(speedups, "FAULT_HOOK", hook)
 
     class Wrapped:
         def __init__(self, it: Any) -> None:
@@ -78,7 +93,10 @@ def test_fifo_turning_into_a_file_after_listing_is_not_a_crash(
         assert r.status == "FAILED" and kinds(r) == {("app/main.py", "modified")}
 
 
-def test_entry_gone_before_lstat_is_unstable_not_also_missing(signed: Signed, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("quick", [False, True])
+def test_entry_gone_before_lstat_is_unstable_not_also_missing(
+    signed: Signed, monkeypatch: pytest.MonkeyPatch, quick: bool
+) -> None:
     """A name that vanishes between listing and lstat is one problem (unstable), not also 'missing'."""
     (signed.root / "app" / "main.py").unlink()
     os.mkfifo(signed.root / "app" / "main.py")
@@ -88,16 +106,17 @@ def test_entry_gone_before_lstat_is_unstable_not_also_missing(signed: Signed, mo
             (signed.root / "app" / "main.py").unlink()
 
     _scandir_hook(monkeypatch, vanish)
-    r = signed.verify()
+    r = signed.verify(quick=quick)
     assert r.status == "FAILED" and kinds(r) == {("app/main.py", "unstable")}
 
 
+@pytest.mark.parametrize("quick", [False, True])
 def test_unlistable_directory_contents_are_unreadable_not_missing(
-    signed: Signed, monkeypatch: pytest.MonkeyPatch
+    signed: Signed, monkeypatch: pytest.MonkeyPatch, quick: bool
 ) -> None:
     """Entries under a directory that cannot be listed are 'unreadable' (we do not know), never 'missing'."""
     _scandir_hook(monkeypatch, fail_dir="app/pkg")
-    r = signed.verify()
+    r = signed.verify(quick=quick)
     assert r.status == "FAILED"
     assert kinds(r) == {
         ("app/pkg", "unreadable"),
@@ -109,10 +128,13 @@ def test_unlistable_directory_contents_are_unreadable_not_missing(
     assert r.counts["missing"] == 0 and r.counts["failed"] == 5
 
 
-def test_unlistable_root_is_not_everything_missing(signed: Signed, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("quick", [False, True])
+def test_unlistable_root_is_not_everything_missing(
+    signed: Signed, monkeypatch: pytest.MonkeyPatch, quick: bool
+) -> None:
     """If the root itself cannot be listed, every entry is 'unreadable', none 'missing', and N of M holds."""
-    _scandir_hook(monkeypatch, fail_dir=signed.root.name)
-    r = signed.verify()
+    _scandir_hook(monkeypatch, fail_dir=signed.root.name, root=signed.root)
+    r = signed.verify(quick=quick)
     assert r.status == "FAILED" and r.counts["missing"] == 0
     assert r.counts["unreadable"] == r.counts["entries"] + 1  # the root, then everything in the manifest
     assert r.counts["failed"] == r.counts["total"] == r.counts["entries"] + 1

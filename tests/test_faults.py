@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from blake3 import blake3
 
-from duri_integrity import hashing
+from duri_integrity import hashing, readahead, speedups
 from duri_integrity.hashing import check_files
 
 from .conftest import Keys, Signed, build_and_sign
@@ -161,7 +161,11 @@ def test_read_failing_after_open_is_unreadable(signed: Signed, monkeypatch: pyte
             raise OSError(errno.EIO, "Input/output error")
         return real(fd, buffers)
 
+    def hook(stage: int, path: bytes) -> int:  # the same fault in the C reader
+        return errno.EIO if stage == speedups.STAGE_READ and path == b"app/pkg/mod.py" else 0
+
     monkeypatch.setattr(hashing.os, "readv", readv)
+    monkeypatch.setattr(speedups, "FAULT_HOOK", hook)
     r = signed.verify(workers=2)
     assert r.status == "FAILED"
     assert [(p.path, p.kind, p.actual) for p in r.problems] == [("app/pkg/mod.py", "unreadable", "Input/output error")]
@@ -179,10 +183,19 @@ def test_running_out_of_resources_is_an_error_not_a_problem(
             raise OSError(code, os.strerror(code))
         return real_open(path, flags, mode, dir_fd=dir_fd)
 
+    def hook_open(stage: int, path: bytes) -> int:  # the same faults in the C reader
+        return code if stage == speedups.STAGE_OPEN and path == b"app/main.py" else 0
+
     monkeypatch.setattr(hashing.os, "open", fail_open)
+    monkeypatch.setattr(speedups, "FAULT_HOOK", hook_open)
     r = signed.verify()
     assert r.status == "ERROR" and r.exit_code == 4 and "ran out of resources" in (r.reason or "")
     monkeypatch.setattr(hashing.os, "open", real_open)
+
+    def hook_read(stage: int, path: bytes) -> int:
+        return code if stage == speedups.STAGE_READ and path == b"bin/run" else 0
+
+    monkeypatch.setattr(speedups, "FAULT_HOOK", hook_read)
 
     def fail_read(fd: int, buffers: Any) -> int:
         if _where(fd).endswith("/bin/run"):
@@ -213,7 +226,16 @@ def test_exception_in_a_hashing_helper_thread_propagates(tmp_path: Path, monkeyp
         helper_ran.wait(5)  # let a helper take a batch before the caller finishes them all
         real(*args)
 
+    real_read = readahead.read_batch
+
+    def read_batch(*args: Any) -> Any:  # the C path's seam: small files are read by helper threads
+        if threading.current_thread() is not threading.main_thread():
+            helper_ran.set()
+            raise RuntimeError("bug in a helper")
+        return real_read(*args)
+
     monkeypatch.setattr(hashing, "_check_batch", check_batch)
+    monkeypatch.setattr(readahead, "read_batch", read_batch)
     with pytest.raises(RuntimeError, match="bug in a helper"):
         check_files(str(root), jobs, workers=2)
     assert helper_ran.is_set()
@@ -224,17 +246,26 @@ def test_file_changing_mid_read_is_unstable(signed: Signed, monkeypatch: pytest.
     real = os.readv
     target = signed.root / "data" / "blob.bin"
 
+    def rewrite() -> None:
+        time.sleep(0.01)  # so that even a coarse-timestamp filesystem sees a new mtime
+        writer = os.open(target, os.O_WRONLY)
+        try:
+            os.pwrite(writer, b"CHANGED", 100)
+        finally:
+            os.close(writer)
+
     def readv(fd: int, buffers: Any) -> int:
         if _where(fd) == str(target) and os.lseek(fd, 0, os.SEEK_CUR) == 0:
-            time.sleep(0.01)  # so that even a coarse-timestamp filesystem sees a new mtime
-            writer = os.open(target, os.O_WRONLY)
-            try:
-                os.pwrite(writer, b"CHANGED", 100)
-            finally:
-                os.close(writer)
+            rewrite()
         return real(fd, buffers)
 
+    def hook(stage: int, path: bytes) -> int:  # the same rewrite, between the C reader's fstat and read
+        if stage == speedups.STAGE_READ and path == b"data/blob.bin":
+            rewrite()
+        return 0
+
     monkeypatch.setattr(hashing.os, "readv", readv)
+    monkeypatch.setattr(speedups, "FAULT_HOOK", hook)
     r = signed.verify()
     assert [(p.path, p.kind) for p in r.problems] == [("data/blob.bin", "unstable")]
 

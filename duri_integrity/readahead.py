@@ -1,0 +1,230 @@
+"""Read ahead with the C reader while the calling thread hashes: both cores busy, no GIL ping-pong.
+
+Reader threads call the extension, which opens, checks and reads a whole batch of small
+files with the GIL released; the calling thread hashes batches as they arrive. One
+reader is enough from the page cache (its syscalls take about as long as the hashing);
+when the first batch shows the files coming from disk, more readers join. When the
+small files are read, readers (and then the caller) take the large files, hashed in
+chunks by the pure-Python code. Memory is bounded: at most ``DEPTH`` batches wait to
+be hashed, one more per reader is being read, each in a buffer of ``BATCH_BYTES``.
+"""
+
+from __future__ import annotations
+
+import resource
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from . import speedups
+from .speedups import FileCheck, Problem
+
+__all__ = ["BATCH_BYTES", "BATCH_FILES", "plan_batches", "run"]
+
+BATCH_BYTES = (1 << 20) + 1
+"""One buffer: the largest file read whole (1 MiB) plus the byte that notices growth."""
+BATCH_FILES = 64
+DEPTH = 3
+"""Batches read and waiting to be hashed: enough to ride out a slow one, few enough to bound memory."""
+
+
+def plan_batches(jobs: Sequence[FileCheck], small: list[int]) -> list[list[int]]:
+    """Cut the small files, in walk order (grouped by directory), into batches that fit one buffer."""
+    batches: list[list[int]] = []
+    cur: list[int] = []
+    used = 0
+    for i in small:
+        need = jobs[i][2] + 1
+        if cur and (used + need > BATCH_BYTES or len(cur) >= BATCH_FILES):
+            batches.append(cur)
+            cur, used = [], 0
+        cur.append(i)
+        used += need
+    if cur:
+        batches.append(cur)
+    return batches
+
+
+def read_batch(reader: Any, jobs: Sequence[FileCheck], batch: list[int], buf: bytearray) -> list[Any]:
+    """One call into the extension (the GIL is released inside); a seam for fault-injection tests."""
+    return reader.read(jobs, batch, buf)  # type: ignore[no-any-return]
+
+
+class _State:
+    def __init__(self, batches: list[list[int]]) -> None:
+        self.batches = batches
+        self.next = 0
+        self.ready: deque[tuple[list[int], list[Any], bytearray]] = deque()
+        self.free: list[bytearray] = []
+        self.cond = threading.Condition()
+        self.stop = False
+        self.errors: list[BaseException] = []
+        self.threads: list[threading.Thread] = []
+
+    def claim(self) -> tuple[list[int], bytearray] | None:
+        """The next batch to read and a buffer for it; None when all are claimed or on stop."""
+        with self.cond:
+            while len(self.ready) >= DEPTH and not self.stop:
+                self.cond.wait()
+            if self.stop or self.next >= len(self.batches):
+                return None
+            self.next += 1
+            return self.batches[self.next - 1], self.free.pop() if self.free else bytearray(BATCH_BYTES)
+
+    def stopped(self) -> bool:
+        return self.stop
+
+    def fail(self, exc: BaseException) -> None:
+        with self.cond:
+            self.errors.append(exc)
+            self.stop = True
+            self.cond.notify_all()
+
+
+def _reader_loop(
+    big_first: bool,
+    st: _State,
+    root_fd: int,
+    jobs: Sequence[FileCheck],
+    extra: int,
+    start: Callable[[int], None],
+    big: Callable[[Callable[[], bool]], None],
+) -> None:
+    reader = speedups.new_reader(root_fd)
+    watch = extra > 0
+    try:
+        if big_first and not st.stop:  # from disk: the large files' reads start now, beside the small ones'
+            big(st.stopped)
+        while (claimed := st.claim()) is not None:
+            batch, buf = claimed
+            before = io_clock() if watch else (0.0, 0)
+            results = read_batch(reader, jobs, batch, buf)
+            if watch:
+                watch = False  # decide once, on the first batch
+                if from_disk(before, len(batch)):
+                    start(extra)
+            with st.cond:
+                st.ready.append((batch, results, buf))
+                st.cond.notify_all()
+        reader.close()
+        if not st.stop:
+            big(st.stopped)
+    except BaseException as exc:  # re-raised in the caller's thread
+        st.fail(exc)
+    finally:
+        reader.close()
+
+
+IO_BOUND_SECONDS_PER_FILE = 100e-6
+"""Small files from the page cache take ~5-10 us each to read; ten times that means waiting on a disk."""
+
+
+def io_clock() -> tuple[float, int]:
+    """(now, blocks this thread has read from storage so far): the start of a :func:`from_disk` check."""
+    return time.perf_counter(), resource.getrusage(resource.RUSAGE_THREAD).ru_inblock
+
+
+def from_disk(before: tuple[float, int], files: int) -> bool:
+    """Whether the files read since ``before`` came from storage rather than the page cache: slow,
+    and the kernel counted blocks read. Slowness alone is not enough: on a busy machine a thread
+    waiting for a CPU looks the same, and extra threads then only add memory and contention."""
+    t0, blocks = before
+    slow = (time.perf_counter() - t0) / max(1, files) > IO_BOUND_SECONDS_PER_FILE
+    return slow and resource.getrusage(resource.RUSAGE_THREAD).ru_inblock > blocks
+
+
+def run(
+    root_fd: int,
+    jobs: Sequence[FileCheck],
+    batches: list[list[int]],
+    readers: int,
+    extra: int,
+    big: Callable[[Callable[[], bool]], None],
+    progress: Callable[[int], None] | None,
+    out: list[Problem],
+) -> None:
+    """Read and hash every batch, and run ``big(stopped)`` (the large files) on every thread once it is free.
+
+    With ``readers`` 0 the caller reads and hashes alone. Raises the first exception any
+    thread raised; every thread has stopped when this returns or raises (they use ``root_fd``).
+    """
+    st = _State(batches)
+
+    def start(n: int) -> None:
+        with st.cond:
+            if st.stop:
+                return
+            for _ in range(n):
+                # Every other extra reader starts with the large files (most of the bytes).
+                args = (len(st.threads) % 2 == 0, st, root_fd, jobs, 0, start, big)
+                t = threading.Thread(target=_reader_loop, args=args, daemon=True)
+                t.start()
+                st.threads.append(t)
+
+    try:
+        if readers == 0:
+            _read_and_hash(st, root_fd, jobs, progress, out)
+        else:
+            with st.cond:  # the first reader may start more: st.threads changes under the lock
+                for k in range(readers):
+                    t = threading.Thread(
+                        target=_reader_loop,
+                        args=(False, st, root_fd, jobs, extra if k == 0 else 0, start, big),
+                        daemon=True,
+                    )
+                    t.start()
+                    st.threads.append(t)
+            _hash_ready(st, jobs, progress, out)
+        if not st.stop:
+            big(st.stopped)
+    except BaseException as exc:
+        st.fail(exc)
+    finally:
+        with st.cond:
+            st.stop = st.stop or bool(st.errors)
+            st.cond.notify_all()
+        while True:
+            with st.cond:
+                alive = [t for t in st.threads if t.is_alive()]
+            if not alive:
+                break
+            for t in alive:
+                t.join()
+    if st.errors:
+        raise st.errors[0]
+
+
+def _hash_ready(
+    st: _State, jobs: Sequence[FileCheck], progress: Callable[[int], None] | None, out: list[Problem]
+) -> None:
+    for _ in range(len(st.batches)):
+        with st.cond:
+            while not st.ready and not st.stop:
+                st.cond.wait()
+            if st.stop:
+                return
+            batch, results, buf = st.ready.popleft()
+            st.cond.notify_all()
+        with memoryview(buf) as view:
+            speedups.hash_read_batch(jobs, batch, results, view, out)
+        with st.cond:
+            st.free.append(buf)
+        if progress is not None:
+            progress(len(batch))
+
+
+def _read_and_hash(
+    st: _State, root_fd: int, jobs: Sequence[FileCheck], progress: Callable[[int], None] | None, out: list[Problem]
+) -> None:
+    reader = speedups.new_reader(root_fd)
+    buf = bytearray(BATCH_BYTES)
+    try:
+        with memoryview(buf) as view:
+            for batch in st.batches:
+                speedups.hash_read_batch(jobs, batch, read_batch(reader, jobs, batch, buf), view, out)
+                if progress is not None:
+                    progress(len(batch))
+    finally:
+        reader.close()

@@ -1,0 +1,106 @@
+"""The C scanner's glue: what it compares, and the walk records it hands back to Python.
+
+The scanner (``_speedups.quick_scan``) walks the tree beneath the root by descriptor and
+settles in C each entry exactly as the manifest (and in quick mode the snapshot) says: a
+directory; in quick mode a file whose lstat record matches; in full mode a regular file by
+its directory entry, made a hasher job. Everything else comes back here and is built into the
+``Found``/``WalkError`` records the Python walk yields, for the same consumer.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from . import speedups
+from .exclude import Excluder
+from .manifest import Dir, File, Manifest
+from .walk import Found, WalkError, kind_of, open_root
+from .walk import error as walk_error
+
+__all__ = ["run"]
+
+_EXPECT = struct.Struct("<QHB5x")
+"""What the scanner compares per manifest entry: size, mode, kind (0 file, 1 directory, 2 other)."""
+_expect_cache: list[tuple[Manifest, bytearray]] = []
+
+
+def expected(m: Manifest) -> bytearray:
+    """The packed expectations of ``m``, kept for the last manifest (decoding the same bytes
+    returns the same object)."""
+    if _expect_cache and _expect_cache[0][0] is m:
+        return _expect_cache[0][1]
+    data = bytearray(_EXPECT.size * len(m.entries))  # packed in place: no object per entry
+    pack_into, size = _EXPECT.pack_into, _EXPECT.size
+    for k, e in enumerate(m.entries):
+        if type(e) is File:
+            pack_into(data, k * size, e.size, e.mode, 0)
+        else:
+            pack_into(data, k * size, 0, e.mode, 1 if type(e) is Dir else 2)
+    _expect_cache[:] = [(m, data)]
+    return data
+
+
+def run(
+    root_real: str,
+    m: Manifest,
+    index: dict[str, int],
+    seen: bytearray,
+    records: bytearray,
+    old: bytes | bytearray | None,
+    settled_before: int,
+    skip: set[str],
+    excluder: Excluder,
+    anchors: Mapping[int, tuple[int, str]] | None,
+    consume: Callable[[Found | WalkError], None],
+    refuse: Callable[[Found], None] | None,
+    full: tuple[list[Any], list[int], list[str], list[Any]] | None,
+) -> tuple[int, int, int]:
+    """Scan the tree; return (files settled in C, directories settled in C, entries excluded).
+
+    ``refuse(found)`` is called for an entry whose inode is a trust anchor's, before it is
+    consumed. ``full`` is (jobs, job indexes, keys, entries) in full mode, None in quick mode.
+    """
+    fsdecode, stat_result, new = os.fsdecode, os.stat_result, tuple.__new__
+
+    def found(
+        rel_b: bytes, mode: int | None, ino: int, dev: int, size: int, mtime: int, ctime: int, target: bytes | None
+    ) -> None:
+        if mode is None:  # full mode: a regular file by its directory entry, not stat-ed (as the Python walk)
+            f = new(Found, (fsdecode(rel_b), "file", ino, None, None))
+        else:
+            times = {"st_atime_ns": mtime, "st_mtime_ns": mtime, "st_ctime_ns": ctime}
+            st = stat_result((mode, ino, dev, 0, 0, 0, size, mtime // 10**9, mtime // 10**9, ctime // 10**9), times)
+            f = new(Found, (fsdecode(rel_b), kind_of(mode), ino, st, None if target is None else fsdecode(target)))
+        if refuse is not None and anchors and ino in anchors:
+            refuse(f)
+        consume(f)
+
+    def error(rel_b: bytes, what: str, err: int, listed: int) -> None:
+        rel = fsdecode(rel_b)
+        if what == "replaced":
+            consume(WalkError(rel, "unstable", "directory replaced during the walk", True))
+        else:
+            consume(walk_error(rel, what, OSError(err, os.strerror(err)), bool(listed)))
+
+    root_fd = open_root(root_real)
+    try:
+        return speedups.quick_scan(
+            root_fd,
+            index,
+            expected(m),
+            old,
+            settled_before,
+            records,
+            seen,
+            skip,
+            excluder.excluded if excluder else None,
+            set(anchors) if anchors else None,
+            found,
+            error,
+            full,
+        )
+    finally:
+        os.close(root_fd)

@@ -1,0 +1,327 @@
+"""The optional C reader gives exactly the pure-Python results; the build falls back without a compiler."""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from blake3 import blake3
+
+from duri_integrity import hashing, speedups
+from duri_integrity.hashing import FileCheck, check_files
+
+from .conftest import Keys, build_and_sign
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+import hatch_build  # noqa: E402
+
+needs_ext = pytest.mark.skipif(not speedups.available(), reason="C extension not built or turned off")
+
+
+def _job(root: Path, rel: str) -> FileCheck:
+    p = root / rel
+    st = p.lstat()
+    return (rel, st.st_ino, st.st_size, st.st_mode & 0o7777, blake3(p.read_bytes()).hexdigest())
+
+
+def _tricky_tree(root: Path) -> list[FileCheck]:
+    """Files of every size class in nested directories, then one of every kind of damage."""
+    rng = random.Random(5)
+    rels = []
+    for d in ("a", "a/b", "a/b/c", "x", "x/y"):
+        (root / d).mkdir(parents=True, exist_ok=True)
+        for k in range(12):
+            rel = f"{d}/f{k}"
+            (root / rel).write_bytes(rng.randbytes(rng.choice([0, 1, 2047, 2048, 40_000, 1 << 20, (1 << 20) + 5])))
+            rels.append(rel)
+    os.mkdir(os.fsencode(root) + b"/caf\xe9")
+    rels.append(os.fsdecode(b"caf\xe9/n\xffame"))
+    (root / rels[-1]).write_bytes(b"non-UTF-8 names")
+    jobs = [_job(root, r) for r in rels]
+    (root / "a/f1").write_bytes(b"different")  # size
+    (root / "a/f4").chmod(0o600)  # mode
+    data = bytearray((root / "a/b/f4").read_bytes())
+    data[len(data) // 2] ^= 1
+    (root / "a/b/f4").write_bytes(bytes(data))  # content (40 KB or 1 MiB)
+    (root / "a/b/c/f2").unlink()  # gone
+    (root / "x/f3").unlink()
+    (root / "x/f3").symlink_to("/etc/passwd")  # a link in its place
+    (root / "x/f5").unlink()
+    os.mkfifo(root / "x/f5")  # a FIFO in its place
+    shutil.rmtree(root / "x/y")  # a directory gone: every file in it
+    (root / "x/y").symlink_to(root / "a")  # and a link to another directory in its place
+    return jobs
+
+
+def _both(root: Path, jobs: list[FileCheck], workers: int, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, Any]:
+    fast = sorted(check_files(str(root), jobs, workers=workers))
+    ext = speedups._ext
+    monkeypatch.setattr(speedups, "_ext", None)
+    pure = sorted(check_files(str(root), jobs, workers=workers))
+    monkeypatch.setattr(speedups, "_ext", ext)
+    return fast, pure
+
+
+@needs_ext
+@pytest.mark.parametrize("workers", [1, 2, 4])
+def test_reader_reports_exactly_what_the_pure_path_reports(
+    tmp_path: Path, workers: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Size, mode, content, removal, a symlink, a FIFO and a directory swapped for a link: identical problems."""
+    jobs = _tricky_tree(tmp_path)
+    fast, pure = _both(tmp_path, jobs, workers, monkeypatch)
+    assert fast == pure
+    kinds = {(jobs[i][0], kind) for i, kind, _, _ in fast}
+    assert {("a/f1", "modified"), ("a/f4", "mode_changed"), ("a/b/f4", "modified")} <= kinds
+    assert {("a/b/c/f2", "unstable"), ("x/f3", "unstable"), ("x/f5", "unstable")} <= kinds
+    assert {j[0] for j in jobs if j[0].startswith("x/y/")} <= {p for p, _ in kinds}
+
+
+@needs_ext
+def test_deep_trees_in_any_order_are_read_beneath_the_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 40-level tree visited in random order: every file checked, results as pure Python's, no descriptor left."""
+    d, rels = tmp_path, []
+    for depth in range(40):
+        d = d / f"d{depth % 3}"
+        d.mkdir()
+        for k in range(3):
+            (d / f"f{k}").write_bytes(b"%d-%d" % (depth, k))
+            rels.append(str((d / f"f{k}").relative_to(tmp_path)))
+    jobs = [_job(tmp_path, r) for r in rels]
+    random.Random(3).shuffle(jobs)
+    bad = {5, 77}
+    jobs = [(*j[:4], "0" * 64) if k in bad else j for k, j in enumerate(jobs)]
+    before = len(os.listdir("/proc/self/fd"))
+    fast, pure = _both(tmp_path, jobs, 2, monkeypatch)
+    assert fast == pure and sorted(i for i, *_ in fast) == sorted(bad)
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
+@needs_ext
+def test_reader_refuses_a_buffer_too_small_and_use_after_close(tmp_path: Path) -> None:
+    """A batch that does not fit the buffer is a ValueError, a closed reader a RuntimeError: never a bad read."""
+    (tmp_path / "f").write_bytes(b"0123456789")
+    jobs = [_job(tmp_path, "f")]
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        reader = speedups.new_reader(fd)
+        with pytest.raises(ValueError, match="too small"):
+            reader.read(jobs, [0], bytearray(10))  # 10 bytes + the one that notices growth
+        buf = bytearray(11)
+        assert reader.read(jobs, [0], buf) == [0] and buf[:10] == b"0123456789"
+        reader.close()
+        with pytest.raises(RuntimeError):
+            reader.read(jobs, [0], buf)
+    finally:
+        os.close(fd)
+
+
+@needs_ext
+def test_verify_reports_are_identical_with_and_without(
+    tmp_path: Path, keys: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A whole verification of a damaged tree gives the same report through the C reader and without it."""
+    root = tmp_path / "t"
+    root.mkdir()
+    _tricky_tree(root)
+    s = build_and_sign(root, keys)
+    (root / "a/f0").write_bytes(b"changed after the build")
+    (root / "a/b/f7").chmod(0o700)
+    fast = s.verify(workers=2)
+    monkeypatch.setattr(speedups, "_ext", None)
+    pure = s.verify(workers=2)
+    assert fast.status == pure.status == "FAILED"
+    assert fast.problems == pure.problems and fast.summary == pure.summary
+
+
+def test_extension_compiles_warning_free(tmp_path: Path) -> None:
+    """The C source compiles with -Werror (-Wall -Wextra) with the machine's compiler, and imports."""
+    if not shutil.which("gcc") and not os.environ.get("CC"):
+        pytest.skip("no C compiler")
+    env = {**os.environ, "DURI_INTEGRITY_NO_EXTENSION": ""}
+    code = "import sys, pathlib, hatch_build as h; print(h.compile_extension(pathlib.Path(sys.argv[1]), ('-Werror',)))"
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=REPO, env=env, capture_output=True, text=True)
+    assert f"{tmp_path}/_speedups" in out.stdout, out.stdout + out.stderr
+    load = "import importlib.util as u, sys; s = u.spec_from_file_location('duri_integrity._speedups', sys.argv[1]); "
+    load += "m = u.module_from_spec(s); s.loader.exec_module(m); print(m.Reader)"
+    got = subprocess.run([sys.executable, "-c", load, str(next(tmp_path.iterdir()))], capture_output=True, text=True)
+    assert "Reader" in got.stdout, got.stderr
+
+
+def test_no_compiler_means_no_extension_not_a_failed_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With CC=/bin/false (or a missing compiler) the hook reports why and builds nothing: a pure-Python wheel."""
+    monkeypatch.delenv("DURI_INTEGRITY_NO_EXTENSION", raising=False)
+    monkeypatch.setenv("CC", "/bin/false")
+    out = tmp_path / "out"
+    out.mkdir()
+    built, why = hatch_build.compile_extension(out)
+    assert built is None and "exited 1" in why and not list(out.iterdir())
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    assert hatch_build.compile_extension(tmp_path) == (None, f"no C compiler ({tmp_path / 'no-such-cc'})")
+
+
+def test_switch_turns_the_extension_off(tmp_path: Path) -> None:
+    """DURI_INTEGRITY_NO_EXTENSION=1 makes a fresh interpreter use the pure-Python path."""
+    import subprocess
+
+    code = "from duri_integrity import speedups; print(speedups.available())"
+    env = {**os.environ, "DURI_INTEGRITY_NO_EXTENSION": "1"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_pure_path_still_routes_every_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the extension, files on both sides of the size split are each checked once."""
+    monkeypatch.setattr(speedups, "_ext", None)
+    rels = []
+    for k, size in enumerate([10, hashing.ROUTE - 1, hashing.ROUTE, hashing.ROUTE + 1, 3 << 20]):
+        (tmp_path / f"f{k}").write_bytes(os.urandom(size))
+        rels.append(f"f{k}")
+    jobs = [_job(tmp_path, r) for r in rels]
+    jobs[2] = (*jobs[2][:4], "0" * 64)
+    assert [(i, k) for i, k, _, _ in check_files(str(tmp_path), jobs, workers=2)] == [(2, "modified")]
+
+
+def _quick_tree(root: Path) -> None:
+    """Nested directories, exclusions that match files and whole directories, links, odd names."""
+    for d in ("app/pkg/deep", "app/__pycache__", "data", "logs"):
+        (root / d).mkdir(parents=True, exist_ok=True)
+    for k in range(30):
+        (root / "app/pkg" / f"m{k}.py").write_bytes(b"x = %d\n" % k * (k + 1))
+    (root / "app/pkg/deep/leaf.txt").write_bytes(b"leaf")
+    (root / "app/__pycache__/m.pyc").write_bytes(b"cache")
+    (root / "logs/today.log").write_bytes(b"log")
+    (root / "data/blob.bin").write_bytes(os.urandom(70_000))
+    (root / "data/link").symlink_to("blob.bin")
+    with open(os.fsencode(root / "data") + b"/caf\xe9", "wb") as f:
+        f.write(b"latin-1")
+
+
+def _damage(root: Path) -> None:
+    (root / "app/pkg/m3.py").write_bytes(b"changed, other size")
+    (root / "app/pkg/m4.py").chmod(0o600)
+    (root / "app/pkg/m5.py").unlink()
+    (root / "app/pkg/new.py").write_bytes(b"added")
+    (root / "app/added-dir/sub").mkdir(parents=True)
+    (root / "app/added-dir/sub/f").write_bytes(b"added too")
+    (root / "data/link").unlink()
+    (root / "data/link").symlink_to("/etc/passwd")
+    (root / "app/__pycache__/other.pyc").write_bytes(b"excluded")
+    (root / "logs/tomorrow.log").write_bytes(b"excluded")
+    os.utime(root / "app/pkg/m6.py", ns=(10**18, 10**18))  # same size, new times: re-hashed, still fine
+    data = bytearray((root / "app/pkg/m7.py").read_bytes())
+    data[0] ^= 1
+    (root / "app/pkg/m7.py").write_bytes(bytes(data))  # same size, new content: found by the hash
+
+
+@needs_ext
+@pytest.mark.parametrize("quick", [True, False])
+def test_scanner_reports_exactly_what_the_python_walk_reports(
+    tmp_path: Path, keys: Keys, monkeypatch: pytest.MonkeyPatch, quick: bool
+) -> None:
+    """Quick and full mode through the C scanner and through the Python walk: the same reports, clean and damaged."""
+    root = tmp_path / "t"
+    root.mkdir()
+    _quick_tree(root)
+    s = build_and_sign(root, keys, exclude=["__pycache__/", "*.log"])
+    cache = tmp_path / "cache"
+    runs: dict[str, list[Any]] = {"c": [], "py": []}
+    ext = speedups._ext
+
+    def run(label: str) -> None:
+        monkeypatch.setattr(speedups, "_ext", ext if label == "c" else None)
+        runs[label].append(s.verify(quick=quick, cache_dir=str(cache / label)))
+
+    for label in ("c", "py", "c", "py"):  # the second of each uses the snapshot the first saved
+        run(label)
+    _damage(root)
+    for label in ("c", "py"):
+        run(label)
+    for fast, pure in zip(runs["c"], runs["py"], strict=True):
+        assert (fast.status, fast.mode, fast.summary, fast.counts) == (
+            pure.status,
+            pure.mode,
+            pure.summary,
+            pure.counts,
+        )
+        assert fast.problems == pure.problems
+    assert [r.status for r in runs["c"]] == ["VERIFIED", "VERIFIED", "FAILED"]
+    assert runs["c"][1].mode == ("quick" if quick else "full")
+    assert runs["c"][2].counts["excluded"] == runs["c"][0].counts["excluded"] + 1  # not inside an excluded dir
+    kinds = {(p.path, p.kind) for p in runs["c"][2].problems}
+    assert {("app/pkg/m3.py", "modified"), ("app/pkg/m4.py", "mode_changed"), ("app/pkg/m5.py", "missing")} <= kinds
+    assert {("app/pkg/m7.py", "modified"), ("data/link", "symlink_changed"), ("app/added-dir/sub/f", "added")} <= kinds
+
+
+@needs_ext
+@pytest.mark.parametrize("quick", [True, False])
+def test_scanner_refuses_a_trust_anchor_in_the_tree(tmp_path: Path, keys: Keys, quick: bool) -> None:
+    """A hard link to the public key inside the tree is refused through the scanner (it hands it over)."""
+    root = tmp_path / "t"
+    root.mkdir()
+    _quick_tree(root)
+    s = build_and_sign(root, keys)
+    os.link(keys.public, root / "data" / "key.pub")
+    r = s.verify(quick=quick, cache_dir=str(tmp_path / "cache"))
+    assert r.status != "VERIFIED" and "trust anchors must come from outside" in (r.reason or "")
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_reader_never_climbs_out_of_the_root(tmp_path: Path, fast: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A path with '..', '.' or an empty component (which manifest validation refuses) is never opened."""
+    if fast and not speedups.available():
+        pytest.skip("C extension not built or turned off")
+    if not fast:
+        monkeypatch.setattr(speedups, "_ext", None)
+    root = tmp_path / "root"
+    (root / "d").mkdir(parents=True)
+    (tmp_path / "outside").write_bytes(b"secret")
+    st = (tmp_path / "outside").lstat()
+    for rel in ("../outside", "d/../../outside", "./d/../../outside", "d//x"):
+        job = (rel, st.st_ino, st.st_size, st.st_mode & 0o7777, blake3(b"secret").hexdigest())
+        [(_, kind, _, why)] = check_files(str(root), [job], workers=1)
+        assert kind == "unstable" and os.strerror(errno.EINVAL) in (why or ""), rel  # never opened, never hashed
+
+
+@pytest.mark.parametrize("quick", [True, False])
+@pytest.mark.parametrize("stage", ["entry", "list"])
+def test_walk_out_of_descriptors_is_an_error_and_leaks_nothing(
+    tmp_path: Path, keys: Keys, monkeypatch: pytest.MonkeyPatch, quick: bool, stage: str
+) -> None:
+    """EMFILE while the scanner lists or stats deep in the tree: ERROR (never a per-entry problem), no fd left open."""
+    root = tmp_path / "t"
+    root.mkdir()
+    _quick_tree(root)
+    s = build_and_sign(root, keys)
+    where = {"entry": (speedups.STAGE_ENTRY, b"app/pkg/deep/leaf.txt"), "list": (speedups.STAGE_LIST, b"app/pkg/deep")}
+    want_stage, want_path = where[stage]
+
+    def hook(stage_now: int, path: bytes) -> int:
+        return errno.EMFILE if (stage_now, path) == (want_stage, want_path) else 0
+
+    monkeypatch.setattr(speedups, "FAULT_HOOK", hook)
+    real_scandir = os.scandir
+
+    def scandir(path: Any = ".") -> Any:  # the same fault for the Python walk (no extension)
+        if stage == "list" and isinstance(path, int) and os.readlink(f"/proc/self/fd/{path}").endswith("app/pkg/deep"):
+            raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+        return real_scandir(path)
+
+    from duri_integrity import walk
+
+    monkeypatch.setattr(walk.os, "scandir", scandir)
+    if stage == "entry" and not speedups.can_scan():
+        pytest.skip("the Python walk's lstat is not hooked here (tests/test_compare.py covers it)")
+    before = len(os.listdir("/proc/self/fd"))
+    r = s.verify(quick=quick, cache_dir=str(tmp_path / "cache"))
+    assert r.status == "ERROR" and "ran out of resources" in (r.reason or "") and not r.problems
+    assert len(os.listdir("/proc/self/fd")) == before
