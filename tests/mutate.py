@@ -284,9 +284,9 @@ def _imports(checkout: Path, module: str) -> bool:
     return probe.returncode == 0
 
 
-def test_files(module: str) -> list[str]:
-    """The mapped test files that exist in this checkout (new ones are listed before they land)."""
-    return [f for f in TESTS[module] if (REPO / f).exists()]
+def test_files(module: str, checkout: Path) -> list[str]:
+    """The mapped test files that exist in the copy (a mapping may name a file before it lands)."""
+    return [f for f in TESTS[module] if (checkout / f).exists()]
 
 
 def run_mutant(m: Mutant, template: Path, work: Path, timeout: float) -> Mutant:
@@ -302,7 +302,7 @@ def run_mutant(m: Mutant, template: Path, work: Path, timeout: float) -> Mutant:
         if not _imports(checkout, m.module):
             m.status = "invalid"
             return m
-        cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *test_files(m.module)]
+        cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *test_files(m.module, checkout)]
         try:
             done = subprocess.run(
                 cmd, cwd=checkout, env=_env(checkout), capture_output=True, timeout=timeout, check=False
@@ -318,7 +318,7 @@ def run_mutant(m: Mutant, template: Path, work: Path, timeout: float) -> Mutant:
 
 def baseline(template: Path, modules: list[str], timeout: float) -> None:
     """The unmutated tests must pass in the copy, or every mutant would look killed."""
-    files = sorted({f for mod in modules for f in test_files(mod)})
+    files = sorted({f for mod in modules for f in test_files(mod, template)})
     cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *files]
     done = subprocess.run(cmd, cwd=template, env=_env(template), capture_output=True, text=True, timeout=timeout * 4)
     if done.returncode != 0:
