@@ -344,8 +344,10 @@ def self_check(template: Path, work: Path, timeout: float) -> None:
     done = subprocess.run(cmd, cwd=checkout, env=_env(checkout), capture_output=True, text=True, timeout=timeout)
     shutil.rmtree(checkout, ignore_errors=True)
     if done.returncode == 0 or "97" not in done.stdout:
-        sys.exit("mutate: a package that exits 97 in subprocesses did not fail the console-script tests, "
-                 "so they are not running the mutated copy")
+        sys.exit(
+            "mutate: a package that exits 97 in subprocesses did not fail the console-script tests, "
+            "so they are not running the mutated copy"
+        )
 
 
 def summarise(results: list[Mutant], modules: list[str]) -> dict[str, dict[str, object]]:

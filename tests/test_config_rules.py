@@ -152,7 +152,11 @@ def test_bad_clock_skew_in_environment() -> None:
 def test_each_field_comes_from_the_first_source_that_sets_it(tmp_path: Path) -> None:
     """Merging is per field: flags, then environment, then file, each filling what the others left."""
     cfg = _file(tmp_path, 'release = "file"\ndeployment = "file"\nworkers = 3\n')
-    env = {"DURI_INTEGRITY_DEPLOYMENT": "env", "DURI_INTEGRITY_WORKERS": "2", "DURI_INTEGRITY_SYSTEM_DIR": str(tmp_path)}
+    env = {
+        "DURI_INTEGRITY_DEPLOYMENT": "env",
+        "DURI_INTEGRITY_WORKERS": "2",
+        "DURI_INTEGRITY_SYSTEM_DIR": str(tmp_path),
+    }
     s, path = resolve_settings(Settings(workers=1), env=env, config_file=str(cfg))
     assert (s.workers, s.deployment, s.release, path) == (1, "env", "file", str(cfg))
 
@@ -167,7 +171,9 @@ def test_use_config_file_false_skips_only_the_implicit_file(tmp_path: Path) -> N
     assert resolve_settings(env=env, use_config_file=False, config_file=str(cfg))[0].release == "named"
 
 
-@pytest.mark.parametrize(("field", "value"), [("workers", 1), ("workers", 256), ("clock_skew", 0), ("clock_skew", 86400)])
+@pytest.mark.parametrize(
+    ("field", "value"), [("workers", 1), ("workers", 256), ("clock_skew", 0), ("clock_skew", 86400)]
+)
 def test_bounds_are_inclusive(field: str, value: int) -> None:
     """workers 1..256 and clock_skew 0..86400 are accepted at both ends."""
     s, _ = resolve_settings(Settings(**{field: value}), env={})

@@ -124,8 +124,11 @@ def test_approved_rollback_to_the_same_release_is_still_recorded(tmp_path: Path)
     [
         (b"{not json", "is corrupt"),
         (b"[]", "is corrupt"),
-        (b'{"format":"duri-integrity-state/1","deployment":"svc","serial":1,"release":"","root_digest":"",'
-         b'"key_id":"","updated":0}', "belongs to another deployment"),
+        (
+            b'{"format":"duri-integrity-state/1","deployment":"svc","serial":1,"release":"","root_digest":"",'
+            b'"key_id":"","updated":0}',
+            "belongs to another deployment",
+        ),
     ],
 )
 def test_bad_mark_fails_closed(tmp_path: Path, content: bytes, message: str) -> None:
@@ -208,7 +211,7 @@ def test_record_waits_for_another_process_holding_the_lock(tmp_path: Path, monke
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
-        with pytest.raises(ConfigError, match="stayed locked by another run for 0.3 s"):
+        with pytest.raises(ConfigError, match=r"stayed locked by another run for 0\.3 s"):
             _record(store, 100)
         assert store.read("svc") is None
     finally:
@@ -244,7 +247,14 @@ def test_concurrent_recorders_are_serialised(tmp_path: Path) -> None:
         # The run holding the lock records the newer release, then releases the lock.
         Path(store.path("svc")).write_bytes(
             json.dumps(
-                {"deployment": "svc", "serial": 200, "release": "v200", "root_digest": "c" * 64, "key_id": "K", "updated": 1}
+                {
+                    "deployment": "svc",
+                    "serial": 200,
+                    "release": "v200",
+                    "root_digest": "c" * 64,
+                    "key_id": "K",
+                    "updated": 1,
+                }
             ).encode()
         )
         os.chmod(store.path("svc"), 0o600)

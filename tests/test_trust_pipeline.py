@@ -199,7 +199,7 @@ def test_older_serial_without_approval_is_refused(base: tuple[Manifest, Keys]) -
         trust.evaluate(_inputs(m, keys, previous=_mark(201)), NOW)
     unlabelled = _with(m, release="")
     comment = make_trusted_comment("MANIFEST.json", "svc", "", 200, m.root_digest)
-    with pytest.raises(RollbackRefused, match="--allow-rollback-to 200$"):
+    with pytest.raises(RollbackRefused, match=r"--allow-rollback-to 200$"):
         trust.evaluate(_inputs(unlabelled, keys, comment=comment, previous=_mark(201)), NOW)
 
 
@@ -230,7 +230,13 @@ def test_approval_for_another_release_does_not_count(
 
 @pytest.mark.parametrize(
     ("text", "parsed"),
-    [(None, None), ("100", (None, 100)), ("v1@100", ("v1", 100)), ("a@b@7", ("a@b", 7)), ("9" * 19, (None, 10**19 - 1))],
+    [
+        (None, None),
+        ("100", (None, 100)),
+        ("v1@100", ("v1", 100)),
+        ("a@b@7", ("a@b", 7)),
+        ("9" * 19, (None, 10**19 - 1)),
+    ],
 )
 def test_parse_approval_accepts_one_release(text: str | None, parsed: object) -> None:
     """An approval is a serial or LABEL@SERIAL (the last @ splits); nothing else."""
