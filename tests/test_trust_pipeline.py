@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -192,6 +193,14 @@ def test_same_or_newer_serial_is_no_rollback(base: tuple[Manifest, Keys], mark: 
     assert tm.rollback_approved is False and tm.notes == [] and tm.previous == _mark(mark)
 
 
+def test_check_rollback_answers_a_boolean(base: tuple[Manifest, Keys]) -> None:
+    """The rollback step says False (no rollback) or True (approved rollback), never something else."""
+    m, _ = base
+    assert trust.check_rollback(m, None, None) is False
+    assert trust.check_rollback(m, _mark(200), None) is False
+    assert trust.check_rollback(m, _mark(201), (None, 200)) is True
+
+
 def test_older_serial_without_approval_is_refused(base: tuple[Manifest, Keys]) -> None:
     """Below the mark is a rollback; the refusal names the release and how to approve exactly it."""
     m, keys = base
@@ -204,15 +213,20 @@ def test_older_serial_without_approval_is_refused(base: tuple[Manifest, Keys]) -
 
 
 @pytest.mark.parametrize("approval", [(None, 200), ("v2", 200)])
-def test_approved_rollback_is_flagged_and_noted(base: tuple[Manifest, Keys], approval: tuple[str | None, int]) -> None:
-    """An approval naming this serial (and label, if any) lets the older manifest through, with a note."""
+def test_approved_rollback_is_flagged_noted_and_logged(
+    base: tuple[Manifest, Keys], approval: tuple[str | None, int], caplog: pytest.LogCaptureFixture
+) -> None:
+    """An approval naming this serial (and label, if any) lets the older manifest through, noted and logged."""
     m, keys = base
-    tm = trust.evaluate(_inputs(m, keys, previous=_mark(300, "v3"), approval=approval), NOW)
+    with caplog.at_level(logging.WARNING, logger="duri_integrity"):
+        tm = trust.evaluate(_inputs(m, keys, previous=_mark(300, "v3"), approval=approval), NOW)
     assert tm.rollback_approved is True
-    assert tm.notes == [
+    message = (
         "rollback to release 'v2' (serial 200) approved by the operator; "
         "this host had verified release 'v3' (serial 300)"
-    ]
+    )
+    assert tm.notes == [message]
+    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [(logging.WARNING, message)]
 
 
 @pytest.mark.parametrize("approval", [(None, 199), ("v1", 200), ("v2", 201)])
@@ -273,6 +287,14 @@ def test_keys_outside_the_tree_and_inline_keys_are_loaded(tree: Path, keys: Keys
     inline = keys.public.read_text().splitlines()[1]
     trusted, revoked = trust.load_keys(Settings(public_key=[str(keys.public), inline]), os.path.realpath(tree))
     assert trusted.key_ids == [keys.key_id] and revoked == set()
+
+
+def test_inline_key_does_not_end_the_inside_the_tree_check(tree: Path, keys: Keys) -> None:
+    """An inline key listed first is skipped, and the key file after it is still checked."""
+    (tree / "k.pub").write_bytes(keys.public.read_bytes())
+    inline = keys.public.read_text().splitlines()[1]
+    with pytest.raises(trust.TrustAnchorInTree):
+        trust.load_keys(Settings(public_key=[inline, str(tree / "k.pub")]), os.path.realpath(tree))
 
 
 def test_revocation_list_inside_the_tree_is_refused(tree: Path, keys: Keys) -> None:
