@@ -297,6 +297,16 @@ def test_inline_key_does_not_end_the_inside_the_tree_check(tree: Path, keys: Key
         trust.load_keys(Settings(public_key=[inline, str(tree / "k.pub")]), os.path.realpath(tree))
 
 
+def test_inline_key_is_not_a_path_even_from_inside_the_tree(
+    tree: Path, keys: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Run from inside the tree (as deploy scripts are), an inline key is still a key, not a path there."""
+    monkeypatch.chdir(tree)
+    inline = keys.public.read_text().splitlines()[1]
+    trusted, _ = trust.load_keys(Settings(public_key=[inline]), os.path.realpath(tree))
+    assert trusted.key_ids == [keys.key_id]
+
+
 def test_revocation_list_inside_the_tree_is_refused(tree: Path, keys: Keys) -> None:
     """A revoked-key list in the tree could un-revoke a key: it is refused like a trusted key."""
     (tree / "revoked").write_text("")
