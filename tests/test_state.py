@@ -264,3 +264,23 @@ def test_concurrent_recorders_are_serialised(tmp_path: Path) -> None:
     assert len(outcome) == 1 and isinstance(outcome[0], RollbackRefused)
     mark = store.read("svc")
     assert mark is not None and mark.serial == 200
+
+
+def test_marks_are_stored_in_format_2(tmp_path: Path) -> None:
+    """The on-disk format is pinned: a mark says duri-integrity-state/2, and such a file from an earlier run reads."""
+    store = StateStore(str(tmp_path / "st"))
+    _record(store, 100)
+    assert json.loads(Path(store.path("svc")).read_bytes())["format"] == "duri-integrity-state/2"
+    earlier = {
+        "format": "duri-integrity-state/2",
+        "deployment": "svc",
+        "serial": 7,
+        "release": "v7",
+        "root_digest": "d" * 64,
+        "key_id": "K",
+        "updated": 1,
+        "approvals": [],
+    }
+    Path(store.path("svc")).write_text(json.dumps(earlier))
+    mark = store.read("svc")
+    assert mark is not None and mark.serial == 7

@@ -268,7 +268,7 @@ def test_trusted_key_directory_that_is_the_tree_is_refused(tree: Path, keys: Key
     """A trusted-key directory that is the tree itself (or a key file in it) cannot vouch for the tree."""
     (tree / "k.pub").write_bytes(keys.public.read_bytes())
     root = os.path.realpath(tree)
-    with pytest.raises(trust.TrustAnchorInTree, match="inside the tree"):
+    with pytest.raises(trust.TrustAnchorInTree, match="^trusted key .* inside the tree being verified"):
         trust.load_keys(Settings(public_key=[str(tree)]), root)
     with pytest.raises(trust.TrustAnchorInTree):
         trust.load_keys(Settings(public_key=[str(tree / "k.pub")]), root)
@@ -305,6 +305,29 @@ def test_inline_key_is_not_a_path_even_from_inside_the_tree(
     inline = keys.public.read_text().splitlines()[1]
     trusted, _ = trust.load_keys(Settings(public_key=[inline]), os.path.realpath(tree))
     assert trusted.key_ids == [keys.key_id]
+
+
+def test_only_pub_files_in_a_key_directory_are_keys(tree: Path, keys: Keys, tmp_path: Path) -> None:
+    """Other files in a trusted-key directory (even links into the tree) are neither keys nor anchors."""
+    keydir = tmp_path / "keydir"
+    keydir.mkdir()
+    (keydir / "k.pub").write_bytes(keys.public.read_bytes())
+    (keydir / "README").symlink_to(tree / "app" / "main.py")
+    trusted, _ = trust.load_keys(Settings(public_key=[str(keydir)]), os.path.realpath(tree))
+    assert trusted.key_ids == [keys.key_id]
+
+
+@pytest.mark.parametrize("kind", ["public_key", "revoked_keys"])
+def test_shared_key_directory_is_named_in_the_error(tree: Path, keys: Keys, tmp_path: Path, kind: str) -> None:
+    """A trusted-key or revoked-key directory others can write is refused, saying which kind it is."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    sources = {"public_key": [str(keys.public)], kind: [str(shared)]}
+    settings = Settings(**sources)  # type: ignore[arg-type]
+    what = "trusted-key" if kind == "public_key" else "revoked-key"
+    with pytest.raises(KeyFileError, match=f"{what} directory"):
+        trust.load_keys(settings, os.path.realpath(tree))
 
 
 def test_revocation_list_inside_the_tree_is_refused(tree: Path, keys: Keys) -> None:
