@@ -284,3 +284,15 @@ def test_marks_are_stored_in_format_2(tmp_path: Path) -> None:
     Path(store.path("svc")).write_text(json.dumps(earlier))
     mark = store.read("svc")
     assert mark is not None and mark.serial == 7
+
+
+def test_oversized_mark_is_refused(tmp_path: Path) -> None:
+    """A mark file over 1 MiB is an error, read no further (its size is bounded like every file we read)."""
+    store = StateStore(str(tmp_path / "st"))
+    _record(store, 100)
+    good = Path(store.path("svc")).read_bytes()
+    Path(store.path("svc")).write_bytes(good + b" " * ((1 << 20) - len(good)))
+    assert store.read("svc") is not None
+    Path(store.path("svc")).write_bytes(good + b" " * ((1 << 20) - len(good) + 1))
+    with pytest.raises(ConfigError):
+        store.read("svc")

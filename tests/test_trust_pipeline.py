@@ -268,7 +268,7 @@ def test_trusted_key_directory_that_is_the_tree_is_refused(tree: Path, keys: Key
     """A trusted-key directory that is the tree itself (or a key file in it) cannot vouch for the tree."""
     (tree / "k.pub").write_bytes(keys.public.read_bytes())
     root = os.path.realpath(tree)
-    with pytest.raises(trust.TrustAnchorInTree, match="^trusted key .* inside the tree being verified"):
+    with pytest.raises(trust.TrustAnchorInTree, match=r"^trusted key .* inside the tree being verified"):
         trust.load_keys(Settings(public_key=[str(tree)]), root)
     with pytest.raises(trust.TrustAnchorInTree):
         trust.load_keys(Settings(public_key=[str(tree / "k.pub")]), root)
