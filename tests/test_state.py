@@ -157,13 +157,13 @@ def test_mark_that_is_a_symlink_or_shared_is_refused(tmp_path: Path) -> None:
     path = store.path("svc")
     data = json.loads(Path(path).read_bytes())
     os.chmod(path, 0o620)
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="^rollback state .* is writable by group or others"):
         store.read("svc")
     os.unlink(path)
     (tmp_path / "elsewhere.json").write_text(json.dumps(data))
     os.chmod(tmp_path / "elsewhere.json", 0o600)
     os.symlink(tmp_path / "elsewhere.json", path)
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="^cannot read rollback state .*: it is a symbolic link"):
         store.read("svc")
 
 
