@@ -157,13 +157,13 @@ def test_mark_that_is_a_symlink_or_shared_is_refused(tmp_path: Path) -> None:
     path = store.path("svc")
     data = json.loads(Path(path).read_bytes())
     os.chmod(path, 0o620)
-    with pytest.raises(ConfigError, match="^rollback state .* is writable by group or others"):
+    with pytest.raises(ConfigError, match=r"^rollback state .* is writable by group or others"):
         store.read("svc")
     os.unlink(path)
     (tmp_path / "elsewhere.json").write_text(json.dumps(data))
     os.chmod(tmp_path / "elsewhere.json", 0o600)
     os.symlink(tmp_path / "elsewhere.json", path)
-    with pytest.raises(ConfigError, match="^cannot read rollback state .*: it is a symbolic link"):
+    with pytest.raises(ConfigError, match=r"^cannot read rollback state .*: it is a symbolic link"):
         store.read("svc")
 
 
@@ -296,3 +296,30 @@ def test_oversized_mark_is_refused(tmp_path: Path) -> None:
     Path(store.path("svc")).write_bytes(good + b" " * ((1 << 20) - len(good) + 1))
     with pytest.raises(ConfigError):
         store.read("svc")
+
+
+_WRITE_FAILS = """
+import resource, signal, sys
+from duri_integrity.state import StateStore
+store = StateStore(sys.argv[1])
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (0, resource.RLIM_INFINITY))  # every write now fails: EFBIG
+try:
+    store.record("svc", serial=200, release="v200", root_digest="b" * 64, key_id="K")
+except Exception as exc:
+    print(type(exc).__name__, exc)
+"""
+
+
+def test_mark_that_cannot_be_written_is_an_error(tmp_path: Path) -> None:
+    """When the new mark cannot be written (a real EFBIG from a file-size limit), record raises, mark kept."""
+    store = StateStore(str(tmp_path / "st"))
+    _record(store, 100)
+    done = subprocess.run(
+        [sys.executable, "-c", _WRITE_FAILS, store.directory], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.startswith(f"ConfigError rollback state not recorded in {store.directory}: File too large (")
+    assert "--state-dir none" in done.stdout
+    mark = store.read("svc")
+    assert mark is not None and mark.serial == 100
+    assert [p.name for p in Path(store.directory).iterdir() if p.name.endswith(".tmp")] == []

@@ -375,9 +375,9 @@ def test_rollback_protection_needs_the_host_deployment(tmp_path: Path) -> None:
 def test_missing_signature_is_unreadable_manifest(tmp_path: Path) -> None:
     """A missing manifest or signature is UNTRUSTED (manifest_unreadable), naming which file is missing."""
     (tmp_path / "M").write_text("{}")
-    with pytest.raises(ManifestUnreadable, match="^cannot read signature "):
+    with pytest.raises(ManifestUnreadable, match=r"^cannot read signature "):
         trust.read_signed(str(tmp_path / "M"), str(tmp_path / "M.minisig"))
-    with pytest.raises(ManifestUnreadable, match="^cannot read manifest "):
+    with pytest.raises(ManifestUnreadable, match=r"^cannot read manifest "):
         trust.read_signed(str(tmp_path / "none"), str(tmp_path / "M"))
 
 
