@@ -55,6 +55,15 @@ def test_each_bad_path_is_refused_and_named(bad: str) -> None:
 
 
 @pytest.mark.parametrize("good", ["...", ".hidden", "a..b", "..a", "a.", "b/.c", "b/..d", "b/c.."])
+@pytest.mark.parametrize("bad", ["/a", "./a", ".", "..", "../a", "", "a/"])
+def test_bad_path_first_or_alone_is_refused(bad: str) -> None:
+    """A bad path is refused wherever it is, including as the very first entry."""
+    with pytest.raises(ManifestError, match="is absolute, empty, has a NUL byte"):
+        _decode([*_files(bad), *_files("zz")])
+    with pytest.raises(ManifestError, match="is absolute, empty, has a NUL byte"):
+        _decode(_files(bad))
+
+
 def test_dotted_names_that_are_not_components_are_fine(good: str) -> None:
     """Names that merely contain dots are ordinary paths."""
     entries: list[Entry] = [Dir(path="b", mode=0o755), *_files(good)] if good.startswith("b/") else _files(good)
@@ -64,8 +73,8 @@ def test_dotted_names_that_are_not_components_are_fine(good: str) -> None:
 
 
 def test_bad_path_among_many_is_found_in_a_later_slice() -> None:
-    """Paths are checked in slices of 8,192: a bad one past the first slice is still found and named."""
-    entries = _files(*(f"f{i:05d}" for i in range(9000))) + _files("z/../x")
+    """Paths are checked in slices of 8,192: the first of the second slice is still found and named."""
+    entries = _files(*(f"f{i:05d}" for i in range(8192))) + _files("z/../x")
     with pytest.raises(ManifestError, match=r"path 'z/\.\./x'"):
         _decode(entries)
 
