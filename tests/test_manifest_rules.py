@@ -54,7 +54,6 @@ def test_each_bad_path_is_refused_and_named(bad: str) -> None:
     assert f"path {bad!r}" in str(err.value)
 
 
-@pytest.mark.parametrize("good", ["...", ".hidden", "a..b", "..a", "a.", "b/.c", "b/..d", "b/c.."])
 @pytest.mark.parametrize("bad", ["/a", "./a", ".", "..", "../a", "", "a/"])
 def test_bad_path_first_or_alone_is_refused(bad: str) -> None:
     """A bad path is refused wherever it is, including as the very first entry."""
@@ -64,6 +63,7 @@ def test_bad_path_first_or_alone_is_refused(bad: str) -> None:
         _decode(_files(bad))
 
 
+@pytest.mark.parametrize("good", ["...", ".hidden", "a..b", "..a", "a.", "b/.c", "b/..d", "b/c.."])
 def test_dotted_names_that_are_not_components_are_fine(good: str) -> None:
     """Names that merely contain dots are ordinary paths."""
     entries: list[Entry] = [Dir(path="b", mode=0o755), *_files(good)] if good.startswith("b/") else _files(good)
