@@ -60,7 +60,13 @@ TESTS: dict[str, list[str]] = {
         "tests/test_tamper.py",
         "tests/test_verify.py",
     ],
-    "config": ["tests/test_config_rules.py", "tests/test_config.py", "tests/test_attacks.py", "tests/test_cli.py"],
+    "config": [
+        "tests/test_config_rules.py",
+        "tests/test_config.py",
+        "tests/test_own_files.py",
+        "tests/test_attacks.py",
+        "tests/test_cli.py",
+    ],
     "verify": ["tests/test_verify.py", "tests/test_tamper.py", "tests/test_own_files.py", "tests/test_quick.py"],
     "walk": [
         "tests/test_trust_pipeline.py",  # inside_root decides whether a trust anchor lies in the tree

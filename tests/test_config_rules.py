@@ -208,3 +208,18 @@ def test_manifest_and_signature_paths() -> None:
     assert config.manifest_paths(Settings(manifest="/m/x.json"), "/t") == ("/m/x.json", "/m/x.json.minisig")
     assert config.manifest_paths(Settings(manifest="/m", signature="/s"), "/t") == ("/m", "/s")
     assert config.signature_path_for("a") == "a.minisig"
+
+
+def test_config_file_size_is_bounded(tmp_path: Path) -> None:
+    """A config file of exactly 1 MiB is read; one byte more is refused."""
+    body = 'release = "r"\n'
+    cfg = _file(tmp_path, body + "#" * ((1 << 20) - len(body) - 1) + "\n")
+    assert load_config_file(str(cfg)).release == "r"
+    cfg.write_text(body + "#" * ((1 << 20) - len(body)) + "\n")
+    with pytest.raises(ConfigError, match="config file"):
+        load_config_file(str(cfg))
+
+
+def test_own_files_are_the_manifest_and_its_signature() -> None:
+    """The in-tree files never part of the tree are exactly MANIFEST.json and MANIFEST.json.minisig."""
+    assert config.OWN_FILES == ("MANIFEST.json", "MANIFEST.json.minisig")
