@@ -15,23 +15,39 @@ from duri_integrity import state
 from duri_integrity.errors import ConfigError, RollbackRefused
 from duri_integrity.state import StateStore
 
-# Taken before conftest's autouse fixture replaces it for every test.
-_REAL_DEFAULT_STATE_DIR = state.default_state_dir
-
 
 def _record(store: StateStore, serial: int, digest: str = "a" * 64, **kw: object) -> None:
     store.record("svc", serial=serial, release=f"v{serial}", root_digest=digest, key_id="KEY", **kw)  # type: ignore[arg-type]
 
 
-def test_default_state_dir_follows_the_user(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """root keeps marks in /var/lib/duri-integrity; anyone else under XDG_STATE_HOME or ~/.local/state."""
-    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    expected = "/var/lib/duri-integrity" if os.geteuid() == 0 else str(tmp_path / "xdg" / "duri-integrity")
-    assert _REAL_DEFAULT_STATE_DIR() == expected
-    if os.geteuid() != 0:
-        monkeypatch.delenv("XDG_STATE_HOME")
-        assert _REAL_DEFAULT_STATE_DIR() == str(tmp_path / "home" / ".local" / "state" / "duri-integrity")
+_STATE_DIR_AS = """
+import os, sys
+from duri_integrity import state
+if os.geteuid() == 0 and sys.argv[1] != "root":
+    os.seteuid(65534)  # really not root from here on (a root test run drops to nobody)
+print(state.default_state_dir())
+"""
+
+
+def _default_state_dir(who: str, env: dict[str, str]) -> str:
+    """default_state_dir() in a fresh process, as root or (if we are root) really as another user."""
+    full = {k: v for k, v in os.environ.items() if k not in ("XDG_STATE_HOME", "HOME")} | env
+    done = subprocess.run(
+        [sys.executable, "-c", _STATE_DIR_AS, who], capture_output=True, text=True, env=full, timeout=60, check=True
+    )
+    return done.stdout.strip()
+
+
+def test_default_state_dir_follows_the_user(tmp_path: Path) -> None:
+    """root keeps marks in /var/lib/duri-integrity; anyone else under XDG_STATE_HOME, else ~/.local/state."""
+    xdg, home = str(tmp_path / "xdg"), str(tmp_path / "home")
+    if os.geteuid() == 0:
+        assert _default_state_dir("root", {"XDG_STATE_HOME": xdg, "HOME": home}) == "/var/lib/duri-integrity"
+    assert _default_state_dir("user", {"XDG_STATE_HOME": xdg, "HOME": home}) == os.path.join(xdg, "duri-integrity")
+    assert _default_state_dir("user", {"XDG_STATE_HOME": "", "HOME": home}) == os.path.join(
+        home, ".local", "state", "duri-integrity"
+    )
+    assert _default_state_dir("user", {"HOME": home}) == os.path.join(home, ".local", "state", "duri-integrity")
 
 
 def test_mark_path_is_per_deployment_and_stable(tmp_path: Path) -> None:
