@@ -274,6 +274,17 @@ def test_trusted_key_directory_that_is_the_tree_is_refused(tree: Path, keys: Key
         trust.load_keys(Settings(public_key=[str(tree / "k.pub")]), root)
 
 
+def test_tree_as_key_directory_is_refused_even_if_its_keys_link_outside(tree: Path, keys: Keys, tmp_path: Path) -> None:
+    """The tree named as the trusted-key directory is refused as such, though its .pub links lead outside."""
+    planted = tmp_path / "planted.pub"  # somewhere outside the tree that its writer could also reach
+    planted.write_bytes(keys.public.read_bytes())
+    (tree / "k.pub").symlink_to(planted)
+    with pytest.raises(trust.TrustAnchorInTree, match=f"resolves to {os.path.realpath(tree)!r}, inside"):
+        trust.load_keys(Settings(public_key=[str(tree)]), os.path.realpath(tree))
+    with pytest.raises(trust.TrustAnchorInTree):
+        trust.load_keys(Settings(public_key=[str(tree) + "/"]), os.path.realpath(tree))
+
+
 def test_key_reached_through_a_link_into_the_tree_is_refused(tree: Path, keys: Keys, tmp_path: Path) -> None:
     """A key path outside the tree that resolves inside it is refused (links are followed first)."""
     (tree / "k.pub").write_bytes(keys.public.read_bytes())
