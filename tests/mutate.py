@@ -29,6 +29,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -406,6 +407,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     started = time.monotonic()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so `kill PID` still cleans up
     with tempfile.TemporaryDirectory(prefix="duri-mutate-") as tmp:
         template = make_template(Path(tmp))
         baseline(template, args.modules, args.timeout)
@@ -413,9 +415,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mutate: {len(mutants)} mutants, {args.jobs} jobs", flush=True)
         with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
             futures = [pool.submit(run_mutant, m, template, Path(tmp), args.timeout) for m in mutants]
-            for n, fut in enumerate(concurrent.futures.as_completed(futures), 1):
-                m = fut.result()
-                print(f"[{n}/{len(mutants)}] {m.status:8} {m.seconds:6.1f}s {m.ident}", flush=True)
+            try:
+                for n, fut in enumerate(concurrent.futures.as_completed(futures), 1):
+                    m = fut.result()
+                    print(f"[{n}/{len(mutants)}] {m.status:8} {m.seconds:6.1f}s {m.ident}", flush=True)
+            except BaseException:
+                # Stopped (Ctrl-C, SIGTERM): start no more mutants; the running ones finish and
+                # the temporary copies are removed on the way out.
+                pool.shutdown(cancel_futures=True)
+                raise
     summary = summarise(mutants, args.modules)
     elapsed = round(time.monotonic() - started)
     print(f"mutate: {elapsed} s")
