@@ -369,11 +369,11 @@ def summarise(results: list[Mutant], modules: list[str]) -> dict[str, dict[str, 
         mine = [m for m in results if m.module == mod]
         counts = {s: sum(m.status == s for m in mine) for s in ("killed", "survived", "timeout", "invalid")}
         scored = counts["killed"] + counts["timeout"] + counts["survived"]
-        score = (counts["killed"] + counts["timeout"]) / scored if scored else 1.0
-        summary[mod] = {**counts, "score": round(100 * score, 1)}
+        score = round(100 * (counts["killed"] + counts["timeout"]) / scored, 1) if scored else None
+        summary[mod] = {**counts, "score": score}
         print(
             f"{mod:10} killed {counts['killed']:4}  survived {counts['survived']:4}  timeout {counts['timeout']:3}"
-            f"  invalid {counts['invalid']:3}  score {100 * score:5.1f}%"
+            f"  invalid {counts['invalid']:3}  score " + (f"{score:5.1f}%" if score is not None else "  n/a")
         )
         for m in mine:
             if m.status == "survived":
