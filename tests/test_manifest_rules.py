@@ -158,9 +158,9 @@ def test_file_digests_must_be_lowercase_hex(digest: str, ok: bool) -> None:
 
 
 def test_file_digest_check_spans_slices() -> None:
-    """A bad digest after the first 8,192 files is still found."""
-    entries = _files(*(f"f{i:05d}" for i in range(8200)))
-    entries[-1] = File(path="f08199", mode=0o644, size=0, blake3="A" * 64)
+    """A bad digest as the first of the second slice of 8,192 files is still found."""
+    entries = _files(*(f"f{i:05d}" for i in range(8193)))
+    entries[-1] = File(path="f08192", mode=0o644, size=0, blake3="A" * 64)
     with pytest.raises(ManifestError, match="64 lowercase hex"):
         _decode(entries)
 
