@@ -55,11 +55,17 @@ def test_relative_paths_are_relative_to_the_file(tmp_path: Path) -> None:
     assert s.revoked_keys == [os.path.join(d, "rv"), inline]
 
 
-@pytest.mark.parametrize("off", ["none", "off", " OFF ", "None"])
-def test_state_dir_none_in_a_file_stays_off(tmp_path: Path, off: str) -> None:
-    """state_dir = "none" (any case, spaces) switches protection off instead of naming a directory."""
-    s = load_config_file(str(_file(tmp_path, f'state_dir = "{off}"\n')))
-    assert s.state_dir == off and config.state_disabled(s)
+def test_state_dir_none_in_a_file_stays_off(tmp_path: Path) -> None:
+    """state_dir = "none" switches protection off instead of naming a directory."""
+    s = load_config_file(str(_file(tmp_path, 'state_dir = "none"\n')))
+    assert s.state_dir == "none" and config.state_disabled(s)
+
+
+@pytest.mark.parametrize("lookalike", ["off", " OFF ", "None", " none"])
+def test_a_lookalike_of_none_is_a_directory(tmp_path: Path, lookalike: str) -> None:
+    """Only exactly "none" switches protection off: a look-alike is a path beside the file."""
+    s = load_config_file(str(_file(tmp_path, f'state_dir = "{lookalike}"\n')))
+    assert s.state_dir is not None and s.state_dir.endswith(lookalike) and not config.state_disabled(s)
 
 
 def test_state_disabled_only_when_said() -> None:

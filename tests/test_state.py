@@ -93,10 +93,11 @@ def test_newer_release_raises_the_mark_and_same_release_changes_nothing(tmp_path
     before = os.stat(path).st_ino
     _record(store, 200)
     assert os.stat(path).st_ino == before
-    _record(store, 200, digest="b" * 64)  # same serial, other content: recorded
+    with pytest.raises(RollbackRefused, match="share a serial"):  # same serial, other content: refused
+        _record(store, 200, digest="b" * 64)
     mark = store.read("svc")
-    assert mark is not None and mark.serial == 200 and mark.root_digest == "b" * 64
-    assert os.stat(path).st_ino != before
+    assert mark is not None and mark.serial == 200 and mark.root_digest == "a" * 64
+    assert os.stat(path).st_ino == before
 
 
 def test_recording_an_older_release_without_approval_is_refused(tmp_path: Path) -> None:
@@ -109,28 +110,31 @@ def test_recording_an_older_release_without_approval_is_refused(tmp_path: Path) 
     assert mark is not None and mark.serial == 200
 
 
-def test_approved_rollback_lowers_the_mark_and_keeps_fifty_approvals(tmp_path: Path) -> None:
-    """Each approved rollback is recorded (who it replaced, when); only the latest 50 are kept."""
+def test_approved_rollback_pins_without_lowering_and_keeps_fifty_approvals(tmp_path: Path) -> None:
+    """Each approved rollback pins that release (the mark stays) and is recorded; only the latest 50 are kept."""
     store = StateStore(str(tmp_path / "st"))
     _record(store, 1000)
     for n in range(52):
-        previous = store.read("svc")
-        assert previous is not None
-        _record(store, 999 - n, approved_from=previous)
+        _record(store, 999 - n, approved=True)
     mark = store.read("svc")
-    assert mark is not None and mark.serial == 999 - 51
+    assert mark is not None and mark.serial == 1000 and mark.approved_serial == 999 - 51
     assert len(mark.approvals) == 50
     last = mark.approvals[-1]
-    assert (last.serial, last.release, last.previous_serial, last.previous_release) == (948, "v948", 949, "v949")
+    assert (last.serial, last.release, last.previous_serial, last.previous_release) == (948, "v948", 1000, "v1000")
     assert mark.approvals[0].serial == 997 and last.at > 0
+    with pytest.raises(RollbackRefused):  # only the pinned release passes unapproved, not the ones before it
+        _record(store, 999)
+    _record(store, 948)  # the pinned one restarts: nothing changes
+    _record(store, 1000)  # back at the newest: the pin is spent
+    mark = store.read("svc")
+    assert mark is not None and mark.approved_serial is None
 
 
-def test_approved_rollback_to_the_same_release_is_still_recorded(tmp_path: Path) -> None:
+def test_an_approval_is_recorded_even_for_the_newest_release(tmp_path: Path) -> None:
     """An approval is recorded even when serial and root equal the mark (the approval is the news)."""
     store = StateStore(str(tmp_path / "st"))
     _record(store, 100)
-    previous = store.read("svc")
-    _record(store, 100, approved_from=previous)
+    _record(store, 100, approved=True)
     mark = store.read("svc")
     assert mark is not None and len(mark.approvals) == 1
 

@@ -57,8 +57,10 @@ def _inputs(m: Manifest, keys: Keys, *, comment: str | None = None, **kw: object
     return trust.TrustInputs(data=data, signature=sig, trusted=load_trusted_keys([str(keys.public)]), **kw)  # type: ignore[arg-type]
 
 
-def _mark(serial: int, release: str = "v9") -> RollbackState:
-    return RollbackState(deployment="svc", serial=serial, release=release, root_digest="0" * 64, key_id="K", updated=0)
+def _mark(serial: int, release: str = "v9", root_digest: str = "0" * 64) -> RollbackState:
+    return RollbackState(
+        deployment="svc", serial=serial, release=release, root_digest=root_digest, key_id="K", updated=0
+    )
 
 
 def _with(m: Manifest, **changes: object) -> Manifest:
@@ -189,15 +191,16 @@ def test_wrong_deployment_is_refused_and_none_checks_nothing(base: tuple[Manifes
 def test_same_or_newer_serial_is_no_rollback(base: tuple[Manifest, Keys], mark: int) -> None:
     """Serial equal to or above the mark passes without an approval and approves nothing."""
     m, keys = base
-    tm = trust.evaluate(_inputs(m, keys, previous=_mark(mark)), NOW)
-    assert tm.rollback_approved is False and tm.notes == [] and tm.previous == _mark(mark)
+    previous = _mark(mark, root_digest=m.root_digest)  # the same serial must be the same tree
+    tm = trust.evaluate(_inputs(m, keys, previous=previous), NOW)
+    assert tm.rollback_approved is False and tm.notes == [] and tm.previous == previous
 
 
 def test_check_rollback_answers_a_boolean(base: tuple[Manifest, Keys]) -> None:
     """The rollback step says False (no rollback) or True (approved rollback), never something else."""
     m, _ = base
     assert trust.check_rollback(m, None, None) is False
-    assert trust.check_rollback(m, _mark(200), None) is False
+    assert trust.check_rollback(m, _mark(200, root_digest=m.root_digest), None) is False
     assert trust.check_rollback(m, _mark(201), (None, 200)) is True
 
 
@@ -363,7 +366,8 @@ def test_no_configured_key_uses_the_system_directory(tree: Path, keys: Keys, tmp
     (revoked / "ids").write_text(keys.key_id + "\n")
     trusted, ids = trust.load_keys(Settings(), os.path.realpath(tree))
     assert trusted.key_ids == [keys.key_id] and ids == {keys.key_id}
-    assert trust.revoked_sources(Settings(revoked_keys=["/x"])) == ["/x"]
+    # Revocations add up: a configured list never drops the system directory.
+    assert trust.revoked_sources(Settings(revoked_keys=["/x"])) == ["/x", str(revoked)]
 
 
 def test_store_is_off_only_when_switched_off(tmp_path: Path) -> None:
@@ -416,7 +420,7 @@ def test_load_inputs_reads_everything_the_decision_needs(tree: Path, keys: Keys,
 
 
 def test_record_verified_raises_the_mark_and_records_approvals(base: tuple[Manifest, Keys], tmp_path: Path) -> None:
-    """A verified run raises the mark; an approved rollback lowers it and is recorded; no store, no-op."""
+    """A verified run raises the mark; an approved rollback is pinned and recorded (the mark stays); no store, no-op."""
     m, keys = base
     store = StateStore(str(tmp_path / "st"))
     trust.record_verified(trust.evaluate(_inputs(m, keys), NOW), None)
@@ -429,6 +433,14 @@ def test_record_verified_raises_the_mark_and_records_approvals(base: tuple[Manif
     comment = make_trusted_comment("MANIFEST.json", "svc", "v2", 150, m.root_digest)
     tm = trust.evaluate(_inputs(older, keys, comment=comment, previous=mark, approval=(None, 150)), NOW)
     trust.record_verified(tm, store)
-    lowered = store.read("svc")
-    assert lowered is not None and lowered.serial == 150
-    assert [(a.serial, a.previous_serial) for a in lowered.approvals] == [(150, 200)]
+    pinned = store.read("svc")
+    assert (
+        pinned is not None
+        and pinned.serial == 200
+        and (pinned.approved_serial, pinned.approved_digest)
+        == (
+            150,
+            m.root_digest,
+        )
+    )
+    assert [(a.serial, a.previous_serial) for a in pinned.approvals] == [(150, 200)]
