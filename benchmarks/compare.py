@@ -193,7 +193,7 @@ def main() -> None:
             [cli, "build", str(tree), "-d", "bench", "-m", str(build_out), "-s", str(sk)]
         ),
         "b3sum FILES (hash only)": lambda: timed([b3sum, *rel_files], cwd=tree),
-        "python -c pass (interpreter start)": lambda: timed([vpy, "-c", "pass"]),
+        "python -c pass (interpreter start)": lambda: timed([vpy, "-P", "-c", "pass"]),
     }
     floor = build_floor(work)
     if floor:
@@ -217,7 +217,7 @@ def main() -> None:
     results: dict[str, list[float]] = {name: [] for name in commands}
     inproc_variants = [("full", "", False), ("quick", " --quick", False)]
     has_ext = subprocess.run(
-        [vpy, "-c", "from duri_integrity import speedups; print(speedups.available())"],
+        [vpy, "-P", "-c", "from duri_integrity import speedups; print(speedups.available())"],
         check=True,
         capture_output=True,
         text=True,
@@ -238,7 +238,7 @@ def main() -> None:
         for mode, label, pure in inproc_variants:
             env = {**os.environ, "DURI_INTEGRITY_NO_EXTENSION": "1" if pure else ""}
             out = subprocess.run(
-                [vpy, "-c", inproc, "3", mode], check=True, capture_output=True, text=True, env=env
+                [vpy, "-P", "-c", inproc, "3", mode], check=True, capture_output=True, text=True, env=env
             ).stdout
             got = json.loads(out)
             results[f"duri-integrity verify{label} (in-process)"].extend(got["warm"])
@@ -263,7 +263,7 @@ def main() -> None:
 
             def inproc_cold() -> float:
                 proc = subprocess.Popen(
-                    [vpy, "-c", cold_inproc], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+                    [vpy, "-P", "-c", cold_inproc], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
                 )
                 assert proc.stdin is not None and proc.stdout is not None
                 proc.stdout.readline()

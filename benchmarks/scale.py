@@ -58,7 +58,7 @@ def measure(tree: Path, manifest: Path, pk: Path, quick: bool) -> tuple[float, i
         "assert r.status == 'VERIFIED', r.summary\n"
         "print(r.elapsed_seconds)\n"
     )
-    proc = subprocess.Popen([python(), "-c", code], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([python(), "-P", "-c", code], stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     out = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)

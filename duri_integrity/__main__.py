@@ -1,6 +1,6 @@
-"""``python -m duri_integrity``: the same as the ``duri-integrity`` command."""
+"""``python3 -P -m duri_integrity``: the same command as the ``duri-integrity`` script."""
 
-from .cli import main
+from .cli import run
 
 if __name__ == "__main__":
-    main()
+    run()

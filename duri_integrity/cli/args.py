@@ -22,6 +22,8 @@ __all__ = [
     "parse_duration",
     "password_option",
     "read_password",
+    "verify_kwargs",
+    "verify_options",
     "workers_option",
 ]
 
@@ -166,3 +168,57 @@ def finite(value: float, name: str) -> float:
     if not math.isfinite(value):
         raise click.BadParameter(f"{value!r} is not a number of seconds", param_hint=name)
     return value
+
+
+_VERIFY_OPTIONS = (
+    click.option("--manifest", "-m", help="Manifest file [default: ROOT/MANIFEST.json]."),
+    click.option("--signature", help="Signature file [default: the manifest path + .minisig]."),
+    click.option(
+        "--public-key",
+        "-p",
+        "public_keys",
+        multiple=True,
+        help="Trusted public key: a .pub file, a directory of them, or the base64 key. Repeatable.",
+    ),
+    deployment_option,
+    click.option(
+        "--quick",
+        is_flag=True,
+        help="Re-hash only files whose stat changed since the last verified quick run (trusts timestamps).",
+    ),
+    click.option("--cache-dir", type=click.Path(file_okay=False), help="Where quick mode keeps its snapshots."),
+    click.option(
+        "--state-dir",
+        help="Where rollback high-water marks are kept [default: /var/lib/duri-integrity as root]; exactly 'none' "
+        "turns rollback protection off.",
+    ),
+    click.option(
+        "--allow-rollback-to",
+        metavar="SERIAL|LABEL@SERIAL",
+        help="Approve verifying exactly this older release on a host that has seen a newer one.",
+    ),
+    click.option(
+        "--revoked-key",
+        "revoked_keys",
+        multiple=True,
+        help="Revoked key: a .pub file, a directory, or a key-id list. Repeatable.",
+    ),
+    click.option("--clock-skew", type=click.IntRange(0, 86400), help="Seconds of clock disagreement tolerated [300]."),
+    workers_option,
+    config_option,
+)
+
+
+def verify_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """The options of :func:`duri_integrity.verify_integrity`, the same for every command that verifies."""
+    for option in reversed(_VERIFY_OPTIONS):
+        f = option(f)
+    return f
+
+
+def verify_kwargs(options: dict[str, Any]) -> dict[str, Any]:
+    """Those options as :func:`duri_integrity.verify_integrity` keyword arguments (empty lists as None)."""
+    out = dict(options)
+    for name in ("public_keys", "revoked_keys"):
+        out[name] = list(out.get(name) or ()) or None
+    return out

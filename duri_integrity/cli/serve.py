@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
-from .args import config_option, deployment_option, finite, workers_option
+from .args import finite, verify_kwargs, verify_options
 
 __all__ = ["serve"]
 
@@ -17,21 +19,7 @@ __all__ = ["serve"]
     show_default=True,
     help="HOST:PORT to listen on; [::1]:PORT for IPv6; a name (localhost) means every address it resolves to.",
 )
-@click.option("--manifest", "-m", help="Manifest file [default: ROOT/MANIFEST.json].")
-@click.option("--signature", help="Signature file [default: the manifest path + .minisig].")
-@click.option("--public-key", "-p", multiple=True, help="Trusted public key (file, directory or base64). Repeatable.")
-@deployment_option
-@click.option("--quick", is_flag=True, help="Re-verify in quick mode (re-hash only files whose stat changed).")
-@click.option("--cache-dir", type=click.Path(file_okay=False), help="Where quick mode keeps its snapshots.")
-@click.option("--state-dir", help="Where rollback high-water marks are kept; 'none' turns rollback protection off.")
-@click.option(
-    "--allow-rollback-to", metavar="SERIAL|LABEL@SERIAL", help="Approve verifying exactly this older release."
-)
-@click.option(
-    "--revoked-key", multiple=True, help="Revoked key: a .pub file, a directory, or a key-id list. Repeatable."
-)
-@click.option("--clock-skew", type=click.IntRange(0, 86400), help="Seconds of clock disagreement tolerated [300].")
-@workers_option
+@verify_options
 @click.option(
     "--ttl",
     type=click.FloatRange(1, 86400),
@@ -60,26 +48,14 @@ __all__ = ["serve"]
     help="File holding the bearer token [default: $DURI_INTEGRITY_STATUS_TOKEN_FILE, "
     "$DURI_INTEGRITY_STATUS_TOKEN, $CANARY_TOKEN].",
 )
-@config_option
 def serve(
     root: str | None,
     bind: str,
-    manifest: str | None,
-    signature: str | None,
-    public_key: tuple[str, ...],
-    deployment: str | None,
-    quick: bool,
-    cache_dir: str | None,
-    state_dir: str | None,
-    allow_rollback_to: str | None,
-    revoked_key: tuple[str, ...],
-    clock_skew: int | None,
-    workers: int | None,
     ttl: float,
     deadline: float,
     checks_file: str | None,
     token_file: str | None,
-    config_file: str | None,
+    **options: Any,
 ) -> None:
     """Serve the canary verdict, dashboards and integrity status over HTTP, behind a bearer token.
 
@@ -98,30 +74,14 @@ def serve(
     from ..server import CachedVerification, StatusService, load_token, make_server, make_wsgi_app
 
     host, port = _parse_bind(bind)
-    configured, _ = resolve_settings(config_file=config_file)
+    configured, _ = resolve_settings(config_file=options["config_file"])
     token = load_token(token_file=token_file, config_token_file=configured.token_file)
     checks = None
     if checks_file:
         from ..promcheck import load_checks, make_cached_checks
 
         checks = make_cached_checks(load_checks(checks_file))
-    integrity = CachedVerification.of_tree(
-        root,
-        ttl=ttl,
-        deadline=deadline,
-        manifest=manifest,
-        signature=signature,
-        public_keys=list(public_key) or None,
-        deployment=deployment,
-        config_file=config_file,
-        quick=quick,
-        cache_dir=cache_dir,
-        state_dir=state_dir,
-        allow_rollback_to=allow_rollback_to,
-        revoked_keys=list(revoked_key) or None,
-        clock_skew=clock_skew,
-        workers=workers,
-    )
+    integrity = CachedVerification.of_tree(root, ttl=ttl, deadline=deadline, **verify_kwargs(options))
     app = make_wsgi_app(StatusService(integrity, token, checks))
     try:
         server = make_server(app, host, port)
