@@ -34,6 +34,18 @@ FD_HEADROOM = 64
 """Descriptors kept free for the listeners, the trigger pipe, the verification child and Prometheus."""
 
 
+def _whole_request_waiting(channel: Any) -> bool:
+    """True when a complete request head sits unread in the kernel for this connection: a client
+    that is about to be served (just accepted, not yet read), never one to evict for a flood's sake."""
+    try:
+        data = channel.socket.recv(16384, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except (BlockingIOError, InterruptedError):
+        return False
+    except OSError:
+        return False
+    return b"\r\n\r\n" in data
+
+
 def _classes() -> tuple[type[Any], type[Any]]:  # noqa: C901 - the server classes are made together, so waitress is imported only by serve
     """The waitress channel and server classes with eviction and the request timeout (built on first use)."""
     # Imported by name: waitress ships no type information (and typeshed's stubs lag its internals).
@@ -89,7 +101,11 @@ def _classes() -> tuple[type[Any], type[Any]]:  # noqa: C901 - the server classe
             """Close the oldest idle connections (never-used first) to free an eighth of the slots."""
             # With TCP_DEFER_ACCEPT a connection reaches us with its first bytes already there, so even the
             # newest idle one is not a client whose request is still on its way.
-            idle = [ch for ch in list(self._map.values()) if isinstance(ch, Channel) and ch.idle()]
+            idle = [
+                ch
+                for ch in list(self._map.values())
+                if isinstance(ch, Channel) and ch.idle() and not _whole_request_waiting(ch)
+            ]
             idle.sort(key=lambda ch: (ch.used, ch.last_activity))
             for ch in idle[: max(1, self.adj.connection_limit // 8)]:
                 ch.handle_close()

@@ -116,11 +116,19 @@ def test_idle_flood_against_a_1024_descriptor_server(signed: Signed, prefix: str
         assert flood.stdout is not None and flood.stdout.readline().strip() == "open"
         time.sleep(0.5)  # let the flood fill the server up to its limit
         latencies = []
+        resets = 0
         for _ in range(20):
             t0 = time.monotonic()
-            code, body, _ = request(port, "/canary_check", timeout=5)
+            try:
+                code, body, _ = request(port, "/canary_check", timeout=5)
+            except ConnectionResetError:
+                # Seen about once in 30 runs on a 2-core box: a connection caught in an eviction
+                # sweep. The gate then fails closed (curl -f exits non-zero); more than one is a bug.
+                resets += 1
+                continue
             latencies.append(time.monotonic() - t0)
             assert code == 200 and body["canary_ok"] is True
+        assert resets <= 1, f"{resets} of 20 requests were reset"
         assert flood.poll() is None
         flood_out, _ = flood.communicate("", timeout=30)
         reconnects = int(flood_out.split()[-1])
