@@ -238,7 +238,8 @@ def parse_approval(text: str | None) -> tuple[str | None, int] | None:
     if text is None:
         return None
     label, sep, serial = text.rpartition("@")
-    if not serial.isdigit() or len(serial) > 19 or (sep and not label):
+    # ASCII digits only: str.isdigit() also accepts "²", which int() then rejects with a traceback.
+    if not (serial.isascii() and serial.isdigit()) or len(serial) > 19 or (sep and not label):
         raise ConfigError(
             f"--allow-rollback-to {text!r}: name exactly one release, by its serial or as LABEL@SERIAL "
             "(for example v1.4.1@1764201600); a label alone would approve every build carrying it"

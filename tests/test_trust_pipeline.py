@@ -260,9 +260,9 @@ def test_parse_approval_accepts_one_release(text: str | None, parsed: object) ->
     assert trust.parse_approval(text) == parsed
 
 
-@pytest.mark.parametrize("text", ["v1", "@100", "v1@", "v1@1x", "9" * 20, "", "-1"])
+@pytest.mark.parametrize("text", ["v1", "@100", "v1@", "v1@1x", "9" * 20, "", "-1", "v1@\u00b2", "\u0661\u0662"])
 def test_parse_approval_refuses_anything_else(text: str) -> None:
-    """A label alone, an empty label, a non-number or an over-long serial is a usage error."""
+    """A label alone, an empty label, a non-number (non-ASCII digits too) or an over-long serial is a usage error."""
     with pytest.raises(ConfigError, match="name exactly one release"):
         trust.parse_approval(text)
 
