@@ -35,7 +35,9 @@ __all__ = [
     "load_trusted_keys",
     "parse_public_key",
     "parse_trusted_comment",
+    "revoked_ids_from",
     "sign_bytes",
+    "trusted_keys_from",
     "verify_signature",
 ]
 
@@ -188,7 +190,12 @@ def load_trusted_keys(sources: Iterable[str]) -> TrustedKeys:
     Other names in a trusted-key directory are not read: leaving one out can only
     trust less. (A revocation directory is the opposite; see below.)
     """
-    keys = [load_public_key(path, what="trusted key") for path in key_files(sources, "trusted-key", ".pub")]
+    return trusted_keys_from(key_files(sources, "trusted-key", ".pub"))
+
+
+def trusted_keys_from(files: Iterable[str]) -> TrustedKeys:
+    """The keys in ``files`` as :func:`key_files` listed them (so a caller lists each directory once)."""
+    keys = [load_public_key(path, what="trusted key") for path in files]
     return TrustedKeys({pk.key_id: pk for pk in keys})
 
 
@@ -200,10 +207,15 @@ def load_revoked_key_ids(sources: Iterable[str]) -> set[str]:
     as minisign prints it (hex, at most 16 digits; leading zeros optional; ``#``
     starts a comment). A file that is neither is an error, never skipped.
     """
-    revoked: set[str] = set()
     # Every entry of a revocation directory is read, whatever its name (``leaked-key``,
     # ``REVOKED.TXT``): skipping one would silently keep trusting a revoked key.
-    for path in key_files(sources, "revoked-key"):
+    return revoked_ids_from(key_files(sources, "revoked-key"))
+
+
+def revoked_ids_from(files: Iterable[str]) -> set[str]:
+    """The revoked key ids in ``files`` as :func:`key_files` listed them."""
+    revoked: set[str] = set()
+    for path in files:
         if is_inline_key(path):
             revoked.add(format_key_id(parse_public_key(path).key_id))
             continue

@@ -419,6 +419,35 @@ def test_load_inputs_reads_everything_the_decision_needs(tree: Path, keys: Keys,
     assert tm.rollback_approved is True
 
 
+def test_load_inputs_lists_each_key_directory_once_and_anchors_what_it_read(
+    tree: Path, keys: Keys, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each key directory is listed once; its key and revocation files (not inline keys) become the anchors."""
+    from .conftest import build_and_sign
+
+    build_and_sign(tree, keys, release="v1", serial=5)
+    keydir, revdir = tmp_path / "trusted", tmp_path / "revoked"
+    keydir.mkdir()
+    revdir.mkdir()
+    (keydir / "k.pub").write_bytes(keys.public.read_bytes())
+    (revdir / "ids").write_text("# none revoked yet\n")
+    inline = keys.public.read_text().splitlines()[1]
+    listed: list[str] = []
+    real_listdir = os.listdir
+
+    def counting_listdir(path: str) -> list[str]:
+        listed.append(os.fspath(path))
+        return real_listdir(path)
+
+    monkeypatch.setattr(os, "listdir", counting_listdir)
+    settings = Settings(public_key=[str(keydir), inline], revoked_keys=[str(revdir)], state_dir="none")
+    inputs = trust.load_inputs(settings, os.path.realpath(tree))
+    assert sorted(listed) == sorted([str(keydir), str(revdir)])
+    paths = sorted(p for _, p in inputs.anchors.values())
+    assert paths == sorted([str(keydir / "k.pub"), str(revdir / "ids")])
+    assert {(keydir / "k.pub").stat().st_ino, (revdir / "ids").stat().st_ino} == set(inputs.anchors)
+
+
 def test_record_verified_raises_the_mark_and_records_approvals(base: tuple[Manifest, Keys], tmp_path: Path) -> None:
     """A verified run raises the mark; an approved rollback is pinned and recorded (the mark stays); no store, no-op."""
     m, keys = base
