@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, NamedTuple
 
 from .errors import BadSignature, IntegrityError, KeyFileError, UnknownKey
-from .files import check_owner_and_mode, check_private_dir, read_file
+from .files import check_file_dirs, check_owner_and_mode, read_file
 
 if TYPE_CHECKING:
     import minisign
@@ -158,11 +158,10 @@ def _looks_like_secret_key(data: bytes) -> bool:
 def _check_location(path: str, what: str) -> None:
     """The directories holding a key or revocation file, as named and as resolved, must be writable
     by no one but root and its owner: whoever can replace the file (or a link to it) decides trust."""
-    for directory in {os.path.dirname(os.path.abspath(path)), os.path.dirname(os.path.realpath(path))}:
-        try:
-            check_private_dir(directory, f"directory of {what} {path!r}", create=False)
-        except IntegrityError as exc:
-            raise KeyFileError(str(exc)) from None
+    try:
+        check_file_dirs(path, what)
+    except IntegrityError as exc:
+        raise KeyFileError(str(exc)) from None
 
 
 def key_files(sources: Iterable[str], what: str, suffix: str = "") -> list[str]:
