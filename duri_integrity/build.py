@@ -264,13 +264,14 @@ def check_labels(deployment: str, release: str) -> None:
     """Refuse a deployment name or release label the verifier would refuse (same rules as decoding)."""
     import re
 
-    from .manifest import DEPLOYMENT_PATTERN
+    from .manifest import DEPLOYMENT_PATTERN, check_release
 
     if not re.fullmatch(DEPLOYMENT_PATTERN, deployment):
         raise ManifestError(
             f"deployment {deployment!r} is not a valid name (letters, digits, '.', '_', '-'; "
             "up to 100 characters, starting with a letter or digit)"
         )
+    check_release(release)  # before the walk: a bad label fails at once, in words, not after hashing
 
 
 def write_atomic(path: str, data: bytes, mode: int = 0o644) -> None:

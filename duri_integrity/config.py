@@ -107,10 +107,10 @@ def load_config_file(path: str) -> Settings:
     """Read one config file: ``[tool.duri-integrity]`` of a pyproject.toml, else the top-level keys."""
     import tomllib
 
-    from .files import check_private_dir, read_file
+    from .files import check_file_dirs, read_file
 
     try:
-        check_private_dir(os.path.dirname(os.path.abspath(path)), "config directory", create=False)
+        check_file_dirs(path, "config file")  # as named and as resolved, like a key file
         data = read_file(path, _MAX_CONFIG_BYTES, "config file", private=True)
     except IntegrityError as exc:
         raise ConfigError(str(exc)) from None

@@ -152,6 +152,13 @@ def check_private_dir(directory: str, what: str, *, create: bool) -> None:
         current = parent
 
 
+def check_file_dirs(path: str, what: str) -> None:
+    """The directories holding ``path``, as named and as resolved, must be writable by no one but root
+    and this user: whoever can replace the file (or a link to it) decides what it says."""
+    for directory in {os.path.dirname(os.path.abspath(path)), os.path.dirname(os.path.realpath(path))}:
+        check_private_dir(directory, f"directory of {what} {path!r}", create=False)
+
+
 def open_private_lock(directory: str) -> int:
     """Open (creating) ``directory/.lock`` without following a symlink; return the descriptor."""
     path = os.path.join(directory, ".lock")

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, NamedTuple
 
 from .errors import BadSignature, IntegrityError, KeyFileError, UnknownKey
-from .files import check_owner_and_mode, check_private_dir, read_file
+from .files import check_file_dirs, check_owner_and_mode, read_file
 
 if TYPE_CHECKING:
     import minisign
@@ -35,7 +35,9 @@ __all__ = [
     "load_trusted_keys",
     "parse_public_key",
     "parse_trusted_comment",
+    "revoked_ids_from",
     "sign_bytes",
+    "trusted_keys_from",
     "verify_signature",
 ]
 
@@ -156,11 +158,10 @@ def _looks_like_secret_key(data: bytes) -> bool:
 def _check_location(path: str, what: str) -> None:
     """The directories holding a key or revocation file, as named and as resolved, must be writable
     by no one but root and its owner: whoever can replace the file (or a link to it) decides trust."""
-    for directory in {os.path.dirname(os.path.abspath(path)), os.path.dirname(os.path.realpath(path))}:
-        try:
-            check_private_dir(directory, f"directory of {what} {path!r}", create=False)
-        except IntegrityError as exc:
-            raise KeyFileError(str(exc)) from None
+    try:
+        check_file_dirs(path, what)
+    except IntegrityError as exc:
+        raise KeyFileError(str(exc)) from None
 
 
 def key_files(sources: Iterable[str], what: str, suffix: str = "") -> list[str]:
@@ -188,7 +189,12 @@ def load_trusted_keys(sources: Iterable[str]) -> TrustedKeys:
     Other names in a trusted-key directory are not read: leaving one out can only
     trust less. (A revocation directory is the opposite; see below.)
     """
-    keys = [load_public_key(path, what="trusted key") for path in key_files(sources, "trusted-key", ".pub")]
+    return trusted_keys_from(key_files(sources, "trusted-key", ".pub"))
+
+
+def trusted_keys_from(files: Iterable[str]) -> TrustedKeys:
+    """The keys in ``files`` as :func:`key_files` listed them (so a caller lists each directory once)."""
+    keys = [load_public_key(path, what="trusted key") for path in files]
     return TrustedKeys({pk.key_id: pk for pk in keys})
 
 
@@ -200,10 +206,15 @@ def load_revoked_key_ids(sources: Iterable[str]) -> set[str]:
     as minisign prints it (hex, at most 16 digits; leading zeros optional; ``#``
     starts a comment). A file that is neither is an error, never skipped.
     """
-    revoked: set[str] = set()
     # Every entry of a revocation directory is read, whatever its name (``leaked-key``,
     # ``REVOKED.TXT``): skipping one would silently keep trusting a revoked key.
-    for path in key_files(sources, "revoked-key"):
+    return revoked_ids_from(key_files(sources, "revoked-key"))
+
+
+def revoked_ids_from(files: Iterable[str]) -> set[str]:
+    """The revoked key ids in ``files`` as :func:`key_files` listed them."""
+    revoked: set[str] = set()
+    for path in files:
         if is_inline_key(path):
             revoked.add(format_key_id(parse_public_key(path).key_id))
             continue

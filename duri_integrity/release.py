@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from typing import NamedTuple
 
 from .build import build_manifest, signature_for, write_atomic
-from .config import signature_path_for
+from .config import MANIFEST_NAME, signature_path_for
 from .manifest import Manifest
 
 __all__ = ["Release", "build_and_sign"]
@@ -52,7 +52,7 @@ def build_and_sign(
     """
     from .keys import load_secret_key
 
-    manifest_path = manifest_path or os.path.join(root, "MANIFEST.json")
+    manifest_path = manifest_path or os.path.join(root, MANIFEST_NAME)
     sig_path = signature_path or signature_path_for(manifest_path)
     sk = load_secret_key(secret_key, password, allow_insecure_permissions=allow_insecure_key) if secret_key else None
     try:

@@ -238,7 +238,8 @@ def parse_approval(text: str | None) -> tuple[str | None, int] | None:
     if text is None:
         return None
     label, sep, serial = text.rpartition("@")
-    if not serial.isdigit() or len(serial) > 19 or (sep and not label):
+    # ASCII digits only: str.isdigit() also accepts "²", which int() then rejects with a traceback.
+    if not (serial.isascii() and serial.isdigit()) or len(serial) > 19 or (sep and not label):
         raise ConfigError(
             f"--allow-rollback-to {text!r}: name exactly one release, by its serial or as LABEL@SERIAL "
             "(for example v1.4.1@1764201600); a label alone would approve every build carrying it"
@@ -285,15 +286,6 @@ def revoked_sources(settings: Settings) -> list[str]:
     return sources
 
 
-def anchor_files(settings: Settings) -> list[str]:
-    """Every file that decides trust: trusted keys and revocation lists (inline keys excepted)."""
-    from .keys import is_inline_key
-
-    trusted, revoked = trusted_key_sources(settings), revoked_sources(settings)
-    files = key_files(trusted, "trusted-key", ".pub") + key_files(revoked, "revoked-key")
-    return [f for f in files if not is_inline_key(f)]
-
-
 def anchor_inodes(paths: list[str]) -> dict[int, tuple[int, str]]:
     """inode -> (device, path) of each trust anchor: the walk refuses a tree that holds one, however
     it is reached (a bind mount or a hard link defeats any comparison of path strings)."""
@@ -309,21 +301,30 @@ def anchor_inodes(paths: list[str]) -> dict[int, tuple[int, str]]:
 
 def load_keys(settings: Settings, root_real: str) -> tuple[TrustedKeys, set[str]]:
     """Trusted keys and revoked key ids, each file resolved and checked to lie outside the tree."""
-    from .keys import load_revoked_key_ids, load_trusted_keys
+    trusted, ids, _ = _load_keys(settings, root_real)
+    return trusted, ids
+
+
+def _load_keys(settings: Settings, root_real: str) -> tuple[TrustedKeys, set[str], list[str]]:
+    """:func:`load_keys`, and every file that decided trust (inline keys excepted). Each key
+    directory is listed once, so the files checked, read and later refused in the tree are the same."""
+    from .keys import is_inline_key, revoked_ids_from, trusted_keys_from
 
     sources = trusted_key_sources(settings)
-    _outside(root_real, sources + key_files(sources, "trusted-key", ".pub"), "trusted key")
-    trusted = load_trusted_keys(sources)
+    trusted_files = key_files(sources, "trusted-key", ".pub")
+    _outside(root_real, sources + trusted_files, "trusted key")
+    trusted = trusted_keys_from(trusted_files)
     if not len(trusted):
         raise KeyFileError(f"no public keys found in {', '.join(sources)}")
     revoked = revoked_sources(settings)
-    _outside(root_real, revoked + key_files(revoked, "revoked-key"), "revoked-key list")
-    ids = load_revoked_key_ids(revoked)
+    revoked_files = key_files(revoked, "revoked-key")
+    _outside(root_real, revoked + revoked_files, "revoked-key list")
+    ids = revoked_ids_from(revoked_files)
     for rid in ids:  # a truncated id (as short git hashes are) would revoke nothing
         near = [tid for tid in trusted.key_ids if tid != rid and tid.startswith(rid)]
         if near:
             raise KeyFileError(f"revoked key id {rid} looks like a shortened {near[0]}: give every digit")
-    return trusted, ids
+    return trusted, ids, [f for f in trusted_files + revoked_files if not is_inline_key(f)]
 
 
 def open_store(settings: Settings) -> StateStore | None:
@@ -361,7 +362,7 @@ def read_signed(manifest_path: str, sig_path: str) -> tuple[bytes, bytes]:
 
 def load_inputs(settings: Settings, root_real: str) -> TrustInputs:
     """Gather what :func:`evaluate` needs; raise ConfigError/KeyFileError (ERROR) or UntrustedError."""
-    trusted, revoked = load_keys(settings, root_real)
+    trusted, revoked, anchors = _load_keys(settings, root_real)
     store = open_store(settings)
     deployment = host_deployment(settings, store)
     approval = parse_approval(settings.allow_rollback_to)
@@ -379,7 +380,7 @@ def load_inputs(settings: Settings, root_real: str) -> TrustInputs:
         store=store,
         manifest_path=manifest_path,
         signature_path=sig_path,
-        anchors=anchor_inodes(anchor_files(settings)),
+        anchors=anchor_inodes(anchors),
     )
 
 

@@ -110,6 +110,19 @@ def test_unsafe_config_files_are_refused(tmp_path: Path, unsafe: str) -> None:
         resolve_settings(config_file=str(cfg))
 
 
+def test_config_linked_from_a_shared_directory_is_refused(tmp_path: Path) -> None:
+    """A config file reached through a symlink is refused when the directory it resolves into is shared."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "config.toml").write_text('release = "x"\n')
+    shared.chmod(0o775)
+    private = tmp_path / "private"
+    private.mkdir()
+    (private / "config.toml").symlink_to(shared / "config.toml")
+    with pytest.raises(ConfigError, match=r"directory of config file .* writable by group"):
+        resolve_settings(config_file=str(private / "config.toml"))
+
+
 def test_verify_with_no_arguments_uses_environment(signed: Signed, monkeypatch: pytest.MonkeyPatch) -> None:
     """verify_integrity() with no arguments works from DURI_INTEGRITY_* variables."""
     monkeypatch.setenv("DURI_INTEGRITY_ROOT", str(signed.root))

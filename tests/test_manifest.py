@@ -189,3 +189,10 @@ def test_entry_limit(tree: Path) -> None:
     data = build_manifest(str(tree), deployment="svc").data
     with pytest.raises(ManifestError, match="more than 3 entries"):
         decode_manifest(data, max_entries=3)
+
+
+@pytest.mark.parametrize("release", ["v1\n", "v\u00e9", "x" * 201])
+def test_build_refuses_a_bad_release_label_before_walking(tmp_path: Path, release: str) -> None:
+    """build_manifest checks the release label first (before the root), saying what is wrong with it."""
+    with pytest.raises(ManifestError, match=r"^a release label is (printable ASCII|at most 200)"):
+        build_manifest(str(tmp_path / "no-such-root"), deployment="svc", release=release)

@@ -260,9 +260,9 @@ def test_parse_approval_accepts_one_release(text: str | None, parsed: object) ->
     assert trust.parse_approval(text) == parsed
 
 
-@pytest.mark.parametrize("text", ["v1", "@100", "v1@", "v1@1x", "9" * 20, "", "-1"])
+@pytest.mark.parametrize("text", ["v1", "@100", "v1@", "v1@1x", "9" * 20, "", "-1", "v1@\u00b2", "\u0661\u0662"])
 def test_parse_approval_refuses_anything_else(text: str) -> None:
-    """A label alone, an empty label, a non-number or an over-long serial is a usage error."""
+    """A label alone, an empty label, a non-number (non-ASCII digits too) or an over-long serial is a usage error."""
     with pytest.raises(ConfigError, match="name exactly one release"):
         trust.parse_approval(text)
 
@@ -417,6 +417,35 @@ def test_load_inputs_reads_everything_the_decision_needs(tree: Path, keys: Keys,
     assert default.skew == 300 and default.previous is None and default.store is None
     tm = trust.evaluate(inputs, datetime.now(tz=UTC))
     assert tm.rollback_approved is True
+
+
+def test_load_inputs_lists_each_key_directory_once_and_anchors_what_it_read(
+    tree: Path, keys: Keys, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each key directory is listed once; its key and revocation files (not inline keys) become the anchors."""
+    from .conftest import build_and_sign
+
+    build_and_sign(tree, keys, release="v1", serial=5)
+    keydir, revdir = tmp_path / "trusted", tmp_path / "revoked"
+    keydir.mkdir()
+    revdir.mkdir()
+    (keydir / "k.pub").write_bytes(keys.public.read_bytes())
+    (revdir / "ids").write_text("# none revoked yet\n")
+    inline = keys.public.read_text().splitlines()[1]
+    listed: list[str] = []
+    real_listdir = os.listdir
+
+    def counting_listdir(path: str) -> list[str]:
+        listed.append(os.fspath(path))
+        return real_listdir(path)
+
+    monkeypatch.setattr(os, "listdir", counting_listdir)
+    settings = Settings(public_key=[str(keydir), inline], revoked_keys=[str(revdir)], state_dir="none")
+    inputs = trust.load_inputs(settings, os.path.realpath(tree))
+    assert sorted(listed) == sorted([str(keydir), str(revdir)])
+    paths = sorted(p for _, p in inputs.anchors.values())
+    assert paths == sorted([str(keydir / "k.pub"), str(revdir / "ids")])
+    assert {(keydir / "k.pub").stat().st_ino, (revdir / "ids").stat().st_ino} == set(inputs.anchors)
 
 
 def test_record_verified_raises_the_mark_and_records_approvals(base: tuple[Manifest, Keys], tmp_path: Path) -> None:
