@@ -474,6 +474,7 @@ typedef struct {
     size_t rel_len;   /* length of this directory's relative path in the path buffer */
     char *names;      /* subdirectories still to enter: NUL-terminated names */
     size_t names_len, names_cap, next;
+    size_t next_off;  /* offset in names of the next one (not re-walked: quadratic in siblings) */
     unsigned long long *inos;
     size_t n, cap;
 } Frame;
@@ -774,10 +775,10 @@ static int enter_pushed(Scan *s, Frame **stack, size_t *depth, int fd, size_t re
  * The path buffer holds the top frame's path: the child's while it is on the stack, else restored. */
 static int enter_next(Scan *s, Frame **stack, size_t *depth, size_t *cap) {
     Frame *top = &(*stack)[*depth - 1];
-    const char *name = top->names;
-    for (size_t k = 0; k < top->next; k++) name += strlen(name) + 1;
+    const char *name = top->names + top->next_off;
     unsigned long long ino = top->inos[top->next++];
     size_t base = top->rel_len, len = strlen(name), at = base ? base + 1 : 0;
+    top->next_off += len + 1;
     if (path_reserve(s, at + len + 1) < 0) return -1;
     if (base) s->path[base] = '/';
     memcpy(s->path + at, name, len + 1);

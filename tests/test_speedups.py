@@ -325,3 +325,23 @@ def test_walk_out_of_descriptors_is_an_error_and_leaks_nothing(
     r = s.verify(quick=quick, cache_dir=str(tmp_path / "cache"))
     assert r.status == "ERROR" and "ran out of resources" in (r.reason or "") and not r.problems
     assert len(os.listdir("/proc/self/fd")) == before
+
+
+@needs_ext
+def test_scanner_enters_every_one_of_many_sibling_directories(tmp_path: Path, keys: Keys) -> None:
+    """Many sibling subdirectories with names of varied length: each is entered once, under its own name."""
+    root = tmp_path / "t"
+    root.mkdir()
+    names = [f"d{k}" + "x" * (k % 7) for k in range(1500)]
+    for name in names:
+        (root / name).mkdir()
+        (root / name / "f").write_bytes(name.encode())
+    s = build_and_sign(root, keys)
+    cache = tmp_path / "cache"
+    assert s.verify(quick=True, cache_dir=str(cache)).status == "VERIFIED"
+    for name in names[1::500]:
+        (root / name / "f").write_bytes(b"other content")
+    (root / names[-1] / "added").write_bytes(b"new")
+    report = s.verify(quick=True, cache_dir=str(cache))
+    kinds = {(p.path, p.kind) for p in report.problems}
+    assert kinds == {(f"{n}/f", "modified") for n in names[1::500]} | {(f"{names[-1]}/added", "added")}
