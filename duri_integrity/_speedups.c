@@ -599,14 +599,36 @@ static int slow_entry(Scan *s, PyObject *rel, int dirfd, const char *name, const
     return r ? 0 : -1;
 }
 
-/* One directory entry: lstat, skip/exclude, then the fast or the slow path; subdirectories queued. */
-static int scan_entry(Scan *s, Frame *f, const char *name) {
-    size_t base = f->rel_len, len = strlen(name);
-    size_t at = base ? base + 1 : 0;
+/* Append name to the frame's path in the path buffer; the relative path's length, or -1 (no memory). */
+static Py_ssize_t put_name(Scan *s, const Frame *f, const char *name) {
+    size_t base = f->rel_len, len = strlen(name), at = base ? base + 1 : 0;
     if (path_reserve(s, at + len + 1) < 0) return -1;
     if (base) s->path[base] = '/';
     memcpy(s->path + at, name, len + 1);
-    size_t rel_len = at + len;
+    return (Py_ssize_t)(at + len);
+}
+
+/* 1: the tool's own file (regular files only) or excluded, so left out; 0: look at it; -1: error. */
+static int left_out(Scan *s, PyObject *rel, int is_reg, int is_dir) {
+    if (is_reg) {
+        int in = PySet_Contains(s->skip, rel);
+        if (in) return in < 0 ? -1 : 1;
+    }
+    if (!s->excluded) return 0;
+    PyObject *x = PyObject_CallFunction(s->excluded, "OO", rel, is_dir ? Py_True : Py_False);
+    if (!x) return -1;
+    int yes = PyObject_IsTrue(x);
+    Py_DECREF(x);
+    s->excluded_count += yes > 0;
+    return yes;
+}
+
+/* One directory entry: lstat, skip/exclude, then the fast or the slow path; subdirectories queued. */
+static int scan_entry(Scan *s, Frame *f, const char *name) {
+    size_t base = f->rel_len;
+    Py_ssize_t got = put_name(s, f, name);
+    if (got < 0) return -1;
+    size_t rel_len = (size_t)got;
     struct stat st;
     int e = scan_hook(s, STAGE_ENTRY, s->path, rel_len);
     if (e < 0) return -1;
@@ -618,23 +640,10 @@ static int scan_entry(Scan *s, Frame *f, const char *name) {
     PyObject *rel = PyUnicode_DecodeFSDefaultAndSize(s->path, (Py_ssize_t)rel_len);
     if (!rel) return -1;
     int rc = -1, fast;
-    if (S_ISREG(st.st_mode)) {
-        int in = PySet_Contains(s->skip, rel);
-        if (in) {
-            rc = in < 0 ? -1 : 0;
-            goto out;
-        }
-    }
-    if (s->excluded) {
-        PyObject *x = PyObject_CallFunction(s->excluded, "OO", rel, S_ISDIR(st.st_mode) ? Py_True : Py_False);
-        if (!x) goto out;
-        int yes = PyObject_IsTrue(x);
-        Py_DECREF(x);
-        if (yes) {
-            s->excluded_count += yes > 0;
-            rc = yes < 0 ? -1 : 0;
-            goto out;
-        }
+    int gone = left_out(s, rel, S_ISREG(st.st_mode), S_ISDIR(st.st_mode));
+    if (gone) {
+        rc = gone < 0 ? -1 : 0;
+        goto out;
     }
     fast = fast_entry(s, rel, &st);
     if (fast < 0) goto out;
@@ -659,11 +668,10 @@ out:
 /* Full mode, a regular file by its directory entry (no lstat: the hasher fstat-s the open file):
  * a job for the hasher when the manifest lists a file there, else Python's Found(path, "file", ino, None). */
 static int file_entry(Scan *s, Frame *f, const char *name, unsigned long long ino) {
-    size_t base = f->rel_len, len = strlen(name), at = base ? base + 1 : 0;
-    if (path_reserve(s, at + len + 1) < 0) return -1;
-    if (base) s->path[base] = '/';
-    memcpy(s->path + at, name, len + 1);
-    size_t rel_len = at + len;
+    size_t base = f->rel_len;
+    Py_ssize_t got = put_name(s, f, name);
+    if (got < 0) return -1;
+    size_t rel_len = (size_t)got;
     int rc = -1;
     PyObject *rel = NULL, *ino_obj = NULL;
     int e = scan_hook(s, STAGE_ENTRY, s->path, rel_len);
@@ -674,21 +682,10 @@ static int file_entry(Scan *s, Frame *f, const char *name, unsigned long long in
     rel = PyUnicode_DecodeFSDefaultAndSize(s->path, (Py_ssize_t)rel_len);
     ino_obj = rel ? PyLong_FromUnsignedLongLong(ino) : NULL;
     if (!ino_obj) goto out;
-    int in = PySet_Contains(s->skip, rel);
-    if (in) {
-        rc = in < 0 ? -1 : 0;
+    int gone = left_out(s, rel, 1, 0);
+    if (gone) {
+        rc = gone < 0 ? -1 : 0;
         goto out;
-    }
-    if (s->excluded) {
-        PyObject *x = PyObject_CallFunction(s->excluded, "OO", rel, Py_False);
-        if (!x) goto out;
-        int yes = PyObject_IsTrue(x);
-        Py_DECREF(x);
-        if (yes) {
-            s->excluded_count += yes > 0;
-            rc = yes < 0 ? -1 : 0;
-            goto out;
-        }
     }
     PyObject *iobj = PyDict_GetItemWithError(s->index, rel);
     Py_ssize_t i = iobj ? PyLong_AsSsize_t(iobj) : -1;
@@ -777,19 +774,19 @@ static int enter_next(Scan *s, Frame **stack, size_t *depth, size_t *cap) {
     Frame *top = &(*stack)[*depth - 1];
     const char *name = top->names + top->next_off;
     unsigned long long ino = top->inos[top->next++];
-    size_t base = top->rel_len, len = strlen(name), at = base ? base + 1 : 0;
-    top->next_off += len + 1;
-    if (path_reserve(s, at + len + 1) < 0) return -1;
-    if (base) s->path[base] = '/';
-    memcpy(s->path + at, name, len + 1);
+    size_t base = top->rel_len;
+    top->next_off += strlen(name) + 1;
+    Py_ssize_t got = put_name(s, top, name);
+    if (got < 0) return -1;
+    size_t rel_len = (size_t)got;
     int fd = retry_openat(dirfd(top->dir), name, DIR_FLAGS);
     struct stat st;
     int rc;
     if (fd < 0) {
-        rc = call_error(s, s->path, at + len, "open directory", errno, 1);
+        rc = call_error(s, s->path, rel_len, "open directory", errno, 1);
     } else if (fstat(fd, &st) < 0 || (unsigned long long)st.st_ino != ino) {
         close(fd);
-        rc = call_error(s, s->path, at + len, "replaced", 0, 1);
+        rc = call_error(s, s->path, rel_len, "replaced", 0, 1);
     } else if (*depth == *cap) {
         size_t ncap = *cap * 2;
         Frame *p = PyMem_Realloc(*stack, ncap * sizeof(Frame));
@@ -800,9 +797,9 @@ static int enter_next(Scan *s, Frame **stack, size_t *depth, size_t *cap) {
         }
         *stack = p;
         *cap = ncap;
-        return enter_pushed(s, stack, depth, fd, at + len);
+        return enter_pushed(s, stack, depth, fd, rel_len);
     } else {
-        return enter_pushed(s, stack, depth, fd, at + len);
+        return enter_pushed(s, stack, depth, fd, rel_len);
     }
     s->path[base] = '\0';
     return rc;
