@@ -342,10 +342,12 @@ static PyObject *Reader_read(Reader *self, PyObject *args) {
     Py_ssize_t n = PyList_GET_SIZE(batch);
     Item *items = NULL;
     PyObject **encoded = NULL;
+    int claimed = 0;
     if (self->busy || self->root_fd < 0) {
         PyErr_SetString(PyExc_RuntimeError, "Reader closed or in use by another thread");
         goto out;
     }
+    self->busy = claimed = 1; /* from here: parsing the jobs can run Python code (__index__), and so another thread */
     items = PyMem_Calloc((size_t)(n ? n : 1), sizeof(Item));
     encoded = PyMem_Calloc((size_t)(n ? n : 1), sizeof(PyObject *));
     if (!items || !encoded) {
@@ -368,11 +370,9 @@ static PyObject *Reader_read(Reader *self, PyObject *args) {
         items[k].offset = offset;
         offset += (Py_ssize_t)items[k].size + 1;
     }
-    self->busy = 1;
     PyThreadState *save = PyEval_SaveThread();
     for (Py_ssize_t k = 0; k < n; k++) read_one(self, &items[k], view.buf, &save);
     PyEval_RestoreThread(save);
-    self->busy = 0;
     result = PyList_New(n);
     if (!result) goto out;
     for (Py_ssize_t k = 0; k < n; k++) {
@@ -384,6 +384,7 @@ static PyObject *Reader_read(Reader *self, PyObject *args) {
         PyList_SET_ITEM(result, k, res);
     }
 out:
+    if (claimed) self->busy = 0;
     if (encoded)
         for (Py_ssize_t k = 0; k < n; k++) Py_XDECREF(encoded[k]);
     PyMem_Free(encoded);
@@ -417,6 +418,10 @@ static int Reader_init(Reader *self, PyObject *args, PyObject *kwds) {
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "i|O", kwlist, &root_fd, &hook)) return -1;
     if (root_fd < 0) {
         PyErr_SetString(PyExc_ValueError, "root_fd must be an open descriptor");
+        return -1;
+    }
+    if (self->busy) { /* re-initialised while another thread reads through its descriptors */
+        PyErr_SetString(PyExc_RuntimeError, "Reader in use by another thread");
         return -1;
     }
     reader_release(self);
