@@ -583,12 +583,13 @@ static int fast_entry(Scan *s, PyObject *rel, const struct stat *st) {
     return 1;
 }
 
-static int slow_entry(Scan *s, PyObject *rel, int dirfd, const char *name, const struct stat *st) {
+/* Python's found(rel, ...) for an entry not settled here; rel is the str (decoded once), s->path its bytes. */
+static int slow_entry(Scan *s, PyObject *rel, size_t rel_len, int dirfd, const char *name, const struct stat *st) {
     PyObject *target;
     if (S_ISLNK(st->st_mode)) {
         char buf[PATH_MAX + 1]; /* the kernel keeps symlink targets under PATH_MAX bytes */
         ssize_t n = readlinkat(dirfd, name, buf, sizeof buf);
-        if (n < 0) return call_error(s, PyBytes_AS_STRING(rel), (size_t)PyBytes_GET_SIZE(rel), "stat", errno, 0);
+        if (n < 0) return call_error(s, s->path, rel_len, "stat", errno, 0);
         target = PyBytes_FromStringAndSize(buf, n);
         if (!target) return -1;
     } else {
@@ -652,13 +653,7 @@ static int scan_entry(Scan *s, Frame *f, const char *name) {
     }
     fast = fast_entry(s, rel, &st);
     if (fast < 0) goto out;
-    if (!fast) {
-        PyObject *relb = PyBytes_FromStringAndSize(s->path, (Py_ssize_t)rel_len);
-        if (!relb) goto out;
-        int bad = slow_entry(s, relb, dirfd(f->dir), name, &st);
-        Py_DECREF(relb);
-        if (bad) goto out;
-    }
+    if (!fast && slow_entry(s, rel, rel_len, dirfd(f->dir), name, &st) < 0) goto out;
     if (S_ISDIR(st.st_mode) && frame_add_sub(f, name, (unsigned long long)st.st_ino) < 0) {
         PyErr_NoMemory();
         goto out;
@@ -720,8 +715,8 @@ static int file_entry(Scan *s, Frame *f, const char *name, unsigned long long in
         rc = 0;
         goto out;
     }
-    PyObject *r = PyObject_CallFunction(s->found, "y#OOOOOOO", s->path, (Py_ssize_t)rel_len, Py_None, ino_obj, Py_None,
-                                        Py_None, Py_None, Py_None, Py_None);
+    PyObject *r = PyObject_CallFunction(s->found, "OOOOOOOO", rel, Py_None, ino_obj, Py_None, Py_None, Py_None, Py_None,
+                                        Py_None);
     Py_XDECREF(r);
     rc = r ? 0 : -1;
 out:
