@@ -4,6 +4,7 @@ Each measurement runs `duri-integrity verify` in a fresh process (the benchmark 
 when compare.py has built it, else the current interpreter) and reads its peak RSS.
 
     python benchmarks/scale.py [--files 100000] [--rounds 5]
+    python benchmarks/scale.py --added 1000000   # peak RSS when that many empty files were added
 """
 
 from __future__ import annotations
@@ -48,14 +49,14 @@ def prepare(files: int) -> tuple[Path, Path, Path]:
     return tree, manifest, pk
 
 
-def measure(tree: Path, manifest: Path, pk: Path, quick: bool) -> tuple[float, int]:
+def measure(tree: Path, manifest: Path, pk: Path, quick: bool, expect: str = "VERIFIED") -> tuple[float, int]:
     """(in-process seconds reported by the tool, peak RSS in KiB of the whole process)."""
     code = (
         "import sys, time\n"
         "from duri_integrity import verify_integrity\n"
         f"r = verify_integrity({str(tree)!r}, manifest={str(manifest)!r}, public_keys={str(pk)!r}, deployment='bench',"
         f" use_config_file=False, quick={quick}, cache_dir={str(CACHE / 'scale-cache')!r})\n"
-        "assert r.status == 'VERIFIED', r.summary\n"
+        f"assert r.status == {expect!r}, r.summary\n"
         "print(r.elapsed_seconds)\n"
     )
     proc = subprocess.Popen([python(), "-P", "-c", code], stdout=subprocess.PIPE, text=True)
@@ -68,12 +69,32 @@ def measure(tree: Path, manifest: Path, pk: Path, quick: bool) -> tuple[float, i
     return float(out), usage.ru_maxrss
 
 
+def added(n: int) -> None:
+    """Peak RSS of a full verification that finds ``n`` added empty files (memory must not grow with them)."""
+    tree, manifest, pk = prepare(3000)
+    extra = tree / "added-by-scale"
+    extra.mkdir()
+    try:
+        for k in range(n):
+            os.close(os.open(extra / f"f{k}", os.O_CREAT | os.O_WRONLY, 0o644))
+        s, kib = measure(tree, manifest, pk, False, expect="FAILED")
+        print(f"{n:,} added empty files: {s * 1000:.0f} ms, peak RSS {kib / 1024:.1f} MiB")
+    finally:
+        for name in os.listdir(extra):
+            os.unlink(extra / name)
+        extra.rmdir()
+
+
 def main() -> None:
     os.environ["DURI_INTEGRITY_STATE_DIR"] = str(CACHE / "state")
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--files", type=int, default=100_000)
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--added", type=int, default=0, help="instead: peak RSS with this many added empty files")
     args = ap.parse_args()
+    if args.added:
+        added(args.added)
+        return
     rows = []
     for n in (3000, args.files):
         t0 = time.perf_counter()

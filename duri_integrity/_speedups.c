@@ -342,10 +342,12 @@ static PyObject *Reader_read(Reader *self, PyObject *args) {
     Py_ssize_t n = PyList_GET_SIZE(batch);
     Item *items = NULL;
     PyObject **encoded = NULL;
+    int claimed = 0;
     if (self->busy || self->root_fd < 0) {
         PyErr_SetString(PyExc_RuntimeError, "Reader closed or in use by another thread");
         goto out;
     }
+    self->busy = claimed = 1; /* from here: parsing the jobs can run Python code (__index__), and so another thread */
     items = PyMem_Calloc((size_t)(n ? n : 1), sizeof(Item));
     encoded = PyMem_Calloc((size_t)(n ? n : 1), sizeof(PyObject *));
     if (!items || !encoded) {
@@ -368,11 +370,9 @@ static PyObject *Reader_read(Reader *self, PyObject *args) {
         items[k].offset = offset;
         offset += (Py_ssize_t)items[k].size + 1;
     }
-    self->busy = 1;
     PyThreadState *save = PyEval_SaveThread();
     for (Py_ssize_t k = 0; k < n; k++) read_one(self, &items[k], view.buf, &save);
     PyEval_RestoreThread(save);
-    self->busy = 0;
     result = PyList_New(n);
     if (!result) goto out;
     for (Py_ssize_t k = 0; k < n; k++) {
@@ -384,6 +384,7 @@ static PyObject *Reader_read(Reader *self, PyObject *args) {
         PyList_SET_ITEM(result, k, res);
     }
 out:
+    if (claimed) self->busy = 0;
     if (encoded)
         for (Py_ssize_t k = 0; k < n; k++) Py_XDECREF(encoded[k]);
     PyMem_Free(encoded);
@@ -417,6 +418,10 @@ static int Reader_init(Reader *self, PyObject *args, PyObject *kwds) {
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "i|O", kwlist, &root_fd, &hook)) return -1;
     if (root_fd < 0) {
         PyErr_SetString(PyExc_ValueError, "root_fd must be an open descriptor");
+        return -1;
+    }
+    if (self->busy) { /* re-initialised while another thread reads through its descriptors */
+        PyErr_SetString(PyExc_RuntimeError, "Reader in use by another thread");
         return -1;
     }
     reader_release(self);
@@ -474,6 +479,7 @@ typedef struct {
     size_t rel_len;   /* length of this directory's relative path in the path buffer */
     char *names;      /* subdirectories still to enter: NUL-terminated names */
     size_t names_len, names_cap, next;
+    size_t next_off;  /* offset in names of the next one (not re-walked: quadratic in siblings) */
     unsigned long long *inos;
     size_t n, cap;
 } Frame;
@@ -577,12 +583,13 @@ static int fast_entry(Scan *s, PyObject *rel, const struct stat *st) {
     return 1;
 }
 
-static int slow_entry(Scan *s, PyObject *rel, int dirfd, const char *name, const struct stat *st) {
+/* Python's found(rel, ...) for an entry not settled here; rel is the str (decoded once), s->path its bytes. */
+static int slow_entry(Scan *s, PyObject *rel, size_t rel_len, int dirfd, const char *name, const struct stat *st) {
     PyObject *target;
     if (S_ISLNK(st->st_mode)) {
         char buf[PATH_MAX + 1]; /* the kernel keeps symlink targets under PATH_MAX bytes */
         ssize_t n = readlinkat(dirfd, name, buf, sizeof buf);
-        if (n < 0) return call_error(s, PyBytes_AS_STRING(rel), (size_t)PyBytes_GET_SIZE(rel), "stat", errno, 0);
+        if (n < 0) return call_error(s, s->path, rel_len, "stat", errno, 0);
         target = PyBytes_FromStringAndSize(buf, n);
         if (!target) return -1;
     } else {
@@ -598,14 +605,36 @@ static int slow_entry(Scan *s, PyObject *rel, int dirfd, const char *name, const
     return r ? 0 : -1;
 }
 
-/* One directory entry: lstat, skip/exclude, then the fast or the slow path; subdirectories queued. */
-static int scan_entry(Scan *s, Frame *f, const char *name) {
-    size_t base = f->rel_len, len = strlen(name);
-    size_t at = base ? base + 1 : 0;
+/* Append name to the frame's path in the path buffer; the relative path's length, or -1 (no memory). */
+static Py_ssize_t put_name(Scan *s, const Frame *f, const char *name) {
+    size_t base = f->rel_len, len = strlen(name), at = base ? base + 1 : 0;
     if (path_reserve(s, at + len + 1) < 0) return -1;
     if (base) s->path[base] = '/';
     memcpy(s->path + at, name, len + 1);
-    size_t rel_len = at + len;
+    return (Py_ssize_t)(at + len);
+}
+
+/* 1: the tool's own file (regular files only) or excluded, so left out; 0: look at it; -1: error. */
+static int left_out(Scan *s, PyObject *rel, int is_reg, int is_dir) {
+    if (is_reg) {
+        int in = PySet_Contains(s->skip, rel);
+        if (in) return in < 0 ? -1 : 1;
+    }
+    if (!s->excluded) return 0;
+    PyObject *x = PyObject_CallFunction(s->excluded, "OO", rel, is_dir ? Py_True : Py_False);
+    if (!x) return -1;
+    int yes = PyObject_IsTrue(x);
+    Py_DECREF(x);
+    s->excluded_count += yes > 0;
+    return yes;
+}
+
+/* One directory entry: lstat, skip/exclude, then the fast or the slow path; subdirectories queued. */
+static int scan_entry(Scan *s, Frame *f, const char *name) {
+    size_t base = f->rel_len;
+    Py_ssize_t got = put_name(s, f, name);
+    if (got < 0) return -1;
+    size_t rel_len = (size_t)got;
     struct stat st;
     int e = scan_hook(s, STAGE_ENTRY, s->path, rel_len);
     if (e < 0) return -1;
@@ -617,33 +646,14 @@ static int scan_entry(Scan *s, Frame *f, const char *name) {
     PyObject *rel = PyUnicode_DecodeFSDefaultAndSize(s->path, (Py_ssize_t)rel_len);
     if (!rel) return -1;
     int rc = -1, fast;
-    if (S_ISREG(st.st_mode)) {
-        int in = PySet_Contains(s->skip, rel);
-        if (in) {
-            rc = in < 0 ? -1 : 0;
-            goto out;
-        }
-    }
-    if (s->excluded) {
-        PyObject *x = PyObject_CallFunction(s->excluded, "OO", rel, S_ISDIR(st.st_mode) ? Py_True : Py_False);
-        if (!x) goto out;
-        int yes = PyObject_IsTrue(x);
-        Py_DECREF(x);
-        if (yes) {
-            s->excluded_count += yes > 0;
-            rc = yes < 0 ? -1 : 0;
-            goto out;
-        }
+    int gone = left_out(s, rel, S_ISREG(st.st_mode), S_ISDIR(st.st_mode));
+    if (gone) {
+        rc = gone < 0 ? -1 : 0;
+        goto out;
     }
     fast = fast_entry(s, rel, &st);
     if (fast < 0) goto out;
-    if (!fast) {
-        PyObject *relb = PyBytes_FromStringAndSize(s->path, (Py_ssize_t)rel_len);
-        if (!relb) goto out;
-        int bad = slow_entry(s, relb, dirfd(f->dir), name, &st);
-        Py_DECREF(relb);
-        if (bad) goto out;
-    }
+    if (!fast && slow_entry(s, rel, rel_len, dirfd(f->dir), name, &st) < 0) goto out;
     if (S_ISDIR(st.st_mode) && frame_add_sub(f, name, (unsigned long long)st.st_ino) < 0) {
         PyErr_NoMemory();
         goto out;
@@ -658,11 +668,10 @@ out:
 /* Full mode, a regular file by its directory entry (no lstat: the hasher fstat-s the open file):
  * a job for the hasher when the manifest lists a file there, else Python's Found(path, "file", ino, None). */
 static int file_entry(Scan *s, Frame *f, const char *name, unsigned long long ino) {
-    size_t base = f->rel_len, len = strlen(name), at = base ? base + 1 : 0;
-    if (path_reserve(s, at + len + 1) < 0) return -1;
-    if (base) s->path[base] = '/';
-    memcpy(s->path + at, name, len + 1);
-    size_t rel_len = at + len;
+    size_t base = f->rel_len;
+    Py_ssize_t got = put_name(s, f, name);
+    if (got < 0) return -1;
+    size_t rel_len = (size_t)got;
     int rc = -1;
     PyObject *rel = NULL, *ino_obj = NULL;
     int e = scan_hook(s, STAGE_ENTRY, s->path, rel_len);
@@ -673,21 +682,10 @@ static int file_entry(Scan *s, Frame *f, const char *name, unsigned long long in
     rel = PyUnicode_DecodeFSDefaultAndSize(s->path, (Py_ssize_t)rel_len);
     ino_obj = rel ? PyLong_FromUnsignedLongLong(ino) : NULL;
     if (!ino_obj) goto out;
-    int in = PySet_Contains(s->skip, rel);
-    if (in) {
-        rc = in < 0 ? -1 : 0;
+    int gone = left_out(s, rel, 1, 0);
+    if (gone) {
+        rc = gone < 0 ? -1 : 0;
         goto out;
-    }
-    if (s->excluded) {
-        PyObject *x = PyObject_CallFunction(s->excluded, "OO", rel, Py_False);
-        if (!x) goto out;
-        int yes = PyObject_IsTrue(x);
-        Py_DECREF(x);
-        if (yes) {
-            s->excluded_count += yes > 0;
-            rc = yes < 0 ? -1 : 0;
-            goto out;
-        }
     }
     PyObject *iobj = PyDict_GetItemWithError(s->index, rel);
     Py_ssize_t i = iobj ? PyLong_AsSsize_t(iobj) : -1;
@@ -717,8 +715,8 @@ static int file_entry(Scan *s, Frame *f, const char *name, unsigned long long in
         rc = 0;
         goto out;
     }
-    PyObject *r = PyObject_CallFunction(s->found, "y#OOOOOOO", s->path, (Py_ssize_t)rel_len, Py_None, ino_obj, Py_None,
-                                        Py_None, Py_None, Py_None, Py_None);
+    PyObject *r = PyObject_CallFunction(s->found, "OOOOOOOO", rel, Py_None, ino_obj, Py_None, Py_None, Py_None, Py_None,
+                                        Py_None);
     Py_XDECREF(r);
     rc = r ? 0 : -1;
 out:
@@ -774,21 +772,21 @@ static int enter_pushed(Scan *s, Frame **stack, size_t *depth, int fd, size_t re
  * The path buffer holds the top frame's path: the child's while it is on the stack, else restored. */
 static int enter_next(Scan *s, Frame **stack, size_t *depth, size_t *cap) {
     Frame *top = &(*stack)[*depth - 1];
-    const char *name = top->names;
-    for (size_t k = 0; k < top->next; k++) name += strlen(name) + 1;
+    const char *name = top->names + top->next_off;
     unsigned long long ino = top->inos[top->next++];
-    size_t base = top->rel_len, len = strlen(name), at = base ? base + 1 : 0;
-    if (path_reserve(s, at + len + 1) < 0) return -1;
-    if (base) s->path[base] = '/';
-    memcpy(s->path + at, name, len + 1);
+    size_t base = top->rel_len;
+    top->next_off += strlen(name) + 1;
+    Py_ssize_t got = put_name(s, top, name);
+    if (got < 0) return -1;
+    size_t rel_len = (size_t)got;
     int fd = retry_openat(dirfd(top->dir), name, DIR_FLAGS);
     struct stat st;
     int rc;
     if (fd < 0) {
-        rc = call_error(s, s->path, at + len, "open directory", errno, 1);
+        rc = call_error(s, s->path, rel_len, "open directory", errno, 1);
     } else if (fstat(fd, &st) < 0 || (unsigned long long)st.st_ino != ino) {
         close(fd);
-        rc = call_error(s, s->path, at + len, "replaced", 0, 1);
+        rc = call_error(s, s->path, rel_len, "replaced", 0, 1);
     } else if (*depth == *cap) {
         size_t ncap = *cap * 2;
         Frame *p = PyMem_Realloc(*stack, ncap * sizeof(Frame));
@@ -799,9 +797,9 @@ static int enter_next(Scan *s, Frame **stack, size_t *depth, size_t *cap) {
         }
         *stack = p;
         *cap = ncap;
-        return enter_pushed(s, stack, depth, fd, at + len);
+        return enter_pushed(s, stack, depth, fd, rel_len);
     } else {
-        return enter_pushed(s, stack, depth, fd, at + len);
+        return enter_pushed(s, stack, depth, fd, rel_len);
     }
     s->path[base] = '\0';
     return rc;

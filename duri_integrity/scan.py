@@ -66,14 +66,14 @@ def run(
     fsdecode, stat_result, new = os.fsdecode, os.stat_result, tuple.__new__
 
     def found(
-        rel_b: bytes, mode: int | None, ino: int, dev: int, size: int, mtime: int, ctime: int, target: bytes | None
+        rel: str, mode: int | None, ino: int, dev: int, size: int, mtime: int, ctime: int, target: bytes | None
     ) -> None:
         if mode is None:  # full mode: a regular file by its directory entry, not stat-ed (as the Python walk)
-            f = new(Found, (fsdecode(rel_b), "file", ino, None, None))
+            f = new(Found, (rel, "file", ino, None, None))
         else:
             times = {"st_atime_ns": mtime, "st_mtime_ns": mtime, "st_ctime_ns": ctime}
             st = stat_result((mode, ino, dev, 0, 0, 0, size, mtime // 10**9, mtime // 10**9, ctime // 10**9), times)
-            f = new(Found, (fsdecode(rel_b), kind_of(mode), ino, st, None if target is None else fsdecode(target)))
+            f = new(Found, (rel, kind_of(mode), ino, st, None if target is None else fsdecode(target)))
         if refuse is not None and anchors and ino in anchors:
             refuse(f)
         consume(f)

@@ -124,6 +124,48 @@ def test_reader_refuses_a_buffer_too_small_and_use_after_close(tmp_path: Path) -
 
 
 @needs_ext
+def test_reader_cannot_be_reinitialised_or_reentered_while_reading(tmp_path: Path) -> None:
+    """Python code run during a read (the fault hook, a jobs sequence's __getitem__) cannot re-init or re-enter it."""
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d/f").write_bytes(b"0123456789")
+    jobs = [_job(tmp_path, "d/f")]
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    refused: list[str] = []
+    reader: Any = None
+
+    def poke(what: str) -> None:
+        try:
+            if what == "init":
+                reader.__init__(fd)
+            else:
+                reader.read(jobs, [0], bytearray(11))
+        except RuntimeError:
+            refused.append(what)
+
+    def hook(stage: int, path: bytes) -> int:
+        poke("init" if stage == speedups._ext.STAGE_FSTAT else "read")
+        return 0
+
+    class Jobs(list[FileCheck]):
+        def __getitem__(self, i: Any) -> Any:
+            poke("init")
+            poke("read")
+            return list.__getitem__(self, i)
+
+    try:
+        reader = speedups._ext.Reader(fd, hook)
+        buf = bytearray(11)
+        assert reader.read(jobs, [0], buf) == [0] and buf[:10] == b"0123456789"
+        assert sorted(refused) == ["init", "read", "read"]  # open and read stages re-enter, fstat re-inits
+        refused.clear()
+        assert reader.read(Jobs(jobs), [0], buf) == [0]
+        assert refused[:2] == ["init", "read"]
+    finally:
+        reader.close()
+        os.close(fd)
+
+
+@needs_ext
 def test_verify_reports_are_identical_with_and_without(
     tmp_path: Path, keys: Keys, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -325,3 +367,23 @@ def test_walk_out_of_descriptors_is_an_error_and_leaks_nothing(
     r = s.verify(quick=quick, cache_dir=str(tmp_path / "cache"))
     assert r.status == "ERROR" and "ran out of resources" in (r.reason or "") and not r.problems
     assert len(os.listdir("/proc/self/fd")) == before
+
+
+@needs_ext
+def test_scanner_enters_every_one_of_many_sibling_directories(tmp_path: Path, keys: Keys) -> None:
+    """Many sibling subdirectories with names of varied length: each is entered once, under its own name."""
+    root = tmp_path / "t"
+    root.mkdir()
+    names = [f"d{k}" + "x" * (k % 7) for k in range(1500)]
+    for name in names:
+        (root / name).mkdir()
+        (root / name / "f").write_bytes(name.encode())
+    s = build_and_sign(root, keys)
+    cache = tmp_path / "cache"
+    assert s.verify(quick=True, cache_dir=str(cache)).status == "VERIFIED"
+    for name in names[1::500]:
+        (root / name / "f").write_bytes(b"other content")
+    (root / names[-1] / "added").write_bytes(b"new")
+    report = s.verify(quick=True, cache_dir=str(cache))
+    kinds = {(p.path, p.kind) for p in report.problems}
+    assert kinds == {(f"{n}/f", "modified") for n in names[1::500]} | {(f"{names[-1]}/added", "added")}
