@@ -21,7 +21,7 @@ from .hashing import FileCheck, check_files
 from .manifest import File, Manifest, Symlink, display
 from .report import Problem, Tally
 from .snapshot import RECORD, Snapshot
-from .walk import Found, Walk, WalkError
+from .walk import DirCursor, Found, Walk, WalkError, check_resources, open_root
 
 __all__ = ["DEFAULT_MAX_PROBLEMS", "Outcome", "compare"]
 
@@ -182,6 +182,34 @@ class _Comparison:
             self.problem(self.job_index[k], jobs[k][0], kind, expected, actual)
         self.tally.hashed = len(jobs)
 
+    def unchanged_since(self, root_real: str, started_ns: int) -> None:
+        """Every file that checked out must not have changed since the run began.
+
+        Files are hashed one after another, so without this a tree rewritten during the run
+        (one file bad at every moment, a different one each time) could match file by file
+        and never as a whole. A file whose ctime (set by the kernel on every change; no one
+        but root can set it back) is after the start changed during the run: ``unstable``.
+        """
+        jobs, job_index, failed = self.jobs, self.job_index, self.failed
+        cursor = DirCursor(open_root(root_real))
+        try:
+            for k, (rel, _, _, _, _) in enumerate(jobs):
+                i = job_index[k]
+                if failed[i]:
+                    continue
+                rel_dir, _, name = rel.rpartition("/")
+                try:
+                    st = os.stat(name, dir_fd=cursor.enter(rel_dir), follow_symlinks=False)
+                except OSError as exc:
+                    check_resources(exc, f"checking {display(rel)!r} again")
+                    self.problem(i, rel, "unstable", actual=f"replaced or removed during the check ({exc.strerror})")
+                    continue
+                if st.st_ctime_ns > started_ns:
+                    self.problem(i, rel, "unstable", actual="changed during the check")
+        finally:
+            cursor.close()
+            os.close(cursor.root_fd)
+
     def outcome(self, records: bytearray | None) -> Outcome:
         self._trim()
         t = self.tally
@@ -331,6 +359,7 @@ def compare(
     *,
     max_problems: int | None = DEFAULT_MAX_PROBLEMS,
     anchors: Mapping[int, tuple[int, str]] | None = None,
+    started_ns: int | None = None,
 ) -> Outcome:
     """Walk the tree and compare it with the manifest, hashing what must be hashed.
 
@@ -338,7 +367,10 @@ def compare(
     counts are exact either way. ``anchors`` maps the inode of each file that
     decided trust (keys, revocations, config) to its (device, path): finding one in
     the tree raises TrustAnchorInTree, however the tree reaches it (a bind mount, a
-    hard link). Raises TreeError when the check cannot be complete (out of
+    hard link). With ``started_ns`` (the wall clock when the run began), a file whose
+    ctime is later changed during the run and is ``unstable``:
+    the verdict is about one tree, not a different moment for each file. Raises
+    TreeError when the check cannot be complete (out of
     descriptors or memory), and whatever a hashing thread raised.
     """
     if max_problems is not None and max_problems < 1:
@@ -361,4 +393,6 @@ def compare(
         excluded = walk.excluded
     c.finish_walk(excluded)
     c.hash(root_real, workers, progress)
+    if started_ns is not None and not c.tally.problems:  # with problems the verdict is FAILED anyway
+        c.unchanged_since(root_real, started_ns)
     return c.outcome(records)

@@ -108,6 +108,10 @@ def verify_settings(
     """The verification proper, from resolved settings. ``record=False`` leaves the rollback
     mark and the quick-mode snapshot untouched (``doctor`` checks; it does not deploy)."""
     run.root = settings.root or "."
+    # A file whose ctime is after this instant changed during the run (see compare.unchanged_since).
+    # The fine clock never marks an earlier change as later; a change in the first clock tick after
+    # it may carry a coarse stamp from before it and go unseen (docs/threat-model.md).
+    begun = time.time_ns()
     try:
         root_real = check_root(run.root)
         inputs = _trust(settings, run, root_real)
@@ -131,6 +135,7 @@ def verify_settings(
             progress,
             max_problems=max_problems,
             anchors=inputs.anchors,
+            started_ns=begun,
         )
         if outcome.problems:
             return run.finish("FAILED", outcome=outcome)

@@ -485,3 +485,28 @@ def test_a_lying_prometheus_is_unknown_never_ok(status: int, value: str, stamp: 
     finally:
         fake.close()
     assert result.status == "ok", result  # the same server, telling the truth, passes
+
+
+def test_a_file_changed_during_the_run_is_never_verified(signed: Signed, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Files are hashed one by one: a file rewritten during the run (even back to the released
+    bytes, after it was hashed) makes the verdict unstable, so a tree that is never right as a
+    whole cannot match file by file."""
+    import time
+
+    from duri_integrity import compare
+
+    target = signed.root / "app" / "main.py"
+    real = compare.check_files
+
+    def check_then_touch(*args: object, **kw: object):  # type: ignore[no-untyped-def]
+        out = real(*args, **kw)  # type: ignore[arg-type]
+        time.sleep(0.02)  # past the clock tick in which the run began
+        target.write_bytes(target.read_bytes())  # same bytes, new ctime: it changed during the run
+        return out
+
+    monkeypatch.setattr(compare, "check_files", check_then_touch)
+    r = signed.verify()
+    assert r.status == "FAILED"
+    assert [(p.path, p.kind) for p in r.problems] == [("app/main.py", "unstable")]
+    monkeypatch.setattr(compare, "check_files", real)
+    assert signed.verify().status == "VERIFIED"  # left alone, the same tree verifies
