@@ -449,6 +449,18 @@ def test_token_errors(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     assert time.monotonic() - t0 < 10
 
 
+def test_a_token_file_others_can_write_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A token file group or others may write is refused (they could choose the token); 0644 is accepted."""
+    monkeypatch.delenv("CANARY_TOKEN", raising=False)
+    token_file = tmp_path / "status.token"
+    token_file.write_text(TOKEN + "\n")
+    token_file.chmod(0o644)
+    assert load_token(token_file=str(token_file)) == TOKEN
+    token_file.chmod(0o664)
+    with pytest.raises(ConfigError, match=r"writable by group or others .*\(from --token-file\)"):
+        load_token(token_file=str(token_file))
+
+
 # --- the serve command ---------------------------------------------------------------------
 
 
