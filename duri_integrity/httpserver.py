@@ -39,9 +39,7 @@ def _whole_request_waiting(channel: Any) -> bool:
     that is about to be served (just accepted, not yet read), never one to evict for a flood's sake."""
     try:
         data = channel.socket.recv(16384, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-    except (BlockingIOError, InterruptedError):
-        return False
-    except OSError:
+    except OSError:  # nothing waiting (EAGAIN), or the peer is gone
         return False
     return b"\r\n\r\n" in data
 

@@ -90,7 +90,8 @@ def load_token(token: str | None = None, token_file: str | None = None, config_t
 
     Order: ``token``, ``token_file`` (the --token-file option), then the
     environment: DURI_INTEGRITY_STATUS_TOKEN_FILE, DURI_INTEGRITY_STATUS_TOKEN,
-    CANARY_TOKEN, then the config file's ``token_file``. A file gives its first line.
+    CANARY_TOKEN, then the config file's ``token_file``. A file gives its first line, and
+    must be writable by its owner only (this user or root).
     """
     env = os.environ
     sources: list[tuple[str, str | None, bool]] = [
@@ -105,11 +106,12 @@ def load_token(token: str | None = None, token_file: str | None = None, config_t
         if not value:
             continue
         if is_file:
-            from .files import UnreadableFile, read_file
+            from .files import UnreadableFile, UnsafeLocation, read_file
 
             try:
-                raw = read_file(value, 4096, "token file")
-            except UnreadableFile as exc:
+                # Whoever could rewrite the token file could choose the token: only its owner (or root) may.
+                raw = read_file(value, 4096, "token file", private=True)
+            except (UnreadableFile, UnsafeLocation) as exc:
                 raise ConfigError(f"{exc} (from {name})") from None
             found = raw.decode("utf-8", "replace").partition("\n")[0].strip()
         else:

@@ -177,6 +177,7 @@ class ChildVerification:
         env = {k: v for k, v in os.environ.items() if k not in _TOKEN_VARIABLES}
         self.env = {**env, "PYTHONPATH": here + (os.pathsep + path if path else "")}
         self._proc: subprocess.Popen[bytes] | None = None
+        self.max_report_bytes = MAX_REPORT_BYTES
 
     def stop(self) -> None:
         """Kill the verification in flight, if any (the server is shutting down)."""
@@ -199,7 +200,7 @@ class ChildVerification:
             return unverified_report(self.root, f"could not start the verification: {exc.strerror or exc}")
         self._proc = proc
         try:
-            out, _ = proc.communicate(timeout=self.deadline)
+            out = self._collect(proc)
         except subprocess.TimeoutExpired:
             self._kill(proc)
             return unverified_report(
@@ -207,12 +208,44 @@ class ChildVerification:
             )
         finally:
             self._proc = None
-        if len(out) > MAX_REPORT_BYTES:
+        if out is None:
+            self._kill(proc)
             return unverified_report(self.root, "the verification's report is too large")
         try:
-            return msgspec.json.decode(out, type=Report)
+            report = msgspec.json.decode(out, type=Report)
         except (msgspec.ValidationError, msgspec.DecodeError):
             return unverified_report(self.root, f"the verification exited with code {proc.returncode} and no report")
+        if report.exit_code != proc.returncode:  # e.g. its output could not be delivered whole
+            return unverified_report(
+                self.root, f"the verification exited with code {proc.returncode}, not the {report.status} report's"
+            )
+        return report
+
+    def _collect(self, proc: subprocess.Popen[bytes]) -> bytes | None:
+        """The child's stdout once it exits (None past ``max_report_bytes``); TimeoutExpired at the deadline."""
+        import selectors
+
+        assert proc.stdout is not None  # stdout=PIPE
+        end = time.monotonic() + self.deadline
+        chunks: list[bytes] = []
+        size = 0
+        with proc.stdout, selectors.DefaultSelector() as sel:
+            sel.register(proc.stdout, selectors.EVENT_READ)
+            while True:
+                left = end - time.monotonic()
+                if left <= 0:
+                    raise subprocess.TimeoutExpired(self.argv, self.deadline)
+                if not sel.select(left):
+                    continue
+                data = os.read(proc.stdout.fileno(), 1 << 16)
+                if not data:
+                    break
+                size += len(data)
+                if size > self.max_report_bytes:  # memory must not grow with what the tree holds
+                    return None
+                chunks.append(data)
+        proc.wait(timeout=max(0.0, end - time.monotonic()))
+        return b"".join(chunks)
 
     @staticmethod
     def _kill(proc: subprocess.Popen[bytes]) -> None:
@@ -220,4 +253,4 @@ class ChildVerification:
             os.killpg(proc.pid, signal.SIGKILL)
         # A process stuck in the kernel (D state) may outlive the grace: Popen reaps it later.
         with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.communicate(timeout=KILL_GRACE)
+            proc.wait(timeout=KILL_GRACE)

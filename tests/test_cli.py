@@ -11,6 +11,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner
 
@@ -299,3 +300,17 @@ def test_encrypted_key_prompts_once_on_a_terminal(tree: Path, tmp_path: Path) ->
     os.close(master)
     assert os.waitstatus_to_exitcode(status) == 0, seen
     assert seen.count(b"Password") == 1 and b"signed:" in seen
+
+
+def test_doctor_takes_verify_trust_options_with_the_same_spelling() -> None:
+    """doctor accepts every option of verify that decides trust, spelt and typed as verify's (one shared list)."""
+    from duri_integrity.cli.ops import doctor
+    from duri_integrity.cli.verify import verify
+
+    def options(command: click.Command) -> dict[str, tuple[str, str]]:
+        return {p.name: (" ".join(p.opts), type(p.type).__name__) for p in command.params if p.name}
+
+    shared = {k: v for k, v in options(verify).items() if k not in ("quick", "cache_dir", "workers", "as_json")}
+    shared = {k: v for k, v in shared.items() if k not in ("quiet", "prometheus_textfile", "max_problems", "root")}
+    doctors = options(doctor)
+    assert shared and {k: doctors.get(k) for k in shared} == shared

@@ -361,6 +361,28 @@ def test_child_verification_is_killed_at_the_deadline(signed: Signed) -> None:
     assert set(_children()) <= before
 
 
+def test_child_output_past_the_limit_is_not_read_and_not_verified(signed: Signed) -> None:
+    """A child writing more than a report can be is stopped at the limit and the answer is ERROR."""
+    status = CachedVerification.of_tree(str(signed.root), public_keys=[str(signed.keys.public)], state_dir="none")
+    assert status._child is not None
+    status._child.max_report_bytes = 64
+    report = status.get()
+    assert report.status == "ERROR" and report.reason == "the verification's report is too large"
+
+
+def test_a_verified_report_from_a_failed_child_is_not_verified(signed: Signed, tmp_path: Path) -> None:
+    """A VERIFIED report whose child exited non-zero (output not delivered whole) is not served as VERIFIED."""
+    status = CachedVerification.of_tree(str(signed.root), public_keys=[str(signed.keys.public)], state_dir="none")
+    assert status.get().status == "VERIFIED"
+    child = status._child
+    assert child is not None
+    saved = tmp_path / "report.json"
+    saved.write_bytes(subprocess.run(child.argv, env=child.env, capture_output=True, check=True).stdout)
+    child.argv = [sys.executable, "-c", f"import sys; sys.stdout.write(open({str(saved)!r}).read()); sys.exit(4)"]
+    report = CachedVerification(child, 60, root=child.root).get()
+    assert report.status == "ERROR" and "exited with code 4, not the VERIFIED report's" in (report.reason or "")
+
+
 def test_child_verification_passes_the_options(signed: Signed, tmp_path: Path) -> None:
     """of_tree passes verify's options to the child: a manifest kept elsewhere, a revoked key."""
     elsewhere = tmp_path / "kept"
@@ -425,6 +447,18 @@ def test_token_errors(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not a regular file"):
         load_token(token_file=str(fifo))
     assert time.monotonic() - t0 < 10
+
+
+def test_a_token_file_others_can_write_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A token file group or others may write is refused (they could choose the token); 0644 is accepted."""
+    monkeypatch.delenv("CANARY_TOKEN", raising=False)
+    token_file = tmp_path / "status.token"
+    token_file.write_text(TOKEN + "\n")
+    token_file.chmod(0o644)
+    assert load_token(token_file=str(token_file)) == TOKEN
+    token_file.chmod(0o664)
+    with pytest.raises(ConfigError, match=r"writable by group or others .*\(from --token-file\)"):
+        load_token(token_file=str(token_file))
 
 
 # --- the serve command ---------------------------------------------------------------------

@@ -170,49 +170,82 @@ def finite(value: float, name: str) -> float:
     return value
 
 
-_VERIFY_OPTIONS = (
-    click.option("--manifest", "-m", help="Manifest file [default: ROOT/MANIFEST.json]."),
-    click.option("--signature", help="Signature file [default: the manifest path + .minisig]."),
-    click.option(
-        "--public-key",
-        "-p",
+_VERIFY_OPTIONS: tuple[tuple[str, Callable[[Any], Any]], ...] = (
+    ("manifest", click.option("--manifest", "-m", help="Manifest file [default: ROOT/MANIFEST.json].")),
+    ("signature", click.option("--signature", help="Signature file [default: the manifest path + .minisig].")),
+    (
         "public_keys",
-        multiple=True,
-        help="Trusted public key: a .pub file, a directory of them, or the base64 key. Repeatable.",
+        click.option(
+            "--public-key",
+            "-p",
+            "public_keys",
+            multiple=True,
+            help="Trusted public key: a .pub file, a directory of them, or the base64 key. Repeatable.",
+        ),
     ),
-    deployment_option,
-    click.option(
-        "--quick",
-        is_flag=True,
-        help="Re-hash only files whose stat changed since the last verified quick run (trusts timestamps).",
+    ("deployment", deployment_option),
+    (
+        "quick",
+        click.option(
+            "--quick",
+            is_flag=True,
+            help="Re-hash only files whose stat changed since the last verified quick run (trusts timestamps).",
+        ),
     ),
-    click.option("--cache-dir", type=click.Path(file_okay=False), help="Where quick mode keeps its snapshots."),
-    click.option(
-        "--state-dir",
-        help="Where rollback high-water marks are kept [default: /var/lib/duri-integrity as root]; exactly 'none' "
-        "turns rollback protection off.",
+    (
+        "cache_dir",
+        click.option("--cache-dir", type=click.Path(file_okay=False), help="Where quick mode keeps its snapshots."),
     ),
-    click.option(
-        "--allow-rollback-to",
-        metavar="SERIAL|LABEL@SERIAL",
-        help="Approve verifying exactly this older release on a host that has seen a newer one.",
+    (
+        "state_dir",
+        click.option(
+            "--state-dir",
+            help="Where rollback high-water marks are kept [default: /var/lib/duri-integrity as root]; exactly "
+            "'none' turns rollback protection off.",
+        ),
     ),
-    click.option(
-        "--revoked-key",
+    (
+        "allow_rollback_to",
+        click.option(
+            "--allow-rollback-to",
+            metavar="SERIAL|LABEL@SERIAL",
+            help="Approve verifying exactly this older release on a host that has seen a newer one.",
+        ),
+    ),
+    (
         "revoked_keys",
-        multiple=True,
-        help="Revoked key: a .pub file, a directory, or a key-id list. Repeatable.",
+        click.option(
+            "--revoked-key",
+            "revoked_keys",
+            multiple=True,
+            help="Revoked key: a .pub file, a directory, or a key-id list. Repeatable.",
+        ),
     ),
-    click.option("--clock-skew", type=click.IntRange(0, 86400), help="Seconds of clock disagreement tolerated [300]."),
-    workers_option,
-    config_option,
+    (
+        "clock_skew",
+        click.option(
+            "--clock-skew", type=click.IntRange(0, 86400), help="Seconds of clock disagreement tolerated [300]."
+        ),
+    ),
+    ("workers", workers_option),
+    ("config_file", config_option),
 )
+_SPEED_OPTIONS = frozenset({"quick", "cache_dir", "workers"})
+"""How a verification runs, not what it trusts: doctor checks trust and takes the others only."""
 
 
 def verify_options(f: Callable[..., Any]) -> Callable[..., Any]:
     """The options of :func:`duri_integrity.verify_integrity`, the same for every command that verifies."""
-    for option in reversed(_VERIFY_OPTIONS):
+    for _, option in reversed(_VERIFY_OPTIONS):
         f = option(f)
+    return f
+
+
+def trust_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """verify's options that decide what is trusted (not --quick, --cache-dir, --workers): for doctor."""
+    for name, option in reversed(_VERIFY_OPTIONS):
+        if name not in _SPEED_OPTIONS:
+            f = option(f)
     return f
 
 

@@ -5,7 +5,7 @@ import sys
 import click
 
 from ..report import EXIT_FAILED, EXIT_OK, EXIT_UNTRUSTED
-from .args import config_option, deployment_option, password_option
+from .args import password_option, trust_options
 from .args import read_password as _password
 from .render import echo_line
 
@@ -14,15 +14,8 @@ __all__ = ["demo", "diff", "doctor"]
 
 @click.command()
 @click.argument("root", type=click.Path(file_okay=False), required=False)
-@click.option("--manifest", "-m", help="Manifest file [default: ROOT/MANIFEST.json].")
-@click.option("--signature", help="Signature file [default: the manifest path + .minisig].")
-@click.option("--public-key", "-p", multiple=True, help="Trusted public key (file, directory or base64). Repeatable.")
-@deployment_option
+@trust_options
 @click.option("--secret-key", "-s", help="Also check this signing key: private, outside the tree, trusted.")
-@click.option("--state-dir", help="Rollback state directory to check ('none' if protection is off).")
-@click.option("--allow-rollback-to", metavar="SERIAL|LABEL@SERIAL", help="The one older release approved, as verify.")
-@click.option("--revoked-key", multiple=True, help="Revoked key: a .pub file, a directory, or a key-id list.")
-@click.option("--clock-skew", type=click.IntRange(0, 86400), help="Seconds of clock disagreement tolerated [300].")
 @click.option(
     "--check-dir",
     multiple=True,
@@ -32,23 +25,22 @@ __all__ = ["demo", "diff", "doctor"]
 @click.option("--serving", is_flag=True, help="Also check that the status endpoint has its bearer token.")
 @click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON.")
 @password_option
-@config_option
 def doctor(
     root: str | None,
     manifest: str | None,
     signature: str | None,
-    public_key: tuple[str, ...],
+    public_keys: tuple[str, ...],
     deployment: str | None,
-    secret_key: str | None,
     state_dir: str | None,
     allow_rollback_to: str | None,
-    revoked_key: tuple[str, ...],
+    revoked_keys: tuple[str, ...],
     clock_skew: int | None,
+    config_file: str | None,
+    secret_key: str | None,
     check_dir: tuple[str, ...],
     serving: bool,
     as_json: bool,
     password_file: str | None,
-    config_file: str | None,
 ) -> None:
     """Check every precondition of a successful verification, one by one, then verify.
 
@@ -69,12 +61,12 @@ def doctor(
             root=root,
             manifest=manifest,
             signature=signature,
-            public_key=list(public_key) or None,
+            public_key=list(public_keys) or None,
             deployment=deployment,
             secret_key=secret_key,
             state_dir=state_dir,
             allow_rollback_to=allow_rollback_to,
-            revoked_keys=list(revoked_key) or None,
+            revoked_keys=list(revoked_keys) or None,
             clock_skew=clock_skew,
         ),
         config_file=config_file,
