@@ -232,7 +232,7 @@ def _refuse(found: Found, root_real: str, anchors: Mapping[int, tuple[int, str]]
     """Raise TrustAnchorInTree if ``found`` (whose inode is an anchor's) is on the anchor's device."""
     dev, path = anchors[found.ino]
     try:
-        same = os.lstat(os.path.join(root_real, found.path)).st_dev == dev
+        same = dev < 0 or os.lstat(os.path.join(root_real, found.path)).st_dev == dev  # < 0: any device
     except OSError:
         same = True  # cannot tell: fail closed
     if same:

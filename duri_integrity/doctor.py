@@ -252,7 +252,7 @@ def _secret_key(path: str, password: str | None, settings: Settings, root_real: 
 def _no_keys_around(root_real: str) -> str:
     """No minisign secret key at the top of the tree or beside it (the release's parent directory)."""
     from .files import read_file
-    from .keys import _looks_like_secret_key
+    from .keys import looks_like_secret_key
 
     found: list[str] = []
     for directory in (root_real, os.path.dirname(root_real)):
@@ -264,7 +264,7 @@ def _no_keys_around(root_real: str) -> str:
         for e in entries:
             if e.is_file(follow_symlinks=False) and e.stat(follow_symlinks=False).st_size <= 4096:
                 try:
-                    if _looks_like_secret_key(read_file(e.path, 4096, "file")):
+                    if looks_like_secret_key(read_file(e.path, 4096, "file")):
                         found.append(e.path)
                 except IntegrityError:
                     continue

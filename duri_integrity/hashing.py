@@ -21,6 +21,7 @@ from typing import NamedTuple, cast
 from blake3 import blake3
 
 from . import readahead, speedups
+from .keys import SECRET_KEY_HEAD, looks_like_secret_key
 from .schedule import Worker, schedule, split
 from .walk import check_resources, open_problem, open_root
 
@@ -56,28 +57,8 @@ IO_THREADS_C = int(os.environ.get("DURI_INTEGRITY_IO_THREADS", "0") or 0) or 16
 docs/performance.md for the counts measured). DURI_INTEGRITY_IO_THREADS overrides it (benchmarks)."""
 """On a 2-core VM with a cold cache, 4 threads did best of 2, 4, 8 and 16 (docs/performance.md)."""
 
+
 # A minisign secret key: base64 of "Ed" + KDF ("Sc" scrypt, or two zero bytes) + "B2" + ...
-_SECRET_KEY_MARKERS = (b"RWRTY0Iy", b"RWQAAEIy")
-SECRET_KEY_HEAD = 4096
-"""How much of a file's start :func:`looks_like_secret_key` needs: minisign 0.11 takes a
-comment line of up to ~1,020 bytes, then the 212-character key line."""
-
-
-def looks_like_secret_key(head: bytes) -> bool:
-    """True if a file starting with ``head`` could be loaded as a minisign secret key.
-
-    minisign 0.11 loads any first line (not only "untrusted comment:", and after a
-    UTF-8 BOM) followed by the key's base64 line, and ignores whatever follows it,
-    so the size of the file does not matter. The bare base64 line on its own is
-    refused by minisign 0.11 but is the key all the same: it is caught too.
-    """
-    if head.startswith(b"\xef\xbb\xbf"):
-        head = head[3:]
-    first, _, rest = head[:SECRET_KEY_HEAD].partition(b"\n")
-    second = rest.partition(b"\n")[0]
-    return any(line.strip().startswith(_SECRET_KEY_MARKERS) for line in (first, second))
-
-
 def default_workers() -> int:
     return max(1, min(8, os.cpu_count() or 1))
 

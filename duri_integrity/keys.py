@@ -33,6 +33,7 @@ __all__ = [
     "load_revoked_key_ids",
     "load_secret_key",
     "load_trusted_keys",
+    "looks_like_secret_key",
     "parse_public_key",
     "parse_trusted_comment",
     "revoked_ids_from",
@@ -142,7 +143,7 @@ def load_public_key(source: str, *, what: str = "public key") -> PublicKey:
         return parse_public_key(source)
     _check_location(source, what)
     data = _read_small(source, _MAX_KEY_FILE, what, private=True)
-    if _looks_like_secret_key(data):
+    if looks_like_secret_key(data):
         raise KeyFileError(f"{source!r} is a secret key, not a public key: give the .pub file instead")
     try:
         return parse_public_key(data)
@@ -150,9 +151,33 @@ def load_public_key(source: str, *, what: str = "public key") -> PublicKey:
         raise KeyFileError(f"not a minisign public key: {source!r} ({exc})") from None
 
 
-def _looks_like_secret_key(data: bytes) -> bool:
-    """A minisign secret key file, or its bare base64 line: "Ed" + KDF ("Sc" or none) + "B2"."""
-    return any(m in data for m in (b"RWRTY0Iy", b"RWQAAEIy"))
+SECRET_KEY_HEAD = 4096
+"""How much of a file's start :func:`looks_like_secret_key` needs: minisign 0.11 takes a
+comment line of about 1,020 bytes at most, then the key's base64 line (212 characters)."""
+_SECRET_KEY_BYTES = 158
+"""A minisign secret key decoded: "Ed", the KDF ("Sc" or none), "B2", salt, limits, key id, key, checksum."""
+
+
+def looks_like_secret_key(head: bytes) -> bool:
+    """True if a file starting with ``head`` could be loaded as a minisign secret key.
+
+    minisign 0.11 loads any first line (not only "untrusted comment:", and after a UTF-8
+    BOM) followed by the key's base64 line, and ignores whatever follows it, so the size of
+    the file does not matter. The bare base64 line on its own is refused by minisign 0.11
+    but is the key all the same: it is caught too. A line is a key only if it decodes to a
+    whole secret key (158 bytes, "Ed" ... "B2"), not because it starts like one.
+    """
+    head = head[:SECRET_KEY_HEAD].removeprefix(b"\xef\xbb\xbf")
+    first, _, rest = head.partition(b"\n")
+    second = rest.partition(b"\n")[0]
+    for line in (first, second):
+        try:
+            raw = base64.b64decode(line.strip(), validate=True)
+        except (binascii.Error, ValueError):
+            continue
+        if len(raw) == _SECRET_KEY_BYTES and raw[:2] == b"Ed" and raw[4:6] == b"B2":
+            return True
+    return False
 
 
 def _check_location(path: str, what: str) -> None:
@@ -220,7 +245,7 @@ def revoked_ids_from(files: Iterable[str]) -> set[str]:
             continue
         _check_location(path, "revoked-key list")
         data = _read_small(path, 1 << 20, "revoked-key list", private=True)
-        if _looks_like_secret_key(data):
+        if looks_like_secret_key(data):
             raise KeyFileError(f"{path!r} is a secret key: revoke a key by its .pub file or its key id")
         try:
             revoked.add(format_key_id(parse_public_key(data).key_id))

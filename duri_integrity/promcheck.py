@@ -171,7 +171,7 @@ class _Query:
             self.conn.close()
 
 
-_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?|[+-]?(?:Inf|inf)|NaN")
+_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?|[+-]?(?:Inf|inf)|NaN", re.ASCII)
 """A sample value as Prometheus writes it (a JSON string): no underscores, no other spellings."""
 MAX_SAMPLE_AGE = 300.0
 """A sample stamped this many seconds before (or after) the query is not a current measurement."""

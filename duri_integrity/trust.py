@@ -286,16 +286,23 @@ def revoked_sources(settings: Settings) -> list[str]:
     return sources
 
 
-def anchor_inodes(paths: list[str]) -> dict[int, tuple[int, str]]:
+ANY_DEVICE = -1
+"""Two anchors share an inode number on different devices: refuse that inode on any device."""
+
+
+def anchor_inodes(paths: list[str], into: dict[int, tuple[int, str]] | None = None) -> dict[int, tuple[int, str]]:
     """inode -> (device, path) of each trust anchor: the walk refuses a tree that holds one, however
-    it is reached (a bind mount or a hard link defeats any comparison of path strings)."""
-    out: dict[int, tuple[int, str]] = {}
+    it is reached (a bind mount or a hard link defeats any comparison of path strings). Added to
+    ``into`` when given; an inode number two anchors share on different devices is kept for every
+    device (fail closed), rather than one anchor replacing the other."""
+    out: dict[int, tuple[int, str]] = {} if into is None else into
     for p in paths:
         try:
             st = os.stat(p)
         except (OSError, ValueError):
             continue  # reading it reports the problem
-        out[st.st_ino] = (st.st_dev, p)
+        have = out.get(st.st_ino)
+        out[st.st_ino] = (st.st_dev, p) if have is None or have[0] == st.st_dev else (ANY_DEVICE, p)
     return out
 
 

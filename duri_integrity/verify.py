@@ -164,7 +164,7 @@ def _trust(settings: Settings, run: Run, root_real: str) -> TrustInputs:
         )
     inputs = load_inputs(settings, root_real)
     if run.config_file is not None:
-        inputs.anchors.update(anchor_inodes([run.config_file]))
+        anchor_inodes([run.config_file], into=inputs.anchors)
     return inputs
 
 

@@ -383,14 +383,15 @@ def test_an_approval_cannot_swap_the_tree_behind_a_pinned_serial(tmp_path: Path,
         assert r.status == "UNTRUSTED" and "share a serial" in r.summary, r.summary
 
 
+@pytest.mark.parametrize("fmt", ["--json", "--workers=1"])
 @pytest.mark.parametrize("stdout", ["/dev/full", "closed"])
-def test_a_report_that_cannot_be_written_is_not_a_success(signed: Signed, stdout: str) -> None:
-    """verify --json to a full disk, or with stdout closed: the report was never delivered, so not exit 0."""
+def test_a_report_that_cannot_be_written_is_not_a_success(signed: Signed, stdout: str, fmt: str) -> None:
+    """verify (JSON or text) to a full disk, or with stdout closed: the output was never delivered, so not exit 0."""
     import stat as stat_mod
 
     exe = console_script()
     assert exe is not None
-    argv = [exe, "verify", str(signed.root), "-p", str(signed.keys.public), "--json"]
+    argv = [exe, "verify", str(signed.root), "-p", str(signed.keys.public), fmt]
     if stdout == "closed":
         r = subprocess.run(
             argv,
@@ -456,6 +457,8 @@ class _LyingPrometheus:
         (503, '"0"', "now"),
         (200, "false", "now"),  # not a Prometheus number
         (200, '"0_0"', "now"),  # Python's float() would read it as 0
+        (200, '"\\u0660"', "now"),  # an Arabic-Indic zero: float() reads it, Prometheus never writes it
+        (200, '"\\uff10.005"', "now"),  # full-width digits
         (200, '"0"', "1970"),  # a stale sample is not a current measurement
     ],
 )

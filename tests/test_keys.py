@@ -156,3 +156,16 @@ def test_revocation_list_accepts_ids_with_or_without_leading_zeros(tmp_path: Pat
     lst.write_text("12345678901234567\n")
     with pytest.raises(KeyFileError, match="up to 16 hex digits"):
         load_revoked_key_ids([str(lst)])
+
+
+def test_secret_key_detection_needs_a_whole_key(keys: Keys) -> None:
+    """A file is a secret key only if a line decodes to a whole minisign secret key, not if it starts like one."""
+    from duri_integrity.keys import looks_like_secret_key
+
+    line = keys.secret.read_bytes().splitlines()[1]
+    assert looks_like_secret_key(keys.secret.read_bytes())
+    assert looks_like_secret_key(line)  # the bare base64 line
+    assert looks_like_secret_key(b"\xef\xbb\xbfany comment\r\n" + line + b"\ntrailing junk" * 1000)
+    assert not looks_like_secret_key(b"RWQAAEIy")  # the prefix alone (a Hypothesis find)
+    assert not looks_like_secret_key(line[:-8] + b"\n")  # a truncated key
+    assert not looks_like_secret_key(keys.public.read_bytes())

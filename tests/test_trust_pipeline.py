@@ -473,3 +473,14 @@ def test_record_verified_raises_the_mark_and_records_approvals(base: tuple[Manif
         )
     )
     assert [(a.serial, a.previous_serial) for a in pinned.approvals] == [(150, 200)]
+
+
+def test_anchors_sharing_an_inode_number_on_two_devices_both_stay_refused(tmp_path: Path) -> None:
+    """One anchor never replaces another with the same inode number: the inode is refused on any device."""
+    a = tmp_path / "a.pub"
+    a.write_text("x")
+    st = a.stat()
+    anchors = {st.st_ino: (st.st_dev + 1, "/elsewhere/b.pub")}  # the same number on another device
+    trust.anchor_inodes([str(a)], into=anchors)
+    assert anchors[st.st_ino] == (trust.ANY_DEVICE, str(a))
+    assert trust.anchor_inodes([str(a)]) == {st.st_ino: (st.st_dev, str(a))}

@@ -60,11 +60,12 @@ def verify(
             write_textfile(report, prometheus_textfile)
         except IntegrityError as exc:  # a side effect: warn, and keep the verdict, its output and exit code
             echo_line(f"duri-integrity: warning: {exc}", err=True)
-    if as_json:
-        if sys.stdout is None:  # started with stdout closed: the report cannot be delivered
-            from ..errors import IntegrityError
+    if sys.stdout is None and (as_json or not quiet):
+        # Started with stdout closed: the report (or the summary) cannot be delivered.
+        from ..errors import IntegrityError
 
-            raise IntegrityError("stdout is closed: the report cannot be written")
+        raise IntegrityError("stdout is closed: the report cannot be written")
+    if as_json:
         click.echo(report.to_json())
     else:
         render_report(report, quiet=quiet)
