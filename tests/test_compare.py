@@ -88,7 +88,8 @@ def test_fifo_turning_into_a_file_after_listing_is_not_a_crash(
     _scandir_hook(monkeypatch, flip)
     r = signed.verify(quick=quick)
     if same_content:
-        assert r.status == "VERIFIED", r.problems
+        # The released bytes, but a file created during the run: it changed while being checked.
+        assert r.status == "FAILED" and kinds(r) == {("app/main.py", "unstable")}, r.problems
     else:
         assert r.status == "FAILED" and kinds(r) == {("app/main.py", "modified")}
 
