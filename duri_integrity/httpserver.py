@@ -44,11 +44,32 @@ def _whole_request_waiting(channel: Any) -> bool:
     return b"\r\n\r\n" in data
 
 
-def _classes() -> tuple[type[Any], type[Any]]:  # noqa: C901 - the server classes are made together, so waitress is imported only by serve
-    """The waitress channel and server classes with eviction and the request timeout (built on first use)."""
+def _evictable(channels: list[Any], channel_class: type[Any]) -> list[Any]:
+    """Connections with no request being served, never-used ones first, then the longest idle."""
+    idle = [ch for ch in channels if isinstance(ch, channel_class) and ch.idle() and not _whole_request_waiting(ch)]
+    idle.sort(key=lambda ch: (ch.used, ch.last_activity))
+    return idle
+
+
+def _drop_slow(channels: list[Any], cutoff: float) -> None:
+    """Close connections whose request began before ``cutoff`` and is still not whole."""
+    for ch in channels:
+        if ch.request_started is not None and ch.request_started < cutoff and not ch.requests:
+            ch.will_close = True  # a request trickled in too slowly: drop the connection
+
+
+def _classes() -> tuple[type[Any], type[Any]]:
+    """The waitress channel and server classes with eviction and the request timeout.
+
+    Built on first use, so waitress is imported only by ``serve``.
+    """
     # Imported by name: waitress ships no type information (and typeshed's stubs lag its internals).
-    HTTPChannel: Any = importlib.import_module("waitress.channel").HTTPChannel
-    TcpWSGIServer: Any = importlib.import_module("waitress.server").TcpWSGIServer
+    channel = _channel_class(importlib.import_module("waitress.channel").HTTPChannel)
+    return channel, _server_class(importlib.import_module("waitress.server").TcpWSGIServer, channel)
+
+
+def _channel_class(HTTPChannel: Any) -> type[Any]:
+    """waitress's channel, remembering when a request began and whether one ever completed."""
 
     class Channel(HTTPChannel):  # type: ignore[misc]
         request_started: float | None = None
@@ -68,6 +89,12 @@ def _classes() -> tuple[type[Any], type[Any]]:  # noqa: C901 - the server classe
 
         def idle(self) -> bool:
             return not (self.requests or self.total_outbufs_len or self.will_close or self.close_when_flushed)
+
+    return Channel
+
+
+def _server_class(TcpWSGIServer: Any, Channel: type[Any]) -> type[Any]:
+    """waitress's server with batched accepts, eviction at the connection limit and the request timeout."""
 
     class Server(TcpWSGIServer):  # type: ignore[misc]
         channel_class = Channel
@@ -99,24 +126,15 @@ def _classes() -> tuple[type[Any], type[Any]]:  # noqa: C901 - the server classe
             """Close the oldest idle connections (never-used first) to free an eighth of the slots."""
             # With TCP_DEFER_ACCEPT a connection reaches us with its first bytes already there, so even the
             # newest idle one is not a client whose request is still on its way.
-            idle = [
-                ch
-                for ch in list(self._map.values())
-                if isinstance(ch, Channel) and ch.idle() and not _whole_request_waiting(ch)
-            ]
-            idle.sort(key=lambda ch: (ch.used, ch.last_activity))
-            for ch in idle[: max(1, self.adj.connection_limit // 8)]:
+            for ch in _evictable(list(self._map.values()), Channel)[: max(1, self.adj.connection_limit // 8)]:
                 ch.handle_close()
                 self.evicted += 1
 
         def maintenance(self, now: float) -> None:
             super().maintenance(now)
-            cutoff = time.monotonic() - self.request_timeout
-            for ch in list(self.active_channels.values()):
-                if ch.request_started is not None and ch.request_started < cutoff and not ch.requests:
-                    ch.will_close = True  # a request trickled in too slowly: drop the connection
+            _drop_slow(list(self.active_channels.values()), time.monotonic() - self.request_timeout)
 
-    return Channel, Server
+    return Server
 
 
 class StatusHTTPServer:
