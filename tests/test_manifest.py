@@ -104,7 +104,7 @@ def _encode(d: dict[str, Any], fix_digest: bool = True) -> bytes:
         import msgspec
 
         try:
-            entries = msgspec.convert(d["entries"], list[Entry])  # type: ignore[arg-type]
+            entries = msgspec.convert(d["entries"], list[Entry])
             d["root_digest"] = compute_root_digest(d.get("exclude", []), entries)
         except (msgspec.ValidationError, TypeError):
             pass  # the entries are malformed on purpose; the decoder must say so first

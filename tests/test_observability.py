@@ -18,15 +18,18 @@ from .conftest import Signed, build_and_sign, new_keys
 Run = Callable[..., subprocess.CompletedProcess[str]]
 
 
-def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    out = {}
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def _samples(text: str) -> Samples:
+    out: Samples = {}
     for family in text_string_to_metric_families(text):
         for s in family.samples:
             out[(s.name, tuple(sorted(s.labels.items())))] = s.value
     return out
 
 
-def _value(samples, name: str, **labels: str) -> float:  # type: ignore[no-untyped-def]
+def _value(samples: Samples, name: str, **labels: str) -> float:
     [value] = [
         v for (n, lab), v in samples.items() if n == name and all(dict(lab).get(k) == x for k, x in labels.items())
     ]
