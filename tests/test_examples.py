@@ -124,6 +124,7 @@ def _promtool_case(textfile: str, rules: dict[str, Any], eval_minutes: int, firi
 
         def fill(t: str) -> str:
             return re.sub(r"\{\{ \$labels\.(\w+) \}\}", lambda m: labels.get(m.group(1), ""), t)
+
         return [
             {
                 "exp_labels": {**labels, **rule["labels"]},

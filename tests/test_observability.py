@@ -145,8 +145,9 @@ def test_library_logs_with_context_and_leaves_root_logger_alone(
     with caplog.at_level(logging.INFO, logger="duri_integrity"):
         signed.verify()
     [rec] = [r for r in caplog.records if r.name == "duri_integrity"]
-    assert rec.levelno == logging.INFO and rec.status == "VERIFIED"  # type: ignore[attr-defined]
-    assert rec.serial > 0 and rec.key_id == signed.keys.key_id  # type: ignore[attr-defined]
+    extra = vars(rec)  # the context fields logged with extra=: attributes LogRecord does not declare
+    assert rec.levelno == logging.INFO and extra["status"] == "VERIFIED"
+    assert extra["serial"] > 0 and extra["key_id"] == signed.keys.key_id
     assert root_logger.handlers == handlers and root_logger.level == level
 
 

@@ -39,7 +39,9 @@ def _verify(tree: Path, keys: Keys, manifest: Path, state: Path, **kw: Any) -> R
     )
 
 
-def test_older_manifest_is_refused_and_state_untouched(tree: Path, keys: Keys, releases: tuple[Path, Path], tmp_path: Path) -> None:
+def test_older_manifest_is_refused_and_state_untouched(
+    tree: Path, keys: Keys, releases: tuple[Path, Path], tmp_path: Path
+) -> None:
     """After v2 verified, the validly signed v1 is UNTRUSTED, and the refusal changes nothing."""
     v1, v2 = releases
     state = tmp_path / "state"
@@ -103,7 +105,9 @@ def test_an_approval_must_name_exactly_one_release(
     assert r.status == "ERROR" and "exactly one release" in r.summary
 
 
-def test_key_rotation_does_not_open_a_replay(tree: Path, keys: Keys, releases: tuple[Path, Path], tmp_path: Path) -> None:
+def test_key_rotation_does_not_open_a_replay(
+    tree: Path, keys: Keys, releases: tuple[Path, Path], tmp_path: Path
+) -> None:
     """With the old and the new key both trusted, an older release signed by either is refused."""
     _v1, v2 = releases
     state = tmp_path / "state"
@@ -144,7 +148,9 @@ def test_state_off_and_unwritable(tree: Path, keys: Keys, releases: tuple[Path, 
     assert r.status == "ERROR" and "lock file" in r.summary
 
 
-def test_rollback_through_the_cli(tree: Path, keys: Keys, releases: tuple[Path, Path], tmp_path: Path, run_cli: Run) -> None:
+def test_rollback_through_the_cli(
+    tree: Path, keys: Keys, releases: tuple[Path, Path], tmp_path: Path, run_cli: Run
+) -> None:
     """The CLI refuses with exit 3 and one line, and accepts --allow-rollback-to or the variable."""
     v1, v2 = releases
     base = ["verify", str(tree), "-p", str(keys.public), "--state-dir", str(tmp_path / "s")]

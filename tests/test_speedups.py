@@ -360,7 +360,6 @@ def test_walk_out_of_descriptors_is_an_error_and_leaks_nothing(
             raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
         return real_scandir(path)
 
-
     monkeypatch.setattr(os, "scandir", scandir)
     if stage == "entry" and not speedups.can_scan():
         pytest.skip("the Python walk's lstat is not hooked here (tests/test_compare.py covers it)")

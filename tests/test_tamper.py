@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from duri_integrity.manifest import Entry
+
 from .conftest import Signed, build_and_sign
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
@@ -158,7 +160,7 @@ def test_awkward_objects_build_verify_and_never_hang(tmp_path: Path, run_cli: Ru
     assert [(p["path"], p["kind"]) for p in json.loads(r.stdout)["problems"]] == [(deep, "modified")]
 
 
-def json_entries(signed: Signed):  # type: ignore[no-untyped-def]
+def json_entries(signed: Signed) -> list[Entry]:
     from duri_integrity.manifest import decode_manifest
 
     return decode_manifest(signed.manifest.read_bytes()).entries

@@ -6,6 +6,7 @@ import logging
 import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
@@ -46,7 +47,7 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> tuple[Manifest, Keys]:
     return built.manifest, new_keys(where / "keys")
 
 
-def _inputs(m: Manifest, keys: Keys, *, comment: str | None = None, **kw: object) -> trust.TrustInputs:
+def _inputs(m: Manifest, keys: Keys, *, comment: str | None = None, **kw: Any) -> trust.TrustInputs:  # kw: TrustInputs'
     """Sign ``m`` (with its own trusted comment unless one is given) and wrap it as pipeline inputs."""
     data = encode_manifest(m)
     sk = load_secret_key(str(keys.secret))
@@ -55,7 +56,7 @@ def _inputs(m: Manifest, keys: Keys, *, comment: str | None = None, **kw: object
     kw.setdefault("deployment", "svc")
     kw.setdefault("previous", None)
     kw.setdefault("approval", None)
-    return trust.TrustInputs(data=data, signature=sig, trusted=load_trusted_keys([str(keys.public)]), **kw)  # type: ignore[arg-type]
+    return trust.TrustInputs(data=data, signature=sig, trusted=load_trusted_keys([str(keys.public)]), **kw)
 
 
 def _mark(serial: int, release: str = "v9", root_digest: str = "0" * 64) -> RollbackState:
@@ -339,8 +340,8 @@ def test_shared_key_directory_is_named_in_the_error(tree: Path, keys: Keys, tmp_
     shared = tmp_path / "shared"
     shared.mkdir()
     shared.chmod(0o777)
-    sources = {"public_key": [str(keys.public)], kind: [str(shared)]}
-    settings = Settings(**sources)  # type: ignore[arg-type]
+    sources: dict[str, Any] = {"public_key": [str(keys.public)], kind: [str(shared)]}  # kind is a parameter
+    settings = Settings(**sources)
     what = "trusted-key" if kind == "public_key" else "revoked-key"
     with pytest.raises(KeyFileError, match=f"{what} directory"):
         trust.load_keys(settings, os.path.realpath(tree))
