@@ -25,8 +25,8 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def typing(session: nox.Session) -> None:
-    """mypy --strict over the package."""
-    session.install("-e", ".", "mypy")
+    """mypy --strict over the package, the tests, the benchmarks and this file (pinned in [test])."""
+    session.install("-e", ".[test]")  # the tests' imports (pytest, hypothesis, ...) and YAML stubs
     session.run("mypy")
 
 

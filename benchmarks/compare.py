@@ -25,9 +25,11 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 PROJECT = HERE.parent
-sys.path.insert(0, str(HERE))
+# The checkout's root, so `benchmarks` imports as the package it is (as under pytest and mypy);
+# appended, so the duri_integrity measured is still the one on the path (installed or PYTHONPATH).
+sys.path.append(str(PROJECT))
 
-from treegen import CACHE, make_tree, tree_stats  # noqa: E402
+from benchmarks.treegen import CACHE, make_tree, tree_stats  # noqa: E402
 
 
 def ensure_tool(name: str, package: str) -> str:

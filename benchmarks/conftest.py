@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from treegen import CACHE, make_tree
+from benchmarks.treegen import CACHE, make_tree
 
 
 @dataclass

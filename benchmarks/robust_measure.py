@@ -17,11 +17,17 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+# The checkout's root, so `benchmarks` imports as the package it is (as under pytest and mypy);
+# appended, so the duri_integrity measured is still the one on the path (installed or PYTHONPATH).
+sys.path.append(str(HERE.parent))
 
-from treegen import CACHE, make_tree  # noqa: E402
+from benchmarks.treegen import CACHE, make_tree  # noqa: E402
+
+if TYPE_CHECKING:
+    from duri_integrity.report import Report
 
 
 def _signed(root: Path, work: Path) -> tuple[str, str, str]:
@@ -32,16 +38,22 @@ def _signed(root: Path, work: Path) -> tuple[str, str, str]:
     if not pk.exists():
         generate_keypair(str(sk), str(pk))
     manifest, sig = work / "MANIFEST.json", work / "MANIFEST.json.minisig"
-    write_atomic(str(manifest), build_manifest(str(root), release="bench").data)
+    write_atomic(str(manifest), build_manifest(str(root), deployment="bench", release="bench").data)
     sign_manifest(str(manifest), str(sk))
     return str(manifest), str(sig), str(pk)
 
 
-def _verify(root: Path, manifest: str, sig: str, pk: str, work: Path):  # type: ignore[no-untyped-def]
+def _verify(root: Path, manifest: str, sig: str, pk: str, work: Path) -> Report:
     from duri_integrity import verify_integrity
 
     return verify_integrity(
-        root, manifest=manifest, signature=sig, public_keys=[pk], use_config_file=False, state_dir=str(work / "state")
+        root,
+        manifest=manifest,
+        signature=sig,
+        public_keys=[pk],
+        deployment="bench",
+        use_config_file=False,
+        state_dir=str(work / "state"),
     )
 
 

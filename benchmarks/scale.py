@@ -18,13 +18,15 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+# The checkout's root, so `benchmarks` imports as the package it is (as under pytest and mypy);
+# appended, so the duri_integrity measured is still the one on the path (installed or PYTHONPATH).
+sys.path.append(str(HERE.parent))
 
-from treegen import CACHE, make_tree, tree_stats  # noqa: E402
+from benchmarks.treegen import CACHE, make_tree, tree_stats  # noqa: E402
 
 
 def python() -> str:
-    from compare import bench_venv
+    from benchmarks.compare import bench_venv
 
     return str(bench_venv() / "bin" / "python")
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import pytest
+from typing import TYPE_CHECKING, Any
 
 from duri_integrity import verify_integrity
 from duri_integrity.build import build_manifest
@@ -11,8 +11,13 @@ from duri_integrity.manifest import decode_manifest
 
 from .conftest import Bench
 
+if TYPE_CHECKING:
+    from pytest_benchmark.fixture import BenchmarkFixture  # the [dev] extra: Any where it is not installed
 
-def _verify(b: Bench, **kw: object):  # type: ignore[no-untyped-def]
+    from duri_integrity.report import Report
+
+
+def _verify(b: Bench, **kw: Any) -> Report:  # kw: verify_integrity keywords, checked by the call
     r = verify_integrity(
         b.tree, manifest=b.manifest, public_keys=str(b.public), deployment="bench", use_config_file=False, **kw
     )
@@ -20,33 +25,33 @@ def _verify(b: Bench, **kw: object):  # type: ignore[no-untyped-def]
     return r
 
 
-def test_verify_full(benchmark: pytest.FixtureRequest, bench: Bench) -> None:
+def test_verify_full(benchmark: BenchmarkFixture, bench: Bench) -> None:
     """verify_integrity in-process: signature, decode, full walk, hash every file, compare."""
-    benchmark(_verify, bench)  # type: ignore[operator]
+    benchmark(_verify, bench)
 
 
-def test_verify_quick(benchmark: pytest.FixtureRequest, bench: Bench) -> None:
+def test_verify_quick(benchmark: BenchmarkFixture, bench: Bench) -> None:
     """verify_integrity(quick=True) on the unchanged tree, snapshot already taken."""
     _verify(bench, quick=True, cache_dir=str(bench.cache))
-    r = benchmark(_verify, bench, quick=True, cache_dir=str(bench.cache))  # type: ignore[operator]
+    r = benchmark(_verify, bench, quick=True, cache_dir=str(bench.cache))
     assert r.mode == "quick" and r.counts["hashed"] == 0
 
 
-def test_build(benchmark: pytest.FixtureRequest, bench: Bench) -> None:
+def test_build(benchmark: BenchmarkFixture, bench: Bench) -> None:
     """build_manifest in-process: walk with lstat, hash every file, encode."""
-    benchmark(build_manifest, str(bench.tree), deployment="bench")  # type: ignore[operator]
+    benchmark(build_manifest, str(bench.tree), deployment="bench")
 
 
-def test_decode_manifest(benchmark: pytest.FixtureRequest, bench: Bench) -> None:
+def test_decode_manifest(benchmark: BenchmarkFixture, bench: Bench) -> None:
     """Decode and validate the 3,000-entry manifest."""
     data = bench.manifest.read_bytes()
-    m = benchmark(decode_manifest, data)  # type: ignore[operator]
+    m = benchmark(decode_manifest, data)
     assert len(m.entries) > 3000
 
 
-def test_signature_check(benchmark: pytest.FixtureRequest, bench: Bench) -> None:
+def test_signature_check(benchmark: BenchmarkFixture, bench: Bench) -> None:
     """Ed25519 over the BLAKE2b prehash of the manifest bytes."""
     data = bench.manifest.read_bytes()
     sig = (bench.manifest.parent / "MANIFEST.json.minisig").read_bytes()
     keys = load_trusted_keys([str(bench.public)])
-    benchmark(verify_signature, data, sig, keys)  # type: ignore[operator]
+    benchmark(verify_signature, data, sig, keys)

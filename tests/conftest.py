@@ -9,10 +9,14 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from duri_integrity.keys import generate_keypair
+
+if TYPE_CHECKING:
+    from duri_integrity.report import Report
 
 NON_UTF8_NAME = os.fsdecode(b"caf\xe9-latin1.txt")
 
@@ -63,12 +67,12 @@ class Signed:
     signature: Path
     keys: Keys
 
-    def verify(self, **kw: object):  # type: ignore[no-untyped-def]
+    def verify(self, **kw: Any) -> Report:  # kw: verify_integrity's keywords, checked by the call
         from duri_integrity import verify_integrity
 
         kw.setdefault("public_keys", [str(self.keys.public)])
         kw.setdefault("use_config_file", False)
-        return verify_integrity(self.root, **kw)  # type: ignore[arg-type]
+        return verify_integrity(self.root, **kw)
 
 
 def new_keys(where: Path, name: str = "k") -> Keys:
@@ -78,12 +82,12 @@ def new_keys(where: Path, name: str = "k") -> Keys:
     return Keys(sk, pk, kid)
 
 
-def build_and_sign(root: Path, keys: Keys, **kw: object) -> Signed:
+def build_and_sign(root: Path, keys: Keys, **kw: Any) -> Signed:  # kw: release.build_and_sign's
     """Build and sign the tree in place with the library's one release operation."""
     from duri_integrity.release import build_and_sign as release
 
     kw.setdefault("deployment", "svc")
-    done = release(str(root), secret_key=str(keys.secret), **kw)  # type: ignore[arg-type]
+    done = release(str(root), secret_key=str(keys.secret), **kw)
     return Signed(root, Path(done.manifest_path), Path(str(done.signature_path)), keys)
 
 
@@ -155,8 +159,12 @@ def console_script() -> str | None:
     return str(beside) if beside.exists() else shutil.which("duri-integrity")
 
 
+# The run_cli fixture: run(*args, env=None, cwd=None, input=None) -> the completed process.
+Run = Callable[..., subprocess.CompletedProcess[str]]
+
+
 @pytest.fixture
-def run_cli() -> Callable[..., subprocess.CompletedProcess[str]]:
+def run_cli() -> Run:
     """Run the installed console script as a real process."""
     exe = console_script()
     if exe is None:

@@ -13,6 +13,7 @@ import contextlib
 import os
 import sys
 import tempfile
+from collections.abc import Callable
 
 import atheris
 
@@ -27,7 +28,7 @@ def _manifest(data: bytes) -> None:
         decode_manifest(data)
 
 
-def _signature_target() -> object:
+def _signature_target() -> Callable[[bytes], None]:
     d = tempfile.mkdtemp()
     generate_keypair(os.path.join(d, "k.key"), os.path.join(d, "k.pub"))
     trusted = load_trusted_keys([os.path.join(d, "k.pub")])
@@ -46,13 +47,13 @@ def _signature_target() -> object:
 
 def main() -> None:
     args = list(sys.argv)
-    target = _manifest
+    target: Callable[[bytes], None] = _manifest
     if "--target" in args:
         i = args.index("--target")
         name = args[i + 1]
         del args[i : i + 2]
         if name == "signature":
-            target = _signature_target()  # type: ignore[assignment]
+            target = _signature_target()
     atheris.Setup(args, target)
     atheris.Fuzz()
 

@@ -131,11 +131,9 @@ class _Generator(ast.NodeVisitor):
 
     # -- helpers -----------------------------------------------------------------------
 
-    def _add(self, node: ast.AST, text: str, op: str, *, end: ast.AST | None = None) -> None:
+    def _add(self, node: ast.expr | ast.stmt, text: str, op: str, *, end: ast.expr | ast.stmt | None = None) -> None:
         last = end or node
-        self.sites.append(
-            (node.lineno, node.col_offset, last.end_lineno or 0, last.end_col_offset or 0, text, op)  # type: ignore[attr-defined]
-        )
+        self.sites.append((node.lineno, node.col_offset, last.end_lineno or 0, last.end_col_offset or 0, text, op))
 
     def _expr(self, node: ast.expr, new: ast.expr, op: str) -> None:
         # Parenthesised, so the replacement keeps its meaning whatever surrounds it.

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -230,14 +231,14 @@ def _releases(tmp_path: Path, keys: Keys, *serials: int) -> dict[int, Path]:
 def test_an_approval_does_not_reopen_the_releases_in_between(tmp_path: Path, keys: Keys) -> None:
     """Approving r100 after r200 lets r100 run, but r150 (never approved) stays refused."""
     rel = _releases(tmp_path, keys, 100, 150, 200)
-    kw = {"public_keys": str(keys.public), "state_dir": str(tmp_path / "state")}
-    assert verify_integrity(rel[200], **kw).status == "VERIFIED"  # type: ignore[arg-type]
-    assert verify_integrity(rel[100], allow_rollback_to="r100@100", **kw).status == "VERIFIED"  # type: ignore[arg-type]
-    assert verify_integrity(rel[100], **kw).status == "VERIFIED"  # type: ignore[arg-type]  # restarts keep working
-    r = verify_integrity(rel[150], **kw)  # type: ignore[arg-type]
+    kw: dict[str, Any] = {"public_keys": str(keys.public), "state_dir": str(tmp_path / "state")}
+    assert verify_integrity(rel[200], **kw).status == "VERIFIED"
+    assert verify_integrity(rel[100], allow_rollback_to="r100@100", **kw).status == "VERIFIED"
+    assert verify_integrity(rel[100], **kw).status == "VERIFIED"  # restarts keep working
+    r = verify_integrity(rel[150], **kw)
     assert r.status == "UNTRUSTED" and r.reason_code == "rollback_refused", r.summary
-    assert verify_integrity(rel[200], **kw).status == "VERIFIED"  # type: ignore[arg-type]  # forward again: fine
-    assert verify_integrity(rel[100], **kw).status == "UNTRUSTED"  # type: ignore[arg-type]  # the approval is spent
+    assert verify_integrity(rel[200], **kw).status == "VERIFIED"  # forward again: fine
+    assert verify_integrity(rel[100], **kw).status == "UNTRUSTED"  # the approval is spent
 
 
 def test_two_trees_may_not_share_a_serial(tmp_path: Path, keys: Keys) -> None:
@@ -246,12 +247,12 @@ def test_two_trees_may_not_share_a_serial(tmp_path: Path, keys: Keys) -> None:
     b_tree = make_tree(tmp_path / "b")
     (b_tree / "app" / "main.py").write_text("print('vulnerable')\n")
     b = build_and_sign(b_tree, keys, release="bad", serial=1000)
-    kw = {"public_keys": str(keys.public), "state_dir": str(tmp_path / "state")}
-    assert verify_integrity(a.root, **kw).status == "VERIFIED"  # type: ignore[arg-type]
+    kw: dict[str, Any] = {"public_keys": str(keys.public), "state_dir": str(tmp_path / "state")}
+    assert verify_integrity(a.root, **kw).status == "VERIFIED"
     for approval in (None, "bad@1000", "1000"):
-        r = verify_integrity(b.root, allow_rollback_to=approval, **kw)  # type: ignore[arg-type]
+        r = verify_integrity(b.root, allow_rollback_to=approval, **kw)
         assert r.status == "UNTRUSTED" and "share a serial" in r.summary, r.summary
-    assert verify_integrity(a.root, **kw).status == "VERIFIED"  # type: ignore[arg-type]
+    assert verify_integrity(a.root, **kw).status == "VERIFIED"
 
 
 def test_configured_revocations_add_to_the_system_list(signed: Signed, tmp_path: Path) -> None:
@@ -318,7 +319,9 @@ def test_a_trust_anchor_reached_through_a_hard_link_or_bind_mount_is_refused(
     r = s.verify()
     assert r.status == "UNTRUSTED" and r.reason_code == "trust_anchor_in_tree", r.summary
     os.unlink(tree / "data" / "k.pub")
-    s = build_and_sign(tree, keys, serial=s.verify(state_dir="none").manifest.serial + 1)  # type: ignore[union-attr]
+    first = s.verify(state_dir="none").manifest
+    assert first is not None, "the manifest was read before trust was refused"
+    s = build_and_sign(tree, keys, serial=first.serial + 1)
     alias = tmp_path / "alias"
     alias.mkdir()
     if subprocess.run(["mount", "--bind", str(tree), str(alias)], capture_output=True, check=False).returncode:
@@ -375,11 +378,11 @@ def test_an_approval_cannot_swap_the_tree_behind_a_pinned_serial(tmp_path: Path,
     other = make_tree(tmp_path / "other")
     (other / "app" / "main.py").write_text("print('other')\n")
     b = build_and_sign(other, keys, release="r100", serial=100)
-    kw = {"public_keys": str(keys.public), "state_dir": str(tmp_path / "state")}
-    assert verify_integrity(rel[200], **kw).status == "VERIFIED"  # type: ignore[arg-type]
-    assert verify_integrity(rel[100], allow_rollback_to="100", **kw).status == "VERIFIED"  # type: ignore[arg-type]
+    kw: dict[str, Any] = {"public_keys": str(keys.public), "state_dir": str(tmp_path / "state")}
+    assert verify_integrity(rel[200], **kw).status == "VERIFIED"
+    assert verify_integrity(rel[100], allow_rollback_to="100", **kw).status == "VERIFIED"
     for approval in (None, "100", "r100@100"):
-        r = verify_integrity(b.root, allow_rollback_to=approval, **kw)  # type: ignore[arg-type]
+        r = verify_integrity(b.root, allow_rollback_to=approval, **kw)
         assert r.status == "UNTRUSTED" and "share a serial" in r.summary, r.summary
 
 
@@ -499,10 +502,11 @@ def test_a_file_changed_during_the_run_is_never_verified(signed: Signed, monkeyp
     from duri_integrity import compare
 
     target = signed.root / "app" / "main.py"
-    real = compare.check_files
+    # The name compare calls (imported from hashing, so not an attribute mypy lets us read).
+    real: Callable[..., object] = vars(compare)["check_files"]
 
-    def check_then_touch(*args: object, **kw: object):  # type: ignore[no-untyped-def]
-        out = real(*args, **kw)  # type: ignore[arg-type]
+    def check_then_touch(*args: object, **kw: object) -> object:
+        out = real(*args, **kw)
         time.sleep(0.02)  # past the clock tick in which the run began
         target.write_bytes(target.read_bytes())  # same bytes, new ctime: it changed during the run
         return out

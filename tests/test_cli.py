@@ -88,7 +88,9 @@ def test_long_problem_lists_are_cut_at_50(signed: Signed) -> None:
         (lambda s: shutil.rmtree(s.root), 4, "cannot use root"),
     ],
 )
-def test_untrusted_and_error_exit_codes(signed: Signed, run_cli: Run, setup, code: int, needle: str) -> None:  # type: ignore[no-untyped-def]
+def test_untrusted_and_error_exit_codes(
+    signed: Signed, run_cli: Run, setup: Callable[[Signed], object], code: int, needle: str
+) -> None:
     """UNTRUSTED exits 3 and ERROR exits 4, each with one clear line on stderr."""
     setup(signed)
     r = run_cli("verify", str(signed.root), "-p", str(signed.keys.public))
@@ -116,7 +118,9 @@ def test_usage_error_exits_2(run_cli: Run) -> None:
         lambda t, k: ["build", str(t), "--secret-key", str(t / "inside.key")],
     ],
 )
-def test_operational_errors_are_one_line_exit_4(tree: Path, keys: Keys, run_cli: Run, args_for) -> None:  # type: ignore[no-untyped-def]
+def test_operational_errors_are_one_line_exit_4(
+    tree: Path, keys: Keys, run_cli: Run, args_for: Callable[[Path, Keys], list[str]]
+) -> None:
     """Bad keys, missing inputs and refused operations end in one clear line and exit 4."""
     shutil.copy(keys.secret, tree / "inside.key")
     r = run_cli(*args_for(tree, keys))

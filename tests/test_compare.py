@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from duri_integrity import speedups, walk
+from duri_integrity import speedups
 from duri_integrity.build import build_manifest, sign_manifest, write_atomic
 from duri_integrity.compare import compare
 from duri_integrity.manifest import decode_manifest_keys
@@ -64,7 +64,7 @@ def _scandir_hook(
             raise PermissionError(errno.EACCES, "Permission denied")
         return Wrapped(real(path))
 
-    monkeypatch.setattr(walk.os, "scandir", scandir)
+    monkeypatch.setattr(os, "scandir", scandir)
 
 
 @pytest.mark.parametrize("quick", [False, True])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -182,7 +183,8 @@ def test_use_config_file_false_skips_only_the_implicit_file(tmp_path: Path) -> N
 )
 def test_bounds_are_inclusive(field: str, value: int) -> None:
     """workers 1..256 and clock_skew 0..86400 are accepted at both ends."""
-    s, _ = resolve_settings(Settings(**{field: value}), env={})
+    one: dict[str, Any] = {field: value}  # the field is a parameter: its type is the field's
+    s, _ = resolve_settings(Settings(**one), env={})
     assert getattr(s, field) == value
 
 
@@ -197,15 +199,17 @@ def test_bounds_are_inclusive(field: str, value: int) -> None:
 )
 def test_out_of_bounds_is_refused(field: str, value: int, message: str) -> None:
     """One past either end is a usage error naming the setting and the value."""
+    one: dict[str, Any] = {field: value}  # the field is a parameter: its type is the field's
     with pytest.raises(ConfigError, match=message):
-        resolve_settings(Settings(**{field: value}), env={})
+        resolve_settings(Settings(**one), env={})
 
 
 @pytest.mark.parametrize("field", ["public_key", "revoked_keys", "exclude"])
 def test_nul_in_a_list_is_refused(field: str) -> None:
     """A NUL byte in any list entry is refused, naming the setting."""
+    one: dict[str, Any] = {field: ["ok", "b\x00d"]}  # the field is a parameter: its type is the field's
     with pytest.raises(ConfigError, match=f"{field} contains a NUL byte"):
-        resolve_settings(Settings(**{field: ["ok", "b\x00d"]}), env={})
+        resolve_settings(Settings(**one), env={})
 
 
 def test_manifest_and_signature_paths() -> None:

@@ -138,7 +138,9 @@ def test_github_actions_sign_and_verify_steps_run(tmp_path: Path) -> None:
         assert step.get("shell") == "bash"
         # ${{ vars.X }} and ${{ secrets.X }} in the step's env come from the repository's settings.
         expr = re.compile(r"\$\{\{ (?:vars|secrets)\.(\w+) \}\}")
-        step_env = {k: expr.sub(lambda m: env[m.group(1)], str(v)) for k, v in dict(step.get("env") or {}).items()}
+        given = step.get("env") or {}
+        assert isinstance(given, dict), f"a step's env is a mapping: {given!r}"
+        step_env = {k: expr.sub(lambda m: env[m.group(1)], str(v)) for k, v in given.items()}
         cmd = ["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", str(step["run"])]
         return subprocess.run(cmd, cwd=work, env={**env, **step_env}, capture_output=True, check=False).returncode
 

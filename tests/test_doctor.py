@@ -9,7 +9,7 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-from .conftest import Signed, console_script, new_keys
+from .conftest import Keys, Signed, console_script, new_keys
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
 
@@ -72,7 +72,7 @@ def test_key_inside_the_tree(signed: Signed, run_cli: Run) -> None:
     assert r.returncode == 1 and "inside the tree" in str(checks["trusted keys"]["detail"])
 
 
-def test_expired_manifest_fails_the_clock_check(tree: Path, keys, run_cli: Run) -> None:  # type: ignore[no-untyped-def]
+def test_expired_manifest_fails_the_clock_check(tree: Path, keys: Keys, run_cli: Run) -> None:
     """An expired manifest fails the clock check."""
     from datetime import UTC, datetime, timedelta
 
@@ -83,7 +83,7 @@ def test_expired_manifest_fails_the_clock_check(tree: Path, keys, run_cli: Run) 
     assert code == 1 and "expired" in str(checks["clock"]["detail"])
 
 
-def test_rollback_that_would_be_refused(tree: Path, keys, run_cli: Run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_rollback_that_would_be_refused(tree: Path, keys: Keys, run_cli: Run, tmp_path: Path) -> None:
     """If this host has verified a newer serial, doctor says the deploy would be refused."""
     from .conftest import build_and_sign
 
@@ -110,7 +110,7 @@ def test_unreadable_file_fails_tree_check(signed: Signed) -> None:
     assert r.returncode == 1 and "unreadable app/main.py" in str(checks["tree matches the manifest"]["detail"])
 
 
-def test_expiry_within_a_week_is_flagged(tree: Path, keys, run_cli: Run) -> None:  # type: ignore[no-untyped-def]
+def test_expiry_within_a_week_is_flagged(tree: Path, keys: Keys, run_cli: Run) -> None:
     """A manifest that expires within seven days passes the clock check but says so."""
     from datetime import timedelta
 

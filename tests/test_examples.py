@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -103,24 +104,27 @@ def test_alerting_rules_parse_and_use_emitted_metrics(signed: Signed) -> None:
             assert name in emitted, f"{rule['alert']} uses {name}, which is never written"
 
 
-def _promtool_case(textfile: str, rules: dict, eval_minutes: int, firing: list[str]) -> dict:  # type: ignore[type-arg]
+def _promtool_case(textfile: str, rules: dict[str, Any], eval_minutes: int, firing: list[str]) -> dict[str, Any]:
     """A promtool alert test: the textfile's samples held constant; which alerts fire at ``eval_minutes``."""
     from prometheus_client.parser import text_string_to_metric_families
 
     series = []
     for family in text_string_to_metric_families(textfile):
         for s in family.samples:
-            labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
-            series.append({"series": f"{s.name}{{{labels}}}", "values": f"{s.value!r}x300"})
+            selector = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
+            series.append({"series": f"{s.name}{{{selector}}}", "values": f"{s.value!r}x300"})
     alerts = {r["alert"]: r for g in rules["groups"] for r in g["rules"]}
     verified = next(s for s in series if s["series"].startswith("duri_integrity_verified{"))
-    labels = dict(re.findall(r'(\w+)="([^"]*)"', verified["series"]))
+    labels: dict[str, str] = dict(re.findall(r'(\w+)="([^"]*)"', verified["series"]))
 
-    def expected(name: str) -> list[dict]:  # type: ignore[type-arg]
+    def expected(name: str) -> list[dict[str, Any]]:
         if name not in firing:
             return []
         rule = alerts[name]
-        fill = lambda t: re.sub(r"\{\{ \$labels\.(\w+) \}\}", lambda m: labels.get(m.group(1), ""), t)  # noqa: E731
+
+        def fill(t: str) -> str:
+            return re.sub(r"\{\{ \$labels\.(\w+) \}\}", lambda m: labels.get(m.group(1), ""), t)
+
         return [
             {
                 "exp_labels": {**labels, **rule["labels"]},

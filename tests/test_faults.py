@@ -164,7 +164,7 @@ def test_read_failing_after_open_is_unreadable(signed: Signed, monkeypatch: pyte
     def hook(stage: int, path: bytes) -> int:  # the same fault in the C reader
         return errno.EIO if stage == speedups.STAGE_READ and path == b"app/pkg/mod.py" else 0
 
-    monkeypatch.setattr(hashing.os, "readv", readv)
+    monkeypatch.setattr(os, "readv", readv)
     monkeypatch.setattr(speedups, "FAULT_HOOK", hook)
     r = signed.verify(workers=2)
     assert r.status == "FAILED"
@@ -186,11 +186,11 @@ def test_running_out_of_resources_is_an_error_not_a_problem(
     def hook_open(stage: int, path: bytes) -> int:  # the same faults in the C reader
         return code if stage == speedups.STAGE_OPEN and path == b"app/main.py" else 0
 
-    monkeypatch.setattr(hashing.os, "open", fail_open)
+    monkeypatch.setattr(os, "open", fail_open)
     monkeypatch.setattr(speedups, "FAULT_HOOK", hook_open)
     r = signed.verify()
     assert r.status == "ERROR" and r.exit_code == 4 and "ran out of resources" in (r.reason or "")
-    monkeypatch.setattr(hashing.os, "open", real_open)
+    monkeypatch.setattr(os, "open", real_open)
 
     def hook_read(stage: int, path: bytes) -> int:
         return code if stage == speedups.STAGE_READ and path == b"bin/run" else 0
@@ -202,7 +202,7 @@ def test_running_out_of_resources_is_an_error_not_a_problem(
             raise OSError(code, os.strerror(code))
         return real_readv(fd, buffers)
 
-    monkeypatch.setattr(hashing.os, "readv", fail_read)
+    monkeypatch.setattr(os, "readv", fail_read)
     assert signed.verify().status == "ERROR"
 
 
@@ -264,7 +264,7 @@ def test_file_changing_mid_read_is_unstable(signed: Signed, monkeypatch: pytest.
             rewrite()
         return 0
 
-    monkeypatch.setattr(hashing.os, "readv", readv)
+    monkeypatch.setattr(os, "readv", readv)
     monkeypatch.setattr(speedups, "FAULT_HOOK", hook)
     r = signed.verify()
     assert [(p.path, p.kind) for p in r.problems] == [("data/blob.bin", "unstable")]

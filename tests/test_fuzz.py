@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from duri_integrity.config import resolve_settings
 from duri_integrity.errors import ConfigError, KeyFileError, ManifestError, SignatureError
 from duri_integrity.exclude import Excluder
-from duri_integrity.keys import load_trusted_keys, parse_public_key, verify_signature
+from duri_integrity.keys import TrustedKeys, load_trusted_keys, parse_public_key, verify_signature
 from duri_integrity.manifest import decode_manifest
 
 from .strategies import mutated, toml_text
@@ -38,8 +38,12 @@ def test_manifest_decoder_raises_only_manifest_error(data: bytes) -> None:
         decode_manifest(data)
 
 
+# The trusted keys, a signature of SEED_MANIFEST by them, and the public key file's bytes.
+Sample = tuple[TrustedKeys, bytes, bytes]
+
+
 @pytest.fixture(scope="module")
-def signed_sample(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+def signed_sample(tmp_path_factory: pytest.TempPathFactory) -> Sample:
     from duri_integrity.keys import generate_keypair, load_secret_key, sign_bytes
 
     d = tmp_path_factory.mktemp("fuzzkeys")
@@ -50,7 +54,7 @@ def signed_sample(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-
 
 @FUZZ
 @given(edit=st.data())
-def test_signature_parser_raises_only_signature_error(signed_sample, edit: st.DataObject) -> None:  # type: ignore[no-untyped-def]
+def test_signature_parser_raises_only_signature_error(signed_sample: Sample, edit: st.DataObject) -> None:
     """verify_signature raises SignatureError or returns; a mutated signature never verifies."""
     trusted, sig, _ = signed_sample
     bad = edit.draw(st.one_of(st.binary(max_size=400), mutated(sig)))
@@ -64,7 +68,9 @@ def test_signature_parser_raises_only_signature_error(signed_sample, edit: st.Da
 
 @FUZZ
 @given(edit=st.data())
-def test_public_key_parser(signed_sample, edit: st.DataObject, tmp_path_factory: pytest.TempPathFactory) -> None:  # type: ignore[no-untyped-def]
+def test_public_key_parser(
+    signed_sample: Sample, edit: st.DataObject, tmp_path_factory: pytest.TempPathFactory
+) -> None:
     """parse_public_key raises ValueError or returns; loading a file raises only KeyFileError."""
     _, _, pub = signed_sample
     text = edit.draw(st.one_of(st.binary(max_size=200), mutated(pub)))

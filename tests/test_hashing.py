@@ -85,7 +85,7 @@ def test_other_inode_than_listed_but_same_file_now_is_checked(tmp_path: Path) ->
 
 def test_replaced_file_is_unstable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A file replaced between its open and the check of its name is reported unstable, not hashed."""
-    from duri_integrity import hashing, speedups
+    from duri_integrity import speedups
 
     p, twin = tmp_path / "f", tmp_path / "twin"
     p.write_bytes(b"one")
@@ -104,7 +104,7 @@ def test_replaced_file_is_unstable(tmp_path: Path, monkeypatch: pytest.MonkeyPat
             twin.rename(p)
         return 0
 
-    monkeypatch.setattr(hashing.os, "fstat", fstat_then_swap)
+    monkeypatch.setattr(os, "fstat", fstat_then_swap)
     monkeypatch.setattr(speedups, "FAULT_HOOK", hook)
     [(_, kind, _, _)] = check_files(str(tmp_path), [(job[0], job[1] + 10**9, *job[2:])], workers=1)
     assert kind == "unstable"

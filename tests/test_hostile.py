@@ -34,7 +34,7 @@ def _entries_digest(d: dict[str, Any]) -> None:
     from duri_integrity.manifest import Entry, compute_root_digest
 
     with contextlib.suppress(msgspec.ValidationError, TypeError):  # malformed on purpose: the decoder says so
-        entries = msgspec.convert(d["entries"], list[Entry])  # type: ignore[arg-type]
+        entries = msgspec.convert(d["entries"], list[Entry])
         d["root_digest"] = compute_root_digest(d.get("exclude", []), entries)
 
 

@@ -33,10 +33,20 @@ def _tool(module: str) -> None:
     ids=["ruff-check", "ruff-format", "mypy-strict"],
 )
 def test_sources_are_clean(argv: list[str]) -> None:
-    """ruff (lint and format) and mypy --strict report nothing over the project."""
+    """ruff (lint and format) and mypy --strict (package, tests, benchmarks) report nothing over the project."""
     _tool(argv[0])
     r = subprocess.run([sys.executable, "-m", *argv], cwd=ROOT, capture_output=True, text=True, check=False)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_mypy_checks_the_tests_and_benchmarks_as_directories() -> None:
+    """mypy's file list names tests/ and benchmarks/ whole, so a new test file is type-checked too."""
+    import tomllib
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mypy"]
+    assert config["strict"] is True
+    assert {"duri_integrity", "tests", "benchmarks"} <= set(config["files"])
+    assert all((ROOT / name).is_dir() for name in ("duri_integrity", "tests", "benchmarks"))
 
 
 def test_the_extension_is_built_in_ci() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
 
 import msgspec
 import pytest
@@ -17,9 +18,9 @@ CREATED = datetime(2026, 11, 27, 12, 0, 0, tzinfo=UTC)
 DIGEST = "0123456789abcdef" * 4
 
 
-def _manifest(entries: list[Entry], **kw: object) -> Manifest:
-    exclude = kw.pop("exclude", [])
-    fields: dict[str, object] = {
+def _manifest(entries: list[Entry], **kw: Any) -> Manifest:  # kw: fields to override, some wrong on purpose
+    exclude: list[str] = kw.pop("exclude", [])
+    fields: dict[str, Any] = {
         "format": mf.FORMAT,
         "version": mf.FORMAT_VERSION,
         "tool": "t",
@@ -28,10 +29,10 @@ def _manifest(entries: list[Entry], **kw: object) -> Manifest:
         "serial": 1,
         "exclude": exclude,
         "entries": entries,
-        "root_digest": mf.compute_root_digest(exclude, entries),  # type: ignore[arg-type]
+        "root_digest": mf.compute_root_digest(exclude, entries),
     }
     fields.update(kw)
-    return Manifest(**fields)  # type: ignore[arg-type]
+    return Manifest(**fields)
 
 
 def _decode(entries: list[Entry], **kw: object) -> tuple[Manifest, list[str]]:
@@ -307,14 +308,14 @@ def test_decoded_manifest_and_entries_are_immutable() -> None:
     """Nothing can change a manifest or any entry after its digest was checked."""
     m, _ = _decode([Dir(path="d", mode=0o755), *_files("d/f")])
     with pytest.raises(AttributeError):
-        m.serial = 2  # type: ignore[misc]
+        m.serial = 2  # type: ignore[misc]  # mypy knows it is frozen; the test checks that it is at run time
     for entry in [
         *m.entries,
         Symlink(path="l", mode=0, target="x"),
         *(c(path="p", mode=0) for c in mf.PLAIN_TYPES.values()),
     ]:
         with pytest.raises(AttributeError):
-            entry.mode = 0o777  # type: ignore[misc]
+            entry.mode = 0o777  # type: ignore[misc]  # frozen, as above
 
 
 def test_entry_kinds_are_their_wire_names() -> None:

@@ -18,15 +18,18 @@ from .conftest import Signed, build_and_sign, new_keys
 Run = Callable[..., subprocess.CompletedProcess[str]]
 
 
-def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    out = {}
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def _samples(text: str) -> Samples:
+    out: Samples = {}
     for family in text_string_to_metric_families(text):
         for s in family.samples:
             out[(s.name, tuple(sorted(s.labels.items())))] = s.value
     return out
 
 
-def _value(samples, name: str, **labels: str) -> float:  # type: ignore[no-untyped-def]
+def _value(samples: Samples, name: str, **labels: str) -> float:
     [value] = [
         v for (n, lab), v in samples.items() if n == name and all(dict(lab).get(k) == x for k, x in labels.items())
     ]
@@ -142,8 +145,9 @@ def test_library_logs_with_context_and_leaves_root_logger_alone(
     with caplog.at_level(logging.INFO, logger="duri_integrity"):
         signed.verify()
     [rec] = [r for r in caplog.records if r.name == "duri_integrity"]
-    assert rec.levelno == logging.INFO and rec.status == "VERIFIED"  # type: ignore[attr-defined]
-    assert rec.serial > 0 and rec.key_id == signed.keys.key_id  # type: ignore[attr-defined]
+    extra = vars(rec)  # the context fields logged with extra=: attributes LogRecord does not declare
+    assert rec.levelno == logging.INFO and extra["status"] == "VERIFIED"
+    assert extra["serial"] > 0 and extra["key_id"] == signed.keys.key_id
     assert root_logger.handlers == handlers and root_logger.level == level
 
 

@@ -13,17 +13,17 @@ from duri_integrity import verify_integrity
 from duri_integrity.build import build_manifest
 from duri_integrity.manifest import decode_manifest
 
-from .conftest import build_and_sign, new_keys
+from .conftest import Signed, build_and_sign, new_keys
 from .strategies import byte_flip, component_bytes, file_contents
 
 _SIZES = [1, 2, 100, 2047, 2048, 4096, 70_000, (1 << 20) + 3]
 
 
 @pytest.fixture(scope="module")
-def flip_tree(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+def flip_tree(tmp_path_factory: pytest.TempPathFactory) -> tuple[Signed, list[Path]]:
     base = tmp_path_factory.mktemp("flip")
     root = base / "tree"
-    files = []
+    files: list[Path] = []
     for i, size in enumerate(_SIZES):
         p = root / f"d{i % 3}" / f"f{i}.bin"
         p.parent.mkdir(parents=True, exist_ok=True)
@@ -35,7 +35,9 @@ def flip_tree(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-unty
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(flip=byte_flip(_SIZES))
-def test_flipping_any_byte_fails_naming_that_file(flip_tree, flip: tuple[int, int, int]) -> None:  # type: ignore[no-untyped-def]
+def test_flipping_any_byte_fails_naming_that_file(
+    flip_tree: tuple[Signed, list[Path]], flip: tuple[int, int, int]
+) -> None:
     """Flipping any bit pattern of any byte of any file gives FAILED naming exactly that file."""
     signed, files = flip_tree
     index, offset, mask = flip

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from duri_integrity import snapshot as snapshot_mod
+from duri_integrity.report import Report
 
-from .conftest import Signed
+from .conftest import Run, Signed
 
 
 @pytest.fixture
@@ -23,7 +24,7 @@ def no_racy_window(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(snapshot_mod, "RACY_NS", 0)
 
 
-def quick(s: Signed, cache: Path):  # type: ignore[no-untyped-def]
+def quick(s: Signed, cache: Path) -> Report:
     return s.verify(quick=True, cache_dir=str(cache))
 
 
@@ -96,7 +97,9 @@ def test_snapshot_of_another_manifest_is_not_used(signed: Signed, cache: Path, n
 
     quick(signed, cache)
     (signed.root / "new-in-release.txt").write_text("v2")
-    serial = signed.verify().manifest.serial + 1  # type: ignore[union-attr]
+    before = signed.verify().manifest
+    assert before is not None, "the unchanged tree verifies against its manifest"
+    serial = before.serial + 1
     again = build_and_sign(signed.root, signed.keys, release="v2", serial=serial)
     r = quick(again, cache)
     assert r.status == "VERIFIED" and r.mode == "full"
@@ -111,7 +114,7 @@ def test_unwritable_cache_is_a_note_not_a_failure(signed: Signed, tmp_path: Path
     assert any("snapshot not saved" in n for n in r.notes)
 
 
-def test_quick_flag_on_the_command_line(signed: Signed, cache: Path, run_cli) -> None:  # type: ignore[no-untyped-def]
+def test_quick_flag_on_the_command_line(signed: Signed, cache: Path, run_cli: Run) -> None:
     """`verify --quick --cache-dir` works end to end and reports the mode in JSON."""
     import json
 

@@ -5,20 +5,22 @@ from __future__ import annotations
 import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from duri_integrity.build import build_manifest, sign_manifest, write_atomic
+from duri_integrity.report import Report
 
-from .conftest import Keys, Signed, build_and_sign, new_keys
+from .conftest import Keys, Run, Signed, build_and_sign, new_keys
 
 
-def _release(tree: Path, keys: Keys, release: str, serial: int, store: Path, **kw: object) -> Path:
+def _release(tree: Path, keys: Keys, release: str, serial: int, store: Path, **kw: Any) -> Path:  # kw: build_manifest's
     """Build and sign a manifest for the tree into its own folder outside it (a release artifact)."""
     out = store / release
     out.mkdir(parents=True)
     manifest = out / "MANIFEST.json"
-    write_atomic(str(manifest), build_manifest(str(tree), deployment="svc", release=release, serial=serial, **kw).data)  # type: ignore[arg-type]
+    write_atomic(str(manifest), build_manifest(str(tree), deployment="svc", release=release, serial=serial, **kw).data)
     sign_manifest(str(manifest), str(keys.secret))
     return manifest
 
@@ -29,15 +31,17 @@ def releases(tree: Path, keys: Keys, tmp_path: Path) -> tuple[Path, Path]:
     return _release(tree, keys, "v1", 100, store), _release(tree, keys, "v2", 200, store)
 
 
-def _verify(tree: Path, keys: Keys, manifest: Path, state: Path, **kw: object):  # type: ignore[no-untyped-def]
+def _verify(tree: Path, keys: Keys, manifest: Path, state: Path, **kw: Any) -> Report:  # kw: verify_integrity's
     from duri_integrity import verify_integrity
 
     return verify_integrity(
         tree, manifest=manifest, public_keys=str(keys.public), state_dir=str(state), use_config_file=False, **kw
-    )  # type: ignore[arg-type]
+    )
 
 
-def test_older_manifest_is_refused_and_state_untouched(tree: Path, keys: Keys, releases, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_older_manifest_is_refused_and_state_untouched(
+    tree: Path, keys: Keys, releases: tuple[Path, Path], tmp_path: Path
+) -> None:
     """After v2 verified, the validly signed v1 is UNTRUSTED, and the refusal changes nothing."""
     v1, v2 = releases
     state = tmp_path / "state"
@@ -55,8 +59,8 @@ def test_older_manifest_is_refused_and_state_untouched(tree: Path, keys: Keys, r
 def test_approved_rollback_is_recorded_and_sticks(
     tree: Path,
     keys: Keys,
-    releases,
-    tmp_path: Path,  # type: ignore[no-untyped-def]
+    releases: tuple[Path, Path],
+    tmp_path: Path,
     approval: object,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -80,8 +84,8 @@ def test_approved_rollback_is_recorded_and_sticks(
 
 @pytest.mark.parametrize("approval", ["v0@100", "v1@99", "99"])
 def test_approval_for_another_release_does_not_help(
-    tree: Path, keys: Keys, releases, tmp_path: Path, approval: str
-) -> None:  # type: ignore[no-untyped-def]
+    tree: Path, keys: Keys, releases: tuple[Path, Path], tmp_path: Path, approval: str
+) -> None:
     """An approval naming another label or serial does not approve v1 (serial 100)."""
     v1, v2 = releases
     state = tmp_path / "state"
@@ -91,8 +95,8 @@ def test_approval_for_another_release_does_not_help(
 
 @pytest.mark.parametrize("approval", ["v1", "@100", "v1@", "latest"])
 def test_an_approval_must_name_exactly_one_release(
-    tree: Path, keys: Keys, releases, tmp_path: Path, approval: str
-) -> None:  # type: ignore[no-untyped-def]
+    tree: Path, keys: Keys, releases: tuple[Path, Path], tmp_path: Path, approval: str
+) -> None:
     """A label alone would approve every build carrying it: it is refused as a configuration error."""
     v1, v2 = releases
     state = tmp_path / "state"
@@ -101,7 +105,9 @@ def test_an_approval_must_name_exactly_one_release(
     assert r.status == "ERROR" and "exactly one release" in r.summary
 
 
-def test_key_rotation_does_not_open_a_replay(tree: Path, keys: Keys, releases, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_key_rotation_does_not_open_a_replay(
+    tree: Path, keys: Keys, releases: tuple[Path, Path], tmp_path: Path
+) -> None:
     """With the old and the new key both trusted, an older release signed by either is refused."""
     _v1, v2 = releases
     state = tmp_path / "state"
@@ -110,13 +116,13 @@ def test_key_rotation_does_not_open_a_replay(tree: Path, keys: Keys, releases, t
     from duri_integrity import verify_integrity
 
     both = [str(keys.public), str(new.public)]
-    kw = {"public_keys": both, "state_dir": str(state), "use_config_file": False}
-    assert verify_integrity(tree, manifest=w3, **kw).status == "VERIFIED"  # type: ignore[arg-type]
-    r = verify_integrity(tree, manifest=v2, **kw)  # type: ignore[arg-type]
+    kw: dict[str, Any] = {"public_keys": both, "state_dir": str(state), "use_config_file": False}
+    assert verify_integrity(tree, manifest=w3, **kw).status == "VERIFIED"
+    r = verify_integrity(tree, manifest=v2, **kw)
     assert r.status == "UNTRUSTED" and "rollback refused" in r.summary, r.summary
 
 
-def test_corrupt_state_fails_closed(tree: Path, keys: Keys, releases, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_corrupt_state_fails_closed(tree: Path, keys: Keys, releases: tuple[Path, Path], tmp_path: Path) -> None:
     """A state file that cannot be read is an ERROR, not a silent reset of rollback protection."""
     v1, v2 = releases
     state = tmp_path / "state"
@@ -127,7 +133,7 @@ def test_corrupt_state_fails_closed(tree: Path, keys: Keys, releases, tmp_path: 
     assert r.status == "ERROR" and "corrupt" in r.summary
 
 
-def test_state_off_and_unwritable(tree: Path, keys: Keys, releases, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_state_off_and_unwritable(tree: Path, keys: Keys, releases: tuple[Path, Path], tmp_path: Path) -> None:
     """'none' turns protection off with a note; an explicit directory that cannot be written is an ERROR."""
     v1, _ = releases
     r = _verify(tree, keys, v1, Path("none"))
@@ -142,7 +148,9 @@ def test_state_off_and_unwritable(tree: Path, keys: Keys, releases, tmp_path: Pa
     assert r.status == "ERROR" and "lock file" in r.summary
 
 
-def test_rollback_through_the_cli(tree: Path, keys: Keys, releases, tmp_path: Path, run_cli) -> None:  # type: ignore[no-untyped-def]
+def test_rollback_through_the_cli(
+    tree: Path, keys: Keys, releases: tuple[Path, Path], tmp_path: Path, run_cli: Run
+) -> None:
     """The CLI refuses with exit 3 and one line, and accepts --allow-rollback-to or the variable."""
     v1, v2 = releases
     base = ["verify", str(tree), "-p", str(keys.public), "--state-dir", str(tmp_path / "s")]
@@ -223,7 +231,7 @@ def test_switching_a_current_symlink_to_an_older_release_is_a_rollback(tmp_path:
     current = tmp_path / "current"
     state = tmp_path / "state"
 
-    def check():  # type: ignore[no-untyped-def]
+    def check() -> Report:
         return verify_integrity(current, public_keys=str(keys.public), state_dir=str(state), use_config_file=False)
 
     current.symlink_to(releases / "v2")

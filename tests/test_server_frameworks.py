@@ -50,7 +50,7 @@ def flask_port(service: StatusService) -> Iterator[int]:
 
     app = Flask("myservice")
     app.add_url_rule("/", "index", lambda: "the service itself")
-    app.wsgi_app = DispatcherMiddleware(app.wsgi_app, {"/integrity": make_wsgi_app(service)})  # type: ignore[method-assign]
+    app.wsgi_app = DispatcherMiddleware(app.wsgi_app, {"/integrity": make_wsgi_app(service)})  # type: ignore[method-assign]  # Flask's documented way to mount an app
     server = make_server("127.0.0.1", 0, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 
-from duri_integrity.server import StatusService, make_server, make_wsgi_app
+from duri_integrity.server import CachedVerification, StatusService, make_server, make_wsgi_app
 
 from .conftest import Signed
-from .test_server import TOKEN, CachedVerification, free_port, request, serve, stop, wait_for_port
+from .test_server import TOKEN, free_port, request, serve, stop, wait_for_port
 
 IDLE = 1200
 SERVER_NOFILE = 1024

@@ -132,6 +132,8 @@ def test_reader_cannot_be_reinitialised_or_reentered_while_reading(tmp_path: Pat
     fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
     refused: list[str] = []
     reader: Any = None
+    ext = speedups._ext
+    assert ext is not None, "needs_ext: the extension is loaded"
 
     def poke(what: str) -> None:
         try:
@@ -143,7 +145,7 @@ def test_reader_cannot_be_reinitialised_or_reentered_while_reading(tmp_path: Pat
             refused.append(what)
 
     def hook(stage: int, path: bytes) -> int:
-        poke("init" if stage == speedups._ext.STAGE_FSTAT else "read")
+        poke("init" if stage == ext.STAGE_FSTAT else "read")
         return 0
 
     class Jobs(list[FileCheck]):
@@ -153,7 +155,7 @@ def test_reader_cannot_be_reinitialised_or_reentered_while_reading(tmp_path: Pat
             return list.__getitem__(self, i)
 
     try:
-        reader = speedups._ext.Reader(fd, hook)
+        reader = ext.Reader(fd, hook)
         buf = bytearray(11)
         assert reader.read(jobs, [0], buf) == [0] and buf[:10] == b"0123456789"
         assert sorted(refused) == ["init", "read", "read"]  # open and read stages re-enter, fstat re-inits
@@ -358,9 +360,7 @@ def test_walk_out_of_descriptors_is_an_error_and_leaks_nothing(
             raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
         return real_scandir(path)
 
-    from duri_integrity import walk
-
-    monkeypatch.setattr(walk.os, "scandir", scandir)
+    monkeypatch.setattr(os, "scandir", scandir)
     if stage == "entry" and not speedups.can_scan():
         pytest.skip("the Python walk's lstat is not hooked here (tests/test_compare.py covers it)")
     before = len(os.listdir("/proc/self/fd"))

@@ -16,8 +16,8 @@ from duri_integrity.errors import ConfigError, RollbackRefused
 from duri_integrity.state import StateStore
 
 
-def _record(store: StateStore, serial: int, digest: str = "a" * 64, **kw: object) -> None:
-    store.record("svc", serial=serial, release=f"v{serial}", root_digest=digest, key_id="KEY", **kw)  # type: ignore[arg-type]
+def _record(store: StateStore, serial: int, digest: str = "a" * 64, *, approved: bool = False) -> None:
+    store.record("svc", serial=serial, release=f"v{serial}", root_digest=digest, key_id="KEY", approved=approved)
 
 
 _STATE_DIR_AS = """

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from duri_integrity.manifest import Entry
+
 from .conftest import Signed, build_and_sign
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
@@ -36,7 +38,14 @@ def _fifo(root: Path) -> None:
     os.mkfifo(root / "data" / "pipe")
 
 
-TAMPER: dict[str, tuple[Callable[[Path], None], set[tuple[str, str]]]] = {
+def _swap(path: Path, remove: Callable[[Path], None], make: Callable[[Path], object]) -> None:
+    """Replace what is at ``path``: remove it, then make the new thing there."""
+    remove(path)
+    make(path)
+
+
+# Each change's return value (write_text's count, rename's new path) is not used.
+TAMPER: dict[str, tuple[Callable[[Path], object], set[tuple[str, str]]]] = {
     "content": (lambda r: (r / "app/main.py").write_text("print('HELLO')\n"), {("app/main.py", "modified")}),
     "truncate": (lambda r: os.truncate(r / "app/pkg/mod.py", 3), {("app/pkg/mod.py", "modified")}),
     "append": (lambda r: _append(r / "bin/run", "rm -rf /\n"), {("bin/run", "modified")}),
@@ -48,19 +57,19 @@ TAMPER: dict[str, tuple[Callable[[Path], None], set[tuple[str, str]]]] = {
     ),
     "chmod": (lambda r: (r / "app/main.py").chmod(0o755), {("app/main.py", "mode_changed")}),
     "file to symlink": (
-        lambda r: ((r / "app/main.py").unlink(), (r / "app/main.py").symlink_to("/etc/passwd")),
+        lambda r: _swap(r / "app/main.py", Path.unlink, lambda p: p.symlink_to("/etc/passwd")),
         {("app/main.py", "type_changed")},
     ),
     "symlink retarget": (
-        lambda r: ((r / "link-inside").unlink(), (r / "link-inside").symlink_to("bin/run")),
+        lambda r: _swap(r / "link-inside", Path.unlink, lambda p: p.symlink_to("bin/run")),
         {("link-inside", "symlink_changed")},
     ),
     "file to directory": (
-        lambda r: ((r / "data/empty").unlink(), (r / "data/empty").mkdir()),
+        lambda r: _swap(r / "data/empty", Path.unlink, Path.mkdir),
         {("data/empty", "type_changed")},
     ),
     "directory to file": (
-        lambda r: ((r / "empty-dir").rmdir(), (r / "empty-dir").write_text("")),
+        lambda r: _swap(r / "empty-dir", Path.rmdir, lambda p: p.write_text("")),
         {("empty-dir", "type_changed")},
     ),
     "add fifo": (_fifo, {("data/pipe", "added")}),
@@ -101,7 +110,7 @@ def _deep(root: Path, total: int = 6000) -> str:
     """Make a directory chain whose path is longer than PATH_MAX (4,096), using directory fds."""
     name = "n" * 200
     fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
-    parts = []
+    parts: list[str] = []
     try:
         while len("/".join(parts)) < total:
             os.mkdir(name, dir_fd=fd)
@@ -151,7 +160,7 @@ def test_awkward_objects_build_verify_and_never_hang(tmp_path: Path, run_cli: Ru
     assert [(p["path"], p["kind"]) for p in json.loads(r.stdout)["problems"]] == [(deep, "modified")]
 
 
-def json_entries(signed: Signed):  # type: ignore[no-untyped-def]
+def json_entries(signed: Signed) -> list[Entry]:
     from duri_integrity.manifest import decode_manifest
 
     return decode_manifest(signed.manifest.read_bytes()).entries

@@ -6,6 +6,7 @@ import logging
 import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
@@ -24,6 +25,7 @@ from duri_integrity.errors import (
     ManifestUnreadable,
     RevokedKey,
     RollbackRefused,
+    TrustAnchorInTree,
     WrongDeployment,
 )
 from duri_integrity.keys import load_secret_key, load_trusted_keys, make_trusted_comment, sign_bytes
@@ -45,7 +47,7 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> tuple[Manifest, Keys]:
     return built.manifest, new_keys(where / "keys")
 
 
-def _inputs(m: Manifest, keys: Keys, *, comment: str | None = None, **kw: object) -> trust.TrustInputs:
+def _inputs(m: Manifest, keys: Keys, *, comment: str | None = None, **kw: Any) -> trust.TrustInputs:  # kw: TrustInputs'
     """Sign ``m`` (with its own trusted comment unless one is given) and wrap it as pipeline inputs."""
     data = encode_manifest(m)
     sk = load_secret_key(str(keys.secret))
@@ -54,7 +56,7 @@ def _inputs(m: Manifest, keys: Keys, *, comment: str | None = None, **kw: object
     kw.setdefault("deployment", "svc")
     kw.setdefault("previous", None)
     kw.setdefault("approval", None)
-    return trust.TrustInputs(data=data, signature=sig, trusted=load_trusted_keys([str(keys.public)]), **kw)  # type: ignore[arg-type]
+    return trust.TrustInputs(data=data, signature=sig, trusted=load_trusted_keys([str(keys.public)]), **kw)
 
 
 def _mark(serial: int, release: str = "v9", root_digest: str = "0" * 64) -> RollbackState:
@@ -127,8 +129,9 @@ def test_signed_garbage_is_malformed(base: tuple[Manifest, Keys]) -> None:
 def test_trusted_comment_must_agree_with_the_body(base: tuple[Manifest, Keys], field: str) -> None:
     """A signature whose trusted comment names another deployment, release, serial or root is refused."""
     m, keys = base
-    values = {"deployment": "svc", "release": "v2", "serial": 200, "root": m.root_digest}
-    values[field] = {"deployment": "other", "release": "v3", "serial": 201, "root": "f" * 64}[field]
+    values: dict[str, str | int] = {"deployment": "svc", "release": "v2", "serial": 200, "root": m.root_digest}
+    others: dict[str, str | int] = {"deployment": "other", "release": "v3", "serial": 201, "root": "f" * 64}
+    values[field] = others[field]
     comment = make_trusted_comment(
         "MANIFEST.json", str(values["deployment"]), str(values["release"]), int(values["serial"]), str(values["root"])
     )
@@ -271,9 +274,9 @@ def test_trusted_key_directory_that_is_the_tree_is_refused(tree: Path, keys: Key
     """A trusted-key directory that is the tree itself (or a key file in it) cannot vouch for the tree."""
     (tree / "k.pub").write_bytes(keys.public.read_bytes())
     root = os.path.realpath(tree)
-    with pytest.raises(trust.TrustAnchorInTree, match=r"^trusted key .* inside the tree being verified"):
+    with pytest.raises(TrustAnchorInTree, match=r"^trusted key .* inside the tree being verified"):
         trust.load_keys(Settings(public_key=[str(tree)]), root)
-    with pytest.raises(trust.TrustAnchorInTree):
+    with pytest.raises(TrustAnchorInTree):
         trust.load_keys(Settings(public_key=[str(tree / "k.pub")]), root)
 
 
@@ -282,9 +285,9 @@ def test_tree_as_key_directory_is_refused_even_if_its_keys_link_outside(tree: Pa
     planted = tmp_path / "planted.pub"  # somewhere outside the tree that its writer could also reach
     planted.write_bytes(keys.public.read_bytes())
     (tree / "k.pub").symlink_to(planted)
-    with pytest.raises(trust.TrustAnchorInTree, match=f"resolves to {os.path.realpath(tree)!r}, inside"):
+    with pytest.raises(TrustAnchorInTree, match=f"resolves to {os.path.realpath(tree)!r}, inside"):
         trust.load_keys(Settings(public_key=[str(tree)]), os.path.realpath(tree))
-    with pytest.raises(trust.TrustAnchorInTree):
+    with pytest.raises(TrustAnchorInTree):
         trust.load_keys(Settings(public_key=[str(tree) + "/"]), os.path.realpath(tree))
 
 
@@ -292,7 +295,7 @@ def test_key_reached_through_a_link_into_the_tree_is_refused(tree: Path, keys: K
     """A key path outside the tree that resolves inside it is refused (links are followed first)."""
     (tree / "k.pub").write_bytes(keys.public.read_bytes())
     (tmp_path / "via").symlink_to(tree / "k.pub")
-    with pytest.raises(trust.TrustAnchorInTree):
+    with pytest.raises(TrustAnchorInTree):
         trust.load_keys(Settings(public_key=[str(tmp_path / "via")]), os.path.realpath(tree))
 
 
@@ -307,7 +310,7 @@ def test_inline_key_does_not_end_the_inside_the_tree_check(tree: Path, keys: Key
     """An inline key listed first is skipped, and the key file after it is still checked."""
     (tree / "k.pub").write_bytes(keys.public.read_bytes())
     inline = keys.public.read_text().splitlines()[1]
-    with pytest.raises(trust.TrustAnchorInTree):
+    with pytest.raises(TrustAnchorInTree):
         trust.load_keys(Settings(public_key=[inline, str(tree / "k.pub")]), os.path.realpath(tree))
 
 
@@ -337,8 +340,8 @@ def test_shared_key_directory_is_named_in_the_error(tree: Path, keys: Keys, tmp_
     shared = tmp_path / "shared"
     shared.mkdir()
     shared.chmod(0o777)
-    sources = {"public_key": [str(keys.public)], kind: [str(shared)]}
-    settings = Settings(**sources)  # type: ignore[arg-type]
+    sources: dict[str, Any] = {"public_key": [str(keys.public)], kind: [str(shared)]}  # kind is a parameter
+    settings = Settings(**sources)
     what = "trusted-key" if kind == "public_key" else "revoked-key"
     with pytest.raises(KeyFileError, match=f"{what} directory"):
         trust.load_keys(settings, os.path.realpath(tree))
@@ -348,7 +351,7 @@ def test_revocation_list_inside_the_tree_is_refused(tree: Path, keys: Keys) -> N
     """A revoked-key list in the tree could un-revoke a key: it is refused like a trusted key."""
     (tree / "revoked").write_text("")
     settings = Settings(public_key=[str(keys.public)], revoked_keys=[str(tree / "revoked")])
-    with pytest.raises(trust.TrustAnchorInTree, match="revoked-key list"):
+    with pytest.raises(TrustAnchorInTree, match="revoked-key list"):
         trust.load_keys(settings, os.path.realpath(tree))
 
 

@@ -6,16 +6,18 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from duri_integrity import NotVerifiedError, ensure_integrity, verify_integrity
 from duri_integrity.build import build_manifest, sign_manifest, write_atomic
+from duri_integrity.report import Report
 
 from .conftest import NON_UTF8_NAME, Keys, Signed, build_and_sign, new_keys
 
 
-def kinds(report) -> set[tuple[str, str]]:  # type: ignore[no-untyped-def]
+def kinds(report: Report) -> set[tuple[str, str]]:
     return {(p.path, p.kind) for p in report.problems}
 
 
@@ -50,7 +52,8 @@ def test_report_mapping_and_json(signed: Signed) -> None:
     assert "status" in r and r.get("nope", 5) == 5
     with pytest.raises(KeyError):
         r["nope"]
-    assert d["manifest"]["serial"] == r.manifest.serial  # type: ignore[union-attr]
+    assert r.manifest is not None, "a verified report describes its manifest"
+    assert d["manifest"]["serial"] == r.manifest.serial
 
 
 def test_modified_content(signed: Signed) -> None:
@@ -60,7 +63,9 @@ def test_modified_content(signed: Signed) -> None:
     r = signed.verify()
     assert r.status == "FAILED" and r.recommendation == "rollback_integrity"
     assert kinds(r) == {("app/main.py", "modified")}
-    assert r.problems[0].expected.startswith("blake3:")  # type: ignore[union-attr]
+    expected = r.problems[0].expected
+    assert expected is not None, "a modified file's problem says what was expected"
+    assert expected.startswith("blake3:")
     assert r.summary == f"1 of {r.counts['total']:,} entries failed: 1 modified"
 
 
@@ -290,11 +295,11 @@ def test_invalid_arguments_raise(signed: Signed) -> None:
 
 def test_ensure_integrity_raises_with_report(signed: Signed) -> None:
     """ensure_integrity returns the report when verified and raises NotVerifiedError otherwise."""
-    kw = {"public_keys": [str(signed.keys.public)], "use_config_file": False}
-    assert ensure_integrity(signed.root, **kw).status == "VERIFIED"  # type: ignore[arg-type]
+    kw: dict[str, Any] = {"public_keys": [str(signed.keys.public)], "use_config_file": False}
+    assert ensure_integrity(signed.root, **kw).status == "VERIFIED"
     (signed.root / "x").write_text("x")
     with pytest.raises(NotVerifiedError) as err:
-        ensure_integrity(signed.root, **kw)  # type: ignore[arg-type]
+        ensure_integrity(signed.root, **kw)
     assert err.value.report.status == "FAILED"
     assert "FAILED" in str(err.value)
 
