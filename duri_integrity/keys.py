@@ -9,21 +9,19 @@ from __future__ import annotations
 import base64
 import binascii
 import os
-import stat
 import time
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 from .errors import BadSignature, IntegrityError, KeyFileError, UnknownKey
 from .files import check_file_dirs, check_owner_and_mode, read_file
-
-if TYPE_CHECKING:
-    import minisign
+from .signing import SigningKey, load_secret_key, sign_bytes
 
 __all__ = [
     "MAX_SIGNATURE_BYTES",
     "PublicKey",
     "SignatureInfo",
+    "SigningKey",
     "TrustedKeys",
     "format_key_id",
     "generate_keypair",
@@ -280,35 +278,6 @@ def _parse_id_list(path: str, data: bytes) -> set[str]:
     return ids
 
 
-def load_secret_key(
-    path: str, password: str | None = None, *, allow_insecure_permissions: bool = False
-) -> minisign.SecretKey:
-    """Load (and if needed decrypt) a minisign secret key, refusing one others can read."""
-    import minisign
-
-    try:
-        st = os.stat(path)
-    except OSError as exc:
-        raise KeyFileError(f"cannot read secret key {path!r}: {exc.strerror or exc}") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise KeyFileError(f"secret key {path!r} is not a regular file")
-    if st.st_mode & 0o077 and not allow_insecure_permissions:
-        raise KeyFileError(
-            f"secret key {path!r} is accessible by group or others (mode {st.st_mode & 0o777:04o}); "
-            "run 'chmod 600' on it"
-        )
-    data = _read_small(path, _MAX_KEY_FILE, "secret key")
-    try:
-        sk = minisign.SecretKey.from_bytes(data)
-        if sk.is_encrypted():
-            if password is None:
-                raise KeyFileError(f"secret key {path!r} is encrypted and no password was given")
-            sk.decrypt(password)
-    except minisign.Error as exc:
-        raise KeyFileError(f"cannot use secret key {path!r}: {exc}") from None
-    return sk
-
-
 def _write_new(path: str, data: bytes, mode: int, force: bool) -> None:
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
     target = path
@@ -349,22 +318,6 @@ def generate_keypair(
     finally:
         sk.wipe()
     return format_key_id(key_id)
-
-
-def sign_bytes(data: bytes, secret_key: minisign.SecretKey, trusted_comment: str) -> bytes:
-    """Sign data (BLAKE2b-prehashed Ed25519, minisign's default); return the .minisig text."""
-    import minisign
-
-    try:
-        sig = secret_key.sign(
-            data,
-            prehash=True,
-            untrusted_comment="signature from duri-integrity secret key",
-            trusted_comment=trusted_comment,
-        )
-    except minisign.Error as exc:
-        raise KeyFileError(f"cannot sign: {exc}") from None
-    return bytes(sig) + b"\n"
 
 
 def verify_signature(data: bytes, signature: bytes, trusted: TrustedKeys) -> SignatureInfo:
