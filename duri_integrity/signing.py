@@ -102,8 +102,12 @@ def _secret_key_bytes(data: bytes) -> bytes:
 
 
 def _plain_key_checks_out(raw: bytearray) -> bool:
-    """Whether the key part is in the clear: its BLAKE2b-256 checksum (minisign's) matches."""
+    """Whether the key part is in the clear: its BLAKE2b-256 checksum (minisign's) matches, or, for
+    a key stored without a KDF, is all zeros (as ``minisign -G -W`` writes it; minisign does not
+    check it then). The public half is checked against the seed either way (:func:`_signing_key`)."""
     keynum = raw[54:]  # key id (8), seed (32), public key (32), checksum (32)
+    if raw[2:4] == b"\0\0" and not any(keynum[72:]):
+        return True
     return _blake2b(raw[:2] + keynum[:72], digest_size=32).digest() == keynum[72:]
 
 
