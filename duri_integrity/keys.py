@@ -154,6 +154,8 @@ SECRET_KEY_HEAD = 4096
 comment line of about 1,020 bytes at most, then the key's base64 line (212 characters)."""
 _SECRET_KEY_BYTES = 158
 """A minisign secret key decoded: "Ed", the KDF ("Sc" or none), "B2", salt, limits, key id, key, checksum."""
+_SECRET_KEY_LINE = 212
+"""Its base64 line: 158 bytes are 212 characters with their one "=" of padding."""
 
 
 def looks_like_secret_key(head: bytes) -> bool:
@@ -168,9 +170,14 @@ def looks_like_secret_key(head: bytes) -> bool:
     head = head[:SECRET_KEY_HEAD].removeprefix(b"\xef\xbb\xbf")
     first, _, rest = head.partition(b"\n")
     second = rest.partition(b"\n")[0]
-    for line in (first, second):
+    for raw_line in (first, second):
+        line = raw_line.strip()
+        # Only a 212-character line starting "RW" (base64 of "Ed") can decode to a whole key: checked
+        # first, as build asks this of every file it hashes.
+        if len(line) != _SECRET_KEY_LINE or not line.startswith(b"RW"):
+            continue
         try:
-            raw = base64.b64decode(line.strip(), validate=True)
+            raw = base64.b64decode(line, validate=True)
         except (binascii.Error, ValueError):
             continue
         if len(raw) == _SECRET_KEY_BYTES and raw[:2] == b"Ed" and raw[4:6] == b"B2":
