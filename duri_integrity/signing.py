@@ -130,12 +130,11 @@ def _decrypt(data: bytes, password: str) -> bytearray:
 def _signing_key(raw: bytearray) -> SigningKey:
     """The key id and seed of a decrypted key line, once its public half is the seed's."""
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
     try:
         key_id, seed, public = bytes(raw[54:62]), bytearray(raw[62:94]), bytes(raw[94:126])
         derived = Ed25519PrivateKey.from_private_bytes(bytes(seed)).public_key()
-        if derived.public_bytes(Encoding.Raw, PublicFormat.Raw) != public:
+        if derived.public_bytes_raw() != public:  # not public_bytes(): its enums import ~15 ms of serialization
             seed[:] = bytes(32)
             raise ValueError("corrupt key: its public half is not its secret half's")
         return SigningKey(key_id, seed)
