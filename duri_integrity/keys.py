@@ -167,22 +167,31 @@ def looks_like_secret_key(head: bytes) -> bool:
     but is the key all the same: it is caught too. A line is a key only if it decodes to a
     whole secret key (158 bytes, "Ed" ... "B2"), not because it starts like one.
     """
-    head = head[:SECRET_KEY_HEAD].removeprefix(b"\xef\xbb\xbf")
-    first, _, rest = head.partition(b"\n")
-    second = rest.partition(b"\n")[0]
-    for raw_line in (first, second):
-        line = raw_line.strip()
-        # Only a 212-character line starting "RW" (base64 of "Ed") can decode to a whole key: checked
-        # first, as build asks this of every file it hashes.
-        if len(line) != _SECRET_KEY_LINE or not line.startswith(b"RW"):
-            continue
-        try:
-            raw = base64.b64decode(line, validate=True)
-        except (binascii.Error, ValueError):
-            continue
-        if len(raw) == _SECRET_KEY_BYTES and raw[:2] == b"Ed" and raw[4:6] == b"B2":
+    head = head[:SECRET_KEY_HEAD]
+    start = 3 if head.startswith(b"\xef\xbb\xbf") else 0
+    for _ in range(2):  # the first line, then the second
+        # Line ends are found with memchr and a line is copied only if it is long enough to be a
+        # key: build asks this of every file it hashes (a substring search costs ~4 us a file).
+        nl = head.find(b"\n", start)
+        end = len(head) if nl < 0 else nl
+        if end - start >= _SECRET_KEY_LINE and _is_key_line(head[start:end].strip()):
             return True
+        if nl < 0:
+            return False
+        start = nl + 1
     return False
+
+
+def _is_key_line(line: bytes) -> bool:
+    """Whether one line decodes to a whole secret key (only a 212-character line starting with
+    "RW", the base64 of "Ed", can)."""
+    if len(line) != _SECRET_KEY_LINE or not line.startswith(b"RW"):
+        return False
+    try:
+        raw = base64.b64decode(line, validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    return len(raw) == _SECRET_KEY_BYTES and raw[:2] == b"Ed" and raw[4:6] == b"B2"
 
 
 def _check_location(path: str, what: str) -> None:
