@@ -14,7 +14,6 @@ from .args import (
     parse_duration,
     password_option,
     read_password,
-    workers_option,
 )
 from .render import echo_line
 
@@ -80,7 +79,12 @@ def keygen(secret_key: str, public_key: str, encrypt: bool, force: bool, passwor
 )
 @click.option("--allow-insecure-key", is_flag=True, help="Sign even if the secret key file is readable by others.")
 @password_option
-@workers_option
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 256),
+    default=None,
+    help="Hashing threads [default: 1; a second thread rarely pays on a busy machine].",
+)
 @config_option
 def build(
     root: str | None,
