@@ -58,13 +58,8 @@ __all__ = [
     "read_file",
 ]
 
-OPEN_FLAGS = (
-    os.O_RDONLY
-    | getattr(os, "O_NOFOLLOW", 0)
-    | getattr(os, "O_NONBLOCK", 0)
-    | getattr(os, "O_CLOEXEC", 0)
-    | getattr(os, "O_NOCTTY", 0)
-)
+OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
+"""The C reader's flags too (FILE_FLAGS): no symlink followed, a FIFO never waited on."""
 SMALL_FILE = 1 << 20
 """Up to this size a file is read whole into the thread's buffer; above it, in chunks."""
 CHUNK = SMALL_FILE + 1
@@ -231,8 +226,7 @@ def _check_batch(jobs: Sequence[FileCheck], batch: list[int], worker: Worker, ou
 def _verify_read(
     jobs: Sequence[FileCheck], batch: list[int], results: list[Result], view: memoryview, out: list[Problem]
 ) -> None:
-    """Verify a batch the C reader read into ``view``: the common case is a slice, one BLAKE3 call
-    and a comparison (as in :func:`_check_batch`); everything else is rare."""
+    """Verify a batch the C reader read into ``view`` (the common case inline, as in :func:`_check_batch`)."""
     append = out.append
     for i, r in zip(batch, results, strict=True):
         job = jobs[i]
