@@ -7,16 +7,19 @@
  * released. Hashing stays in Python (the blake3 package has no C API). No mmap: a file
  * truncated under a mapping would kill the process with SIGBUS.
  *
+ * It applies the stability rule of hashing.py (stated there, once): content is handed out only
+ * for the regular file with the listed inode, read to exactly its size, with size, mtime and
+ * ctime unchanged from the open's fstat to an fstat after the read. hashing.read_file is the
+ * same rule in Python and returns the same results; hashing.py maps both onto problems.
+ *
  * The result is one object per job, in batch order:
- *   int >= 0               content at this offset of buf, fstat unchanged across the read
- *   ("changed", off)       content at off, but size/mtime/ctime changed across the read
+ *   int >= 0               the content is at this offset of buf, and the rule held
  *   ("open", errno)        the file or one of its directories could not be opened
- *   ("read", errno)        fstat or read failed after the open
+ *   ("read", errno)        an fstat or the read failed after the open
  *   ("replaced",)          not a regular file, or another inode than listed (and than the name now)
  *   ("size", actual)       another size than expected (not read)
- *   ("short",)             fewer or more bytes read than the size (the file changed)
+ *   ("changed",)           not exactly size bytes read, or size/mtime/ctime changed across the read
  *   ("mode", actual, rest) another mode; rest is one of the above for the same file
- * The caller (hashing.py) turns these into exactly the problems its pure-Python path reports.
  */
 #define _GNU_SOURCE /* memrchr */
 #define PY_SSIZE_T_CLEAN
@@ -36,7 +39,7 @@
 #define FILE_FLAGS (O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC | O_NOCTTY)
 #define DIR_FLAGS (O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
 
-enum { R_OK_ = 0, R_CHANGED, R_OPEN, R_READ, R_REPLACED, R_SIZE, R_SHORT };
+enum { R_OK_ = 0, R_CHANGED, R_OPEN, R_READ, R_REPLACED, R_SIZE };
 enum { STAGE_OPEN = 0, STAGE_FSTAT, STAGE_READ, STAGE_ENTRY, STAGE_LIST };
 
 typedef struct {
@@ -267,14 +270,19 @@ static void read_one(Reader *r, Item *it, char *buf, PyThreadState **save) {
         if (n >= (size_t)it->size) break;
     }
     if (n != (size_t)it->size) {
-        it->kind = R_SHORT;
+        it->kind = R_CHANGED;
         goto done;
     }
-    it->kind = R_OK_;
-    if (fstat(fd, &now) < 0 || now.st_size != st.st_size || now.st_mtim.tv_sec != st.st_mtim.tv_sec ||
-        now.st_mtim.tv_nsec != st.st_mtim.tv_nsec || now.st_ctim.tv_sec != st.st_ctim.tv_sec ||
-        now.st_ctim.tv_nsec != st.st_ctim.tv_nsec)
-        it->kind = R_CHANGED;
+    if (fstat(fd, &now) < 0) {
+        it->kind = R_READ;
+        it->err = errno;
+        goto done;
+    }
+    it->kind = now.st_size != st.st_size || now.st_mtim.tv_sec != st.st_mtim.tv_sec ||
+                       now.st_mtim.tv_nsec != st.st_mtim.tv_nsec || now.st_ctim.tv_sec != st.st_ctim.tv_sec ||
+                       now.st_ctim.tv_nsec != st.st_ctim.tv_nsec
+                   ? R_CHANGED
+                   : R_OK_;
 done:
     close(fd);
 }
@@ -284,9 +292,6 @@ static PyObject *result_of(const Item *it) {
     switch (it->kind) {
     case R_OK_:
         res = PyLong_FromSsize_t(it->offset);
-        break;
-    case R_CHANGED:
-        res = Py_BuildValue("(sn)", "changed", it->offset);
         break;
     case R_OPEN:
         res = Py_BuildValue("(si)", "open", it->err);
@@ -299,8 +304,8 @@ static PyObject *result_of(const Item *it) {
     case R_SIZE:
         res = Py_BuildValue("(sL)", "size", it->actual_size);
         break;
-    default:
-        res = Py_BuildValue("(s)", "short");
+    default: /* R_CHANGED */
+        res = Py_BuildValue("(s)", "changed");
         break;
     }
     if (res && it->mode_differs) {

@@ -232,14 +232,14 @@ def _manifest_clock(created: datetime, expires: datetime | None, now: datetime, 
 
 
 def _secret_key(path: str, password: str | None, settings: Settings, root_real: str | None) -> str:
-    from .keys import format_key_id, load_secret_key, parse_public_key
+    from .keys import format_key_id, load_secret_key
     from .trust import trusted_key_sources
 
     if root_real is not None and inside_root(root_real, path) is not None:
         raise IntegrityError(f"secret key {path!r} is inside the tree")
     sk = load_secret_key(path, password)
     try:
-        kid = format_key_id(parse_public_key(sk.get_public_key().to_base64()).key_id)
+        kid = format_key_id(sk.key_id)
     finally:
         sk.wipe()
     from .keys import load_trusted_keys

@@ -9,21 +9,19 @@ from __future__ import annotations
 import base64
 import binascii
 import os
-import stat
 import time
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 from .errors import BadSignature, IntegrityError, KeyFileError, UnknownKey
 from .files import check_file_dirs, check_owner_and_mode, read_file
-
-if TYPE_CHECKING:
-    import minisign
+from .signing import SigningKey, load_secret_key, sign_bytes
 
 __all__ = [
     "MAX_SIGNATURE_BYTES",
     "PublicKey",
     "SignatureInfo",
+    "SigningKey",
     "TrustedKeys",
     "format_key_id",
     "generate_keypair",
@@ -156,6 +154,8 @@ SECRET_KEY_HEAD = 4096
 comment line of about 1,020 bytes at most, then the key's base64 line (212 characters)."""
 _SECRET_KEY_BYTES = 158
 """A minisign secret key decoded: "Ed", the KDF ("Sc" or none), "B2", salt, limits, key id, key, checksum."""
+_SECRET_KEY_LINE = 212
+"""Its base64 line: 158 bytes are 212 characters with their one "=" of padding."""
 
 
 def looks_like_secret_key(head: bytes) -> bool:
@@ -167,17 +167,31 @@ def looks_like_secret_key(head: bytes) -> bool:
     but is the key all the same: it is caught too. A line is a key only if it decodes to a
     whole secret key (158 bytes, "Ed" ... "B2"), not because it starts like one.
     """
-    head = head[:SECRET_KEY_HEAD].removeprefix(b"\xef\xbb\xbf")
-    first, _, rest = head.partition(b"\n")
-    second = rest.partition(b"\n")[0]
-    for line in (first, second):
-        try:
-            raw = base64.b64decode(line.strip(), validate=True)
-        except (binascii.Error, ValueError):
-            continue
-        if len(raw) == _SECRET_KEY_BYTES and raw[:2] == b"Ed" and raw[4:6] == b"B2":
+    head = head[:SECRET_KEY_HEAD]
+    start = 3 if head.startswith(b"\xef\xbb\xbf") else 0
+    for _ in range(2):  # the first line, then the second
+        # Line ends are found with memchr and a line is copied only if it is long enough to be a
+        # key: build asks this of every file it hashes (a substring search costs ~4 us a file).
+        nl = head.find(b"\n", start)
+        end = len(head) if nl < 0 else nl
+        if end - start >= _SECRET_KEY_LINE and _is_key_line(head[start:end].strip()):
             return True
+        if nl < 0:
+            return False
+        start = nl + 1
     return False
+
+
+def _is_key_line(line: bytes) -> bool:
+    """Whether one line decodes to a whole secret key (only a 212-character line starting with
+    "RW", the base64 of "Ed", can)."""
+    if len(line) != _SECRET_KEY_LINE or not line.startswith(b"RW"):
+        return False
+    try:
+        raw = base64.b64decode(line, validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    return len(raw) == _SECRET_KEY_BYTES and raw[:2] == b"Ed" and raw[4:6] == b"B2"
 
 
 def _check_location(path: str, what: str) -> None:
@@ -280,35 +294,6 @@ def _parse_id_list(path: str, data: bytes) -> set[str]:
     return ids
 
 
-def load_secret_key(
-    path: str, password: str | None = None, *, allow_insecure_permissions: bool = False
-) -> minisign.SecretKey:
-    """Load (and if needed decrypt) a minisign secret key, refusing one others can read."""
-    import minisign
-
-    try:
-        st = os.stat(path)
-    except OSError as exc:
-        raise KeyFileError(f"cannot read secret key {path!r}: {exc.strerror or exc}") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise KeyFileError(f"secret key {path!r} is not a regular file")
-    if st.st_mode & 0o077 and not allow_insecure_permissions:
-        raise KeyFileError(
-            f"secret key {path!r} is accessible by group or others (mode {st.st_mode & 0o777:04o}); "
-            "run 'chmod 600' on it"
-        )
-    data = _read_small(path, _MAX_KEY_FILE, "secret key")
-    try:
-        sk = minisign.SecretKey.from_bytes(data)
-        if sk.is_encrypted():
-            if password is None:
-                raise KeyFileError(f"secret key {path!r} is encrypted and no password was given")
-            sk.decrypt(password)
-    except minisign.Error as exc:
-        raise KeyFileError(f"cannot use secret key {path!r}: {exc}") from None
-    return sk
-
-
 def _write_new(path: str, data: bytes, mode: int, force: bool) -> None:
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
     target = path
@@ -349,22 +334,6 @@ def generate_keypair(
     finally:
         sk.wipe()
     return format_key_id(key_id)
-
-
-def sign_bytes(data: bytes, secret_key: minisign.SecretKey, trusted_comment: str) -> bytes:
-    """Sign data (BLAKE2b-prehashed Ed25519, minisign's default); return the .minisig text."""
-    import minisign
-
-    try:
-        sig = secret_key.sign(
-            data,
-            prehash=True,
-            untrusted_comment="signature from duri-integrity secret key",
-            trusted_comment=trusted_comment,
-        )
-    except minisign.Error as exc:
-        raise KeyFileError(f"cannot sign: {exc}") from None
-    return bytes(sig) + b"\n"
 
 
 def verify_signature(data: bytes, signature: bytes, trusted: TrustedKeys) -> SignatureInfo:

@@ -19,7 +19,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from . import speedups
-from .speedups import FileCheck, Problem
 
 __all__ = ["BATCH_BYTES", "BATCH_FILES", "plan_batches", "run"]
 
@@ -30,7 +29,13 @@ DEPTH = 3
 """Batches read and waiting to be hashed: enough to ride out a slow one, few enough to bound memory."""
 
 
-def plan_batches(jobs: Sequence[FileCheck], small: list[int]) -> list[list[int]]:
+Jobs = Sequence[tuple[Any, ...]]
+"""(path relative to the root, inode, size, mode, ...) per file: hashing.FileCheck, or build's job."""
+Consume = Callable[[list[int], list[Any], memoryview], None]
+"""consume(batch, results, view): what the caller does with a batch the reader read into ``view``."""
+
+
+def plan_batches(jobs: Jobs, small: list[int]) -> list[list[int]]:
     """Cut the small files, in walk order (grouped by directory), into batches that fit one buffer."""
     batches: list[list[int]] = []
     cur: list[int] = []
@@ -47,7 +52,7 @@ def plan_batches(jobs: Sequence[FileCheck], small: list[int]) -> list[list[int]]
     return batches
 
 
-def read_batch(reader: Any, jobs: Sequence[FileCheck], batch: list[int], buf: bytearray) -> list[Any]:
+def read_batch(reader: Any, jobs: Jobs, batch: list[int], buf: bytearray) -> list[Any]:
     """One call into the extension (the GIL is released inside); a seam for fault-injection tests."""
     return reader.read(jobs, batch, buf)  # type: ignore[no-any-return]
 
@@ -87,7 +92,7 @@ def _reader_loop(
     big_first: bool,
     st: _State,
     root_fd: int,
-    jobs: Sequence[FileCheck],
+    jobs: Jobs,
     extra: int,
     start: Callable[[int], None],
     big: Callable[[Callable[[], bool]], None],
@@ -137,15 +142,15 @@ def from_disk(before: tuple[float, int], files: int) -> bool:
 
 def run(
     root_fd: int,
-    jobs: Sequence[FileCheck],
+    jobs: Jobs,
     batches: list[list[int]],
     readers: int,
     extra: int,
     big: Callable[[Callable[[], bool]], None],
     progress: Callable[[int], None] | None,
-    out: list[Problem],
+    consume: Consume,
 ) -> None:
-    """Read and hash every batch, and run ``big(stopped)`` (the large files) on every thread once it is free.
+    """Hand every batch, read, to ``consume``; run ``big(stopped)`` (the large files) on every thread once free.
 
     With ``readers`` 0 the caller reads and hashes alone. Raises the first exception any
     thread raised; every thread has stopped when this returns or raises (they use ``root_fd``).
@@ -165,7 +170,7 @@ def run(
 
     try:
         if readers == 0:
-            _read_and_hash(st, root_fd, jobs, progress, out)
+            _read_and_hash(st, root_fd, jobs, progress, consume)
         else:
             with st.cond:  # the first reader may start more: st.threads changes under the lock
                 for k in range(readers):
@@ -176,7 +181,7 @@ def run(
                     )
                     t.start()
                     st.threads.append(t)
-            _hash_ready(st, jobs, progress, out)
+            _hash_ready(st, progress, consume)
         if not st.stop:
             big(st.stopped)
     except BaseException as exc:
@@ -196,9 +201,7 @@ def run(
         raise st.errors[0]
 
 
-def _hash_ready(
-    st: _State, jobs: Sequence[FileCheck], progress: Callable[[int], None] | None, out: list[Problem]
-) -> None:
+def _hash_ready(st: _State, progress: Callable[[int], None] | None, consume: Consume) -> None:
     for _ in range(len(st.batches)):
         with st.cond:
             while not st.ready and not st.stop:
@@ -208,7 +211,7 @@ def _hash_ready(
             batch, results, buf = st.ready.popleft()
             st.cond.notify_all()
         with memoryview(buf) as view:
-            speedups.hash_read_batch(jobs, batch, results, view, out)
+            consume(batch, results, view)
         with st.cond:
             st.free.append(buf)
         if progress is not None:
@@ -216,14 +219,14 @@ def _hash_ready(
 
 
 def _read_and_hash(
-    st: _State, root_fd: int, jobs: Sequence[FileCheck], progress: Callable[[int], None] | None, out: list[Problem]
+    st: _State, root_fd: int, jobs: Jobs, progress: Callable[[int], None] | None, consume: Consume
 ) -> None:
     reader = speedups.new_reader(root_fd)
     buf = bytearray(BATCH_BYTES)
     try:
         with memoryview(buf) as view:
             for batch in st.batches:
-                speedups.hash_read_batch(jobs, batch, read_batch(reader, jobs, batch, buf), view, out)
+                consume(batch, read_batch(reader, jobs, batch, buf), view)
                 if progress is not None:
                     progress(len(batch))
     finally:

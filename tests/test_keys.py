@@ -129,7 +129,9 @@ def test_encrypted_secret_key(tmp_path: Path) -> None:
 @pytest.mark.parametrize("prehash", [True, False])
 def test_signatures_from_py_minisign_verify(keys: Keys, prehash: bool) -> None:
     """Signatures made by py-minisign, prehashed (ED) or legacy (Ed), verify with our parser."""
-    sk = load_secret_key(str(keys.secret))
+    import minisign
+
+    sk = minisign.SecretKey.from_bytes(keys.secret.read_bytes())
     sig = sk.sign(b"content", prehash=prehash, trusted_comment="t")
     info = verify_signature(b"content", bytes(sig), load_trusted_keys([str(keys.public)]))
     assert info.trusted_comment == "t"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -14,9 +14,11 @@ from .args import (
     parse_duration,
     password_option,
     read_password,
-    workers_option,
 )
 from .render import echo_line
+
+if TYPE_CHECKING:
+    from ..config import Settings
 
 __all__ = ["build", "keygen", "sign"]
 
@@ -77,7 +79,12 @@ def keygen(secret_key: str, public_key: str, encrypt: bool, force: bool, passwor
 )
 @click.option("--allow-insecure-key", is_flag=True, help="Sign even if the secret key file is readable by others.")
 @password_option
-@workers_option
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 256),
+    default=None,
+    help="Hashing threads [default: 1; a second thread rarely pays on a busy machine].",
+)
 @config_option
 def build(
     root: str | None,
@@ -94,41 +101,28 @@ def build(
     config_file: str | None,
 ) -> None:
     """Write a manifest of ROOT for one deployment (and sign it with --secret-key)."""
-    from ..config import Settings, manifest_paths, resolve_settings
+    from ..config import Settings, manifest_paths
     from ..release import build_and_sign
 
-    settings, _ = resolve_settings(
-        Settings(
-            root=root,
-            manifest=manifest,
-            secret_key=secret_key,
-            exclude=list(exclude) or None,
-            release=release,
-            deployment=deployment,
-            workers=workers,
-        ),
-        config_file=config_file,
+    given = Settings(
+        root=root,
+        manifest=manifest,
+        secret_key=secret_key,
+        exclude=list(exclude) or None,
+        release=release,
+        deployment=deployment,
+        workers=workers,
     )
-    if not settings.deployment:
-        raise click.UsageError(
-            "name the deployment this release is for with --deployment NAME (or DURI_INTEGRITY_DEPLOYMENT): "
-            "hosts refuse a manifest for another deployment"
-        )
+    settings, to_stdout = _build_settings(given, config_file, exclude, from_option=release is not None)
     root = settings.root or "."
-    to_stdout = settings.manifest == "-"
-    if to_stdout:
-        if settings.secret_key:
-            raise click.UsageError("--manifest - writes the manifest to stdout, which cannot be signed; name a file")
-        settings.manifest = None  # "-" is not a file in the tree to leave out
-    check_build_inputs(settings.release, exclude, from_option=release is not None)
     manifest_path, sig_path = manifest_paths(settings, root)
-    key = settings.secret_key
     if to_stdout:
         _build_to_stdout(root, settings, serial, expires_in, skip=(manifest_path, sig_path))
         return
+    key = settings.secret_key
     done = build_and_sign(
         root,
-        deployment=settings.deployment,
+        deployment=settings.deployment or "",
         secret_key=key,
         manifest_path=manifest_path,
         signature_path=sig_path,
@@ -146,6 +140,28 @@ def build(
     echo_line(f"wrote {manifest_path}: {len(m.entries):,} entries, serial {m.serial}, root digest {m.root_digest}")
     if done.signature_path is not None:
         echo_line(f"signed: {done.signature_path}")
+
+
+def _build_settings(
+    given: Settings, config_file: str | None, exclude: tuple[str, ...], *, from_option: bool
+) -> tuple[Settings, bool]:
+    """The build's settings (options over the config file) and whether the manifest goes to stdout;
+    a usage error for what cannot be built."""
+    from ..config import resolve_settings
+
+    settings, _ = resolve_settings(given, config_file=config_file)
+    if not settings.deployment:
+        raise click.UsageError(
+            "name the deployment this release is for with --deployment NAME (or DURI_INTEGRITY_DEPLOYMENT): "
+            "hosts refuse a manifest for another deployment"
+        )
+    to_stdout = settings.manifest == "-"
+    if to_stdout:
+        if settings.secret_key:
+            raise click.UsageError("--manifest - writes the manifest to stdout, which cannot be signed; name a file")
+        settings.manifest = None  # "-" is not a file in the tree to leave out
+    check_build_inputs(settings.release, exclude, from_option=from_option)
+    return settings, to_stdout
 
 
 def _build_to_stdout(root: str, settings: Any, serial: int | None, expires_in: Any, skip: tuple[str, str]) -> None:
