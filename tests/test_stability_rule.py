@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from blake3 import blake3
 
-from duri_integrity import hashing, speedups
+from duri_integrity import speedups
 from duri_integrity.build import build_manifest
 from duri_integrity.errors import TreeError
 from duri_integrity.hashing import CHUNK, SMALL_FILE, BuildHash, check_files, hash_for_build, read_file
@@ -58,17 +58,17 @@ def _during_read(monkeypatch: pytest.MonkeyPatch, rel: str, root: Path, action: 
             once()
         return 0
 
-    monkeypatch.setattr(hashing.os, "readv", readv)
+    monkeypatch.setattr(os, "readv", readv)  # the os module hashing reads through
     monkeypatch.setattr(speedups, "FAULT_HOOK", hook)
     return calls
 
 
-def _touch(p: Path) -> Callable[[]]:
+def _touch(p: Path) -> Callable[[], None]:
     """Set the file's mtime to a time it cannot have had: the bytes stay the same, the stat does not."""
     return lambda: os.utime(p, ns=(1, 1))
 
 
-def _rewrite(p: Path) -> Callable[[]]:
+def _rewrite(p: Path) -> Callable[[], None]:
     """Overwrite the file's first bytes with other bytes of the same length."""
 
     def go() -> None:
@@ -80,7 +80,7 @@ def _rewrite(p: Path) -> Callable[[]]:
     return go
 
 
-def _append(p: Path) -> Callable[[]]:
+def _append(p: Path) -> Callable[[], None]:
     def go() -> None:
         with open(p, "ab") as f:
             f.write(b"!")
@@ -98,7 +98,7 @@ def _fail_reads(monkeypatch: pytest.MonkeyPatch, rel: str, root: Path) -> None:
             raise OSError(errno.EIO, os.strerror(errno.EIO))
         return real(fd, buffers)
 
-    monkeypatch.setattr(hashing.os, "readv", readv)
+    monkeypatch.setattr(os, "readv", readv)  # the os module hashing reads through
     rel_b = os.fsencode(rel)
     monkeypatch.setattr(
         speedups, "FAULT_HOOK", lambda stage, p: errno.EIO if stage == speedups.STAGE_READ and p == rel_b else 0
