@@ -44,6 +44,10 @@ class Outcome:
 
 
 _index_cache: list[tuple[Manifest, dict[str, int]]] = []
+INDEX_CACHE_ENTRIES = 20_000
+"""Manifests up to this size keep their path index between calls (a long-lived caller saves the
+rebuild); a larger one's index (7 MB at 100,000 entries) is dropped after the walk instead, which
+keeps it out of the memory peak while files are hashed."""
 
 
 def _index_of(m: Manifest, keys: list[str]) -> dict[str, int]:
@@ -52,7 +56,7 @@ def _index_of(m: Manifest, keys: list[str]) -> dict[str, int]:
     if _index_cache and _index_cache[0][0] is m and len(_index_cache[0][1]) == len(keys):
         return _index_cache[0][1]
     index = dict(zip(keys, range(len(keys)), strict=True))
-    _index_cache[:] = [(m, index)]
+    _index_cache[:] = [(m, index)] if len(keys) <= INDEX_CACHE_ENTRIES else []
     return index
 
 
@@ -154,6 +158,8 @@ class _Comparison:
         """What the manifest lists and the walk did not find is missing, or in a directory that could not be read."""
         self.tally.excluded = excluded
         self.tally.total += len(self.entries)
+        self.index = {}  # not needed past the walk: a large manifest's index is freed before hashing
+        self.lookup = self.index.get
         unlisted, seen = self.unlisted_dirs, self.seen
         i = seen.find(0)
         while i >= 0:
