@@ -196,21 +196,27 @@ class _Comparison:
         and never as a whole. A file whose ctime (set by the kernel on every change; no one
         but root can set it back) is after the start changed during the run: ``unstable``.
         """
-        jobs, job_index, failed = self.jobs, self.job_index, self.failed
+        failed, os_stat = self.failed, os.stat
         cursor = DirCursor(open_root(root_real))
+        cur_dir: str | None = None
+        dir_fd = -1
         try:
-            for k, (rel, _, _, _, _) in enumerate(jobs):
-                i = job_index[k]
+            # Flat, with local names: one stat per file (the jobs come grouped by directory).
+            for (rel, _, _, _, _), i in zip(self.jobs, self.job_index, strict=True):
                 if failed[i]:
                     continue
                 rel_dir, _, name = rel.rpartition("/")
                 try:
-                    st = os.stat(name, dir_fd=cursor.enter(rel_dir), follow_symlinks=False)
+                    if rel_dir != cur_dir:
+                        cur_dir = None
+                        dir_fd = cursor.enter(rel_dir)
+                        cur_dir = rel_dir
+                    ctime = os_stat(name, dir_fd=dir_fd, follow_symlinks=False).st_ctime_ns
                 except OSError as exc:
                     check_resources(exc, f"checking {display(rel)!r} again")
                     self.problem(i, rel, "unstable", actual=f"replaced or removed during the check ({exc.strerror})")
                     continue
-                if st.st_ctime_ns > started_ns:
+                if ctime > started_ns:
                     self.problem(i, rel, "unstable", actual="changed during the check")
         finally:
             cursor.close()
