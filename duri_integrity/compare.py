@@ -43,30 +43,13 @@ class Outcome:
         """Quick mode: the stat record of every file seen, for the next snapshot (used only if VERIFIED)."""
 
 
-_index_cache: list[tuple[Manifest, dict[str, int]]] = []
-INDEX_CACHE_ENTRIES = 20_000
-"""Manifests up to this size keep their path index between calls (a long-lived caller saves the
-rebuild); a larger one's index (7 MB at 100,000 entries) is dropped after the walk instead, which
-keeps it out of the memory peak while files are hashed."""
-
-
-def _index_of(m: Manifest, keys: list[str]) -> dict[str, int]:
-    """Path -> entry number, kept for the last manifest: decoding the same bytes returns the same
-    (immutable) Manifest object, whose keys are the same. The dict is only ever read."""
-    if _index_cache and _index_cache[0][0] is m and len(_index_cache[0][1]) == len(keys):
-        return _index_cache[0][1]
-    index = dict(zip(keys, range(len(keys)), strict=True))
-    _index_cache[:] = [(m, index)] if len(keys) <= INDEX_CACHE_ENTRIES else []
-    return index
-
-
 class _Comparison:
     """The state shared by the full and the quick path: one classification for both."""
 
     def __init__(self, m: Manifest, keys: list[str], max_problems: int | None) -> None:
         self.entries = m.entries
         self.keys = keys
-        self.index: dict[str, int] = _index_of(m, keys)
+        self.index: dict[str, int] = scan.index_of(m, keys)
         self.lookup = self.index.get
         self.files = 0
         self.seen = bytearray(len(keys))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from duri_integrity import compare, manifest
+from duri_integrity import manifest, scan
 
 from .conftest import Signed
 
@@ -13,10 +13,10 @@ def test_a_large_manifests_index_is_rebuilt_each_run_and_still_finds_every_chang
     signed: Signed, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Above the cache size the path index is not kept between runs; every run still finds every change."""
-    monkeypatch.setattr(compare, "INDEX_CACHE_ENTRIES", 1)
-    monkeypatch.setattr(compare, "_index_cache", [])
+    monkeypatch.setattr(scan, "INDEX_CACHE_ENTRIES", 1)
+    monkeypatch.setattr(scan, "_index_cache", [])
     assert signed.verify().status == "VERIFIED"
-    assert compare._index_cache == []
+    assert scan._index_cache == []
     assert signed.verify().status == "VERIFIED"
     (signed.root / "app" / "main.py").write_bytes(b"print('changed')\n")
     (signed.root / "app" / "extra.py").write_bytes(b"")
@@ -27,11 +27,11 @@ def test_a_large_manifests_index_is_rebuilt_each_run_and_still_finds_every_chang
 
 def test_a_small_manifests_index_is_kept_for_the_next_run(signed: Signed, monkeypatch: pytest.MonkeyPatch) -> None:
     """At or below the cache size the index of the last manifest is kept (a long-lived caller's saving)."""
-    monkeypatch.setattr(compare, "_index_cache", [])
+    monkeypatch.setattr(scan, "_index_cache", [])
     assert signed.verify().status == "VERIFIED"
-    [(kept_for, index)] = compare._index_cache
+    [(kept_for, index)] = scan._index_cache
     assert signed.verify().status == "VERIFIED"
-    assert compare._index_cache[0][1] is index and len(index) == len(kept_for.entries)
+    assert scan._index_cache[0][1] is index and len(index) == len(kept_for.entries)
 
 
 def test_the_decode_cache_holds_no_copy_of_the_manifest_bytes(signed: Signed) -> None:
