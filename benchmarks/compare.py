@@ -29,6 +29,11 @@ sys.path.insert(0, str(HERE))
 
 from treegen import CACHE, make_tree, tree_stats  # noqa: E402
 
+VERIFY_IMPORTS = (
+    "import duri_integrity.cli, duri_integrity.cli.verify, duri_integrity.verify, "
+    "cryptography.hazmat.primitives.asymmetric.ed25519"
+)
+
 
 def ensure_tool(name: str, package: str) -> str:
     path = shutil.which(name)
@@ -194,6 +199,9 @@ def main() -> None:
         ),
         "b3sum FILES (hash only)": lambda: timed([b3sum, *rel_files], cwd=tree),
         "python -c pass (interpreter start)": lambda: timed([vpy, "-P", "-c", "pass"]),
+        # What every whole-process verify pays before it looks at a file: the interpreter and the
+        # imports a verification needs (the CLI's and the library's), and nothing else.
+        "verify's imports only (process)": lambda: timed([vpy, "-P", "-c", VERIFY_IMPORTS]),
     }
     floor = build_floor(work)
     if floor:
