@@ -31,6 +31,11 @@ sys.path.append(str(PROJECT))
 
 from benchmarks.treegen import CACHE, make_tree, tree_stats  # noqa: E402
 
+VERIFY_IMPORTS = (
+    "import duri_integrity.cli, duri_integrity.cli.verify, duri_integrity.verify, "
+    "cryptography.hazmat.primitives.asymmetric.ed25519"
+)
+
 
 def ensure_tool(name: str, package: str) -> str:
     path = shutil.which(name)
@@ -199,6 +204,9 @@ def main() -> None:
         "duri-integrity build + sign, pure Python (process)": lambda: timed(build_cmd, env=pure_env),
         "b3sum FILES (hash only)": lambda: timed([b3sum, *rel_files], cwd=tree),
         "python -c pass (interpreter start)": lambda: timed([vpy, "-P", "-c", "pass"]),
+        # What every whole-process verify pays before it looks at a file: the interpreter and the
+        # imports a verification needs (the CLI's and the library's), and nothing else.
+        "verify's imports only (process)": lambda: timed([vpy, "-P", "-c", VERIFY_IMPORTS]),
     }
     floor = build_floor(work)
     if floor:

@@ -10,6 +10,7 @@ when compare.py has built it, else the current interpreter) and reads its peak R
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import statistics
 import subprocess
@@ -25,7 +26,10 @@ sys.path.append(str(HERE.parent))
 from benchmarks.treegen import CACHE, make_tree, tree_stats  # noqa: E402
 
 
+@functools.cache
 def python() -> str:
+    """The benchmark venv's interpreter, (re)built once per run: sources edited during a run
+    must not reinstall the package between its measurements."""
     from benchmarks.compare import bench_venv
 
     return str(bench_venv() / "bin" / "python")

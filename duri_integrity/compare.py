@@ -43,26 +43,13 @@ class Outcome:
         """Quick mode: the stat record of every file seen, for the next snapshot (used only if VERIFIED)."""
 
 
-_index_cache: list[tuple[Manifest, dict[str, int]]] = []
-
-
-def _index_of(m: Manifest, keys: list[str]) -> dict[str, int]:
-    """Path -> entry number, kept for the last manifest: decoding the same bytes returns the same
-    (immutable) Manifest object, whose keys are the same. The dict is only ever read."""
-    if _index_cache and _index_cache[0][0] is m and len(_index_cache[0][1]) == len(keys):
-        return _index_cache[0][1]
-    index = dict(zip(keys, range(len(keys)), strict=True))
-    _index_cache[:] = [(m, index)]
-    return index
-
-
 class _Comparison:
     """The state shared by the full and the quick path: one classification for both."""
 
     def __init__(self, m: Manifest, keys: list[str], max_problems: int | None) -> None:
         self.entries = m.entries
         self.keys = keys
-        self.index: dict[str, int] = _index_of(m, keys)
+        self.index: dict[str, int] = scan.index_of(m, keys)
         self.lookup = self.index.get
         self.files = 0
         self.seen = bytearray(len(keys))
@@ -154,6 +141,8 @@ class _Comparison:
         """What the manifest lists and the walk did not find is missing, or in a directory that could not be read."""
         self.tally.excluded = excluded
         self.tally.total += len(self.entries)
+        self.index = {}  # not needed past the walk: a large manifest's index is freed before hashing
+        self.lookup = self.index.get
         unlisted, seen = self.unlisted_dirs, self.seen
         i = seen.find(0)
         while i >= 0:
@@ -190,21 +179,27 @@ class _Comparison:
         and never as a whole. A file whose ctime (set by the kernel on every change; no one
         but root can set it back) is after the start changed during the run: ``unstable``.
         """
-        jobs, job_index, failed = self.jobs, self.job_index, self.failed
+        failed, os_stat = self.failed, os.stat
         cursor = DirCursor(open_root(root_real))
+        cur_dir: str | None = None
+        dir_fd = -1
         try:
-            for k, (rel, _, _, _, _) in enumerate(jobs):
-                i = job_index[k]
+            # Flat, with local names: one stat per file (the jobs come grouped by directory).
+            for (rel, _, _, _, _), i in zip(self.jobs, self.job_index, strict=True):
                 if failed[i]:
                     continue
                 rel_dir, _, name = rel.rpartition("/")
                 try:
-                    st = os.stat(name, dir_fd=cursor.enter(rel_dir), follow_symlinks=False)
+                    if rel_dir != cur_dir:
+                        cur_dir = None
+                        dir_fd = cursor.enter(rel_dir)
+                        cur_dir = rel_dir
+                    ctime = os_stat(name, dir_fd=dir_fd, follow_symlinks=False).st_ctime_ns
                 except OSError as exc:
                     check_resources(exc, f"checking {display(rel)!r} again")
                     self.problem(i, rel, "unstable", actual=f"replaced or removed during the check ({exc.strerror})")
                     continue
-                if st.st_ctime_ns > started_ns:
+                if ctime > started_ns:
                     self.problem(i, rel, "unstable", actual="changed during the check")
         finally:
             cursor.close()

@@ -182,8 +182,8 @@ def open_private_lock(directory: str) -> int:
 def replace_file(path: str, data: bytes, mode: int = 0o644) -> None:
     """Atomically replace ``path`` with ``data`` (created with ``mode``); raise OSError on failure."""
     directory = os.path.dirname(os.path.abspath(path))
-    # A random name: two runs in one process (threads) or two processes never share a temp file
-    # (os.urandom, as secrets.token_hex uses, without importing secrets: ~5 ms of hashlib and random).
+    # A random name: two runs in one process (threads) or two processes never share a temp file.
+    # os.urandom, not secrets: importing secrets loads hashlib's OpenSSL (~3 ms of every start-up).
     tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.urandom(8).hex()}.tmp")
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     try:

@@ -198,8 +198,30 @@ def make_report(
         raise ValueError("programming error: a VERIFIED report cannot have problems")
     if status == "FAILED" and not (problems and t.problems):
         raise ValueError("programming error: a FAILED report needs at least one problem")
+    return Report(
+        status=status,
+        summary=_summary(status, t, mode, reason),
+        integrity_verified=status == "VERIFIED",
+        recommendation=RECOMMENDATIONS[status],
+        reason=reason,
+        reason_code=reason_code if reason_code is not None else ("tree_differs" if status == "FAILED" else None),
+        root=root,
+        mode=mode,
+        notes=list(notes or ()),
+        manifest=manifest,
+        counts=_counts(t, manifest.entries if manifest else 0),
+        problems=problems,
+        problems_truncated=t.truncated,
+        elapsed_seconds=round(elapsed, 6),
+        checked_at=checked_at,
+        tool_version=tool_version,
+        config_file=config_file,
+    )
+
+
+def _counts(t: Tally, entries: int) -> dict[str, int]:
     counts = {
-        "entries": manifest.entries if manifest else 0,
+        "entries": entries,
         "checked": t.checked,
         "files": t.files,
         "directories": t.directories,
@@ -212,32 +234,17 @@ def make_report(
         "total": t.total,
     }
     counts.update(t.by_kind)
+    return counts
+
+
+def _summary(status: Status, t: Tally, mode: Mode, reason: str | None) -> str:
+    """The report's one line: what was verified, what failed, or why it could not be checked."""
     if status == "VERIFIED":
-        summary = f"{_plural(t.files, 'file')} verified" + (" (quick mode)" if mode == "quick" else "")
-    elif status == "FAILED":
+        return f"{_plural(t.files, 'file')} verified" + (" (quick mode)" if mode == "quick" else "")
+    if status == "FAILED":
         detail = ", ".join(f"{n:,} {k.replace('_', ' ')}" for k, n in t.by_kind.items() if n)
         entries = "entry" if t.total == 1 else "entries"
-        summary = f"{t.failed:,} of {t.total:,} {entries} failed: {detail}"
-    elif status == "UNTRUSTED":
-        summary = f"manifest not trusted: {reason}"
-    else:
-        summary = f"could not verify: {reason}"
-    return Report(
-        status=status,
-        summary=summary,
-        integrity_verified=status == "VERIFIED",
-        recommendation=RECOMMENDATIONS[status],
-        reason=reason,
-        reason_code=reason_code if reason_code is not None else ("tree_differs" if status == "FAILED" else None),
-        root=root,
-        mode=mode,
-        notes=list(notes or ()),
-        manifest=manifest,
-        counts=counts,
-        problems=problems,
-        problems_truncated=t.truncated,
-        elapsed_seconds=round(elapsed, 6),
-        checked_at=checked_at,
-        tool_version=tool_version,
-        config_file=config_file,
-    )
+        return f"{t.failed:,} of {t.total:,} {entries} failed: {detail}"
+    if status == "UNTRUSTED":
+        return f"manifest not trusted: {reason}"
+    return f"could not verify: {reason}"

@@ -4,7 +4,8 @@ The scanner (``_speedups.quick_scan``) walks the tree beneath the root by descri
 settles in C each entry exactly as the manifest (and in quick mode the snapshot) says: a
 directory; in quick mode a file whose lstat record matches; in full mode a regular file by
 its directory entry, made a hasher job. Everything else comes back here and is built into the
-``Found``/``WalkError`` records the Python walk yields, for the same consumer.
+``Found``/``WalkError`` records the Python walk yields, for the same consumer. The manifest's
+path index, which the Python walk's comparison looks entries up in too, is made here.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from .manifest import Dir, File, Manifest
 from .walk import Found, WalkError, kind_of, open_root
 from .walk import error as walk_error
 
-__all__ = ["run"]
+__all__ = ["INDEX_CACHE_ENTRIES", "expected", "index_of", "run"]
 
 _EXPECT = struct.Struct("<QHB5x")
 """What the scanner compares per manifest entry: size, mode, kind (0 file, 1 directory, 2 other)."""
@@ -43,26 +44,30 @@ def expected(m: Manifest) -> bytearray:
     return data
 
 
-def run(
-    root_real: str,
-    m: Manifest,
-    index: dict[str, int],
-    seen: bytearray,
-    records: bytearray,
-    old: bytes | bytearray | None,
-    settled_before: int,
-    skip: set[str],
-    excluder: Excluder,
-    anchors: Mapping[int, tuple[int, str]] | None,
+_index_cache: list[tuple[Manifest, dict[str, int]]] = []
+INDEX_CACHE_ENTRIES = 20_000
+"""Manifests up to this size keep their path index between calls (a long-lived caller saves the
+rebuild); a larger one's index (7 MB at 100,000 entries) is dropped after the walk instead, which
+keeps it out of the memory peak while files are hashed."""
+
+
+def index_of(m: Manifest, keys: list[str]) -> dict[str, int]:
+    """Path -> entry number, kept for the last manifest: decoding the same bytes returns the same
+    (immutable) Manifest object, whose keys are the same. The dict is only ever read."""
+    if _index_cache and _index_cache[0][0] is m and len(_index_cache[0][1]) == len(keys):
+        return _index_cache[0][1]
+    index = dict(zip(keys, range(len(keys)), strict=True))
+    _index_cache[:] = [(m, index)] if len(keys) <= INDEX_CACHE_ENTRIES else []
+    return index
+
+
+def _callbacks(
     consume: Callable[[Found | WalkError], None],
     refuse: Callable[[Found], None] | None,
-    full: tuple[list[Any], list[int], list[str], list[Any]] | None,
-) -> tuple[int, int, int]:
-    """Scan the tree; return (files settled in C, directories settled in C, entries excluded).
-
-    ``refuse(found)`` is called for an entry whose inode is a trust anchor's, before it is
-    consumed. ``full`` is (jobs, job indexes, keys, entries) in full mode, None in quick mode.
-    """
+    anchors: Mapping[int, tuple[int, str]] | None,
+) -> tuple[Callable[..., None], Callable[[bytes, str, int, int], None]]:
+    """The scanner's ``found`` and ``error`` callbacks: each builds the record the Python walk
+    would have yielded and hands it to ``consume`` (refusing a trust anchor's inode first)."""
     fsdecode, stat_result, new = os.fsdecode, os.stat_result, tuple.__new__
 
     def found(
@@ -85,6 +90,30 @@ def run(
         else:
             consume(walk_error(rel, what, OSError(err, os.strerror(err)), bool(listed)))
 
+    return found, error
+
+
+def run(
+    root_real: str,
+    m: Manifest,
+    index: dict[str, int],
+    seen: bytearray,
+    records: bytearray,
+    old: bytes | bytearray | None,
+    settled_before: int,
+    skip: set[str],
+    excluder: Excluder,
+    anchors: Mapping[int, tuple[int, str]] | None,
+    consume: Callable[[Found | WalkError], None],
+    refuse: Callable[[Found], None] | None,
+    full: tuple[list[Any], list[int], list[str], list[Any]] | None,
+) -> tuple[int, int, int]:
+    """Scan the tree; return (files settled in C, directories settled in C, entries excluded).
+
+    ``refuse(found)`` is called for an entry whose inode is a trust anchor's, before it is
+    consumed. ``full`` is (jobs, job indexes, keys, entries) in full mode, None in quick mode.
+    """
+    found, error = _callbacks(consume, refuse, anchors)
     root_fd = open_root(root_real)
     try:
         return speedups.quick_scan(

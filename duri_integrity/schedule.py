@@ -29,6 +29,25 @@ class Worker:
         self.cursor = DirCursor(root_fd)
 
 
+class _Work:
+    """The big files one by one, then the small ones in batches; claimed from either end."""
+
+    def __init__(self, small: list[int], big: list[int]) -> None:
+        self.work = [[i] for i in big] + [small[k : k + BATCH] for k in range(0, len(small), BATCH)]
+        self.lock = threading.Lock()
+        self.front, self.end = 0, len(self.work)  # the next from the front, the end of the unclaimed range
+
+    def take(self, front: bool) -> list[int] | None:
+        with self.lock:
+            if self.front >= self.end:
+                return None
+            if front:
+                self.front += 1
+                return self.work[self.front - 1]
+            self.end -= 1
+            return self.work[self.end]
+
+
 def schedule(
     small: list[int],
     big: list[int],
@@ -45,21 +64,9 @@ def schedule(
     far longer than hashing from the page cache would (a cold cache, a slow disk),
     that many more helpers join: waiting on a disk wants more threads than cores.
     """
-    work: list[list[int]] = [[i] for i in big] + [small[k : k + BATCH] for k in range(0, len(small), BATCH)]
-    lock = threading.Lock()
-    bounds = [0, len(work)]  # [next from the front, end of the unclaimed range]
+    take = _Work(small, big).take
     errors: list[BaseException] = []
     helpers: list[threading.Thread] = []
-
-    def take(front: bool) -> list[int] | None:
-        with lock:
-            if bounds[0] >= bounds[1]:
-                return None
-            if front:
-                bounds[0] += 1
-                return work[bounds[0] - 1]
-            bounds[1] -= 1
-            return work[bounds[1]]
 
     def start_helpers(n: int) -> None:
         for _ in range(n):

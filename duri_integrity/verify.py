@@ -16,7 +16,7 @@ from .logs import log_report
 from .manifest import Manifest
 from .report import ManifestInfo, Mode, Report, Status, make_report
 from .snapshot import Snapshot, default_cache_dir, load_snapshot, save_snapshot
-from .trust import TrustInputs, anchor_inodes, evaluate, load_inputs, now_utc, record_verified
+from .trust import TrustedManifest, TrustInputs, anchor_inodes, evaluate, load_inputs, now_utc, record_verified
 from .walk import check_root, inside_root, relative_inside
 
 __all__ = ["VerifyOptions", "ensure_integrity", "verify_integrity", "verify_settings"]
@@ -60,39 +60,28 @@ def verify_integrity(
     verified run (see :mod:`duri_integrity.snapshot`); it is weaker than a full
     check because it trusts file timestamps, and the report says which mode ran.
     """
-    t0 = time.perf_counter()
-    started_ns = time.time_ns()
-    checked_at = datetime.now(tz=UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
-    if workers is not None and (not isinstance(workers, int) or not 1 <= workers <= 256):
-        raise ValueError("workers must be an integer between 1 and 256")
-    if max_problems is not None and (not isinstance(max_problems, int) or max_problems < 1):
-        raise ValueError("max_problems must be a positive integer or None")
-    try:
-        overrides = _overrides(
-            root,
-            manifest,
-            signature,
-            public_keys,
-            deployment,
-            workers,
-            cache_dir,
-            state_dir,
-            allow_rollback_to,
-            revoked_keys,
-            clock_skew,
-        )
-    except TypeError as exc:  # os.fspath(False), a number where a path belongs...
-        raise ValueError(f"invalid argument: {exc}") from None
-    run = Run(os.fspath(root) if root is not None else ".", t0, checked_at)
+    _check_limits(workers, max_problems)
+    overrides = _overrides(
+        root,
+        manifest,
+        signature,
+        public_keys,
+        deployment,
+        workers,
+        cache_dir,
+        state_dir,
+        allow_rollback_to,
+        revoked_keys,
+        clock_skew,
+    )
+    run = Run(os.fspath(root) if root is not None else ".")
     try:
         settings, run.config_file = resolve_settings(
             overrides, use_config_file=use_config_file, config_file=os.fspath(config_file) if config_file else None
         )
     except IntegrityError as exc:
         return run.finish("ERROR", str(exc), _error_code(exc))
-    return verify_settings(
-        settings, run, quick=quick, progress=progress, started_ns=started_ns, max_problems=max_problems
-    )
+    return verify_settings(settings, run, quick=quick, progress=progress, max_problems=max_problems)
 
 
 def verify_settings(
@@ -101,12 +90,13 @@ def verify_settings(
     *,
     quick: bool = False,
     progress: Callable[[int, int], None] | None = None,
-    started_ns: int = 0,
+    started_ns: int | None = None,
     record: bool = True,
     max_problems: int | None = DEFAULT_MAX_PROBLEMS,
 ) -> Report:
     """The verification proper, from resolved settings. ``record=False`` leaves the rollback
-    mark and the quick-mode snapshot untouched (``doctor`` checks; it does not deploy)."""
+    mark and the quick-mode snapshot untouched (``doctor`` checks; it does not deploy).
+    ``started_ns`` (the quick-mode snapshot's time) defaults to when ``run`` began."""
     run.root = settings.root or "."
     # A file whose ctime is after this instant changed during the run (see compare.unchanged_since).
     # The fine clock never marks an earlier change as later; a change in the first clock tick after
@@ -114,12 +104,7 @@ def verify_settings(
     begun = time.time_ns()
     try:
         root_real = check_root(run.root)
-        inputs = _trust(settings, run, root_real)
-        tm = evaluate(inputs, now_utc())
-        run.minfo = tm.info
-        run.notes.extend(tm.notes)
-        if inputs.store is None:
-            run.notes.append("rollback protection is off (state directory set to none)")
+        inputs, tm = _trusted(settings, run, root_real)
         skip = relative_inside(root_real, (inputs.manifest_path, inputs.signature_path))
         cache = settings.cache_dir or default_cache_dir()
         snapshot = _snapshot(run, cache, root_real, tm.manifest) if quick else None
@@ -150,10 +135,22 @@ def verify_settings(
         return run.finish("ERROR", f"{exc.strerror or exc}{where}", "os_error")
     if record and quick and outcome.hashed and outcome.records is not None:
         # Every file now checks out: remember their stat so the next quick run can skip them.
-        note = save_snapshot(cache, Snapshot(root_real, tm.manifest.root_digest, started_ns, outcome.records))
-        if note:
+        when = started_ns or run.started_ns
+        if note := save_snapshot(cache, Snapshot(root_real, tm.manifest.root_digest, when, outcome.records)):
             run.notes.append(note)
     return run.finish("VERIFIED", outcome=outcome)
+
+
+def _trusted(settings: Settings, run: Run, root_real: str) -> tuple[TrustInputs, TrustedManifest]:
+    """The trust pipeline's inputs and its verdict (raises an UntrustedError leaf if not trusted)."""
+    inputs = _trust(settings, run, root_real)
+    tm = evaluate(inputs, now_utc())
+    inputs.data = b""  # the manifest's bytes (16 MB at 100,000 files) are not needed past this point
+    run.minfo = tm.info
+    run.notes.extend(tm.notes)
+    if inputs.store is None:
+        run.notes.append("rollback protection is off (state directory set to none)")
+    return inputs, tm
 
 
 def _trust(settings: Settings, run: Run, root_real: str) -> TrustInputs:
@@ -175,7 +172,47 @@ def _snapshot(run: Run, cache: str, root_real: str, m: Manifest) -> Snapshot | N
     return snapshot
 
 
+def _check_limits(workers: int | None, max_problems: int | None) -> None:
+    if workers is not None and (not isinstance(workers, int) or not 1 <= workers <= 256):
+        raise ValueError("workers must be an integer between 1 and 256")
+    if max_problems is not None and (not isinstance(max_problems, int) or max_problems < 1):
+        raise ValueError("max_problems must be a positive integer or None")
+
+
 def _overrides(
+    root: str | os.PathLike[str] | None,
+    manifest: str | os.PathLike[str] | None,
+    signature: str | os.PathLike[str] | None,
+    public_keys: str | Sequence[str] | None,
+    deployment: str | None,
+    workers: int | None,
+    cache_dir: str | os.PathLike[str] | None,
+    state_dir: str | os.PathLike[str] | None,
+    allow_rollback_to: str | int | None,
+    revoked_keys: str | Sequence[str] | None,
+    clock_skew: int | None,
+) -> Settings:
+    """The arguments as settings; a wrong type (``os.fspath(False)``, a number where a path
+    belongs...) is the caller's bug, a ValueError."""
+    try:
+        return _checked(
+            root,
+            manifest,
+            signature,
+            public_keys,
+            deployment,
+            workers,
+            cache_dir,
+            state_dir,
+            allow_rollback_to,
+            revoked_keys,
+            clock_skew,
+        )
+    except TypeError as exc:
+        raise ValueError(f"invalid argument: {exc}") from None
+
+
+def _checked(
     root: str | os.PathLike[str] | None,
     manifest: str | os.PathLike[str] | None,
     signature: str | os.PathLike[str] | None,
@@ -230,8 +267,13 @@ def _error_code(exc: IntegrityError) -> str:
 class Run:
     """What one verification has learnt so far, and how to turn it into the report."""
 
-    def __init__(self, root: str, t0: float, checked_at: str) -> None:
-        self.root, self.t0, self.checked_at = root, t0, checked_at
+    def __init__(self, root: str, t0: float | None = None, checked_at: str | None = None) -> None:
+        self.t0 = time.perf_counter() if t0 is None else t0
+        self.started_ns = time.time_ns()
+        """The wall clock when the run began (the quick-mode snapshot's time)."""
+        if checked_at is None:
+            checked_at = datetime.now(tz=UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+        self.root, self.checked_at = root, checked_at
         self.config_file: str | None = None
         self.minfo: ManifestInfo | None = None
         self.notes: list[str] = []

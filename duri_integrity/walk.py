@@ -221,6 +221,29 @@ def error(rel: str, what: str, exc: OSError, listed: bool) -> WalkError:
 _new = tuple.__new__
 
 
+def _descend(
+    stack: list[tuple[int, str, list[tuple[str, str, int]]]], pending: list[tuple[int, str]]
+) -> WalkError | None:
+    """One step of the walk's depth-first order (once per directory, not per entry): close the
+    deepest directory if it has no subdirectory left, else open its next subdirectory beneath it,
+    check it is the inode that was listed, and queue it in ``pending``."""
+    dir_fd, _, subdirs = stack[-1]
+    if not subdirs:
+        os.close(dir_fd)
+        stack.pop()
+        return None
+    name, rel, ino = subdirs.pop()
+    try:
+        child = os.open(name, DIR_FLAGS, dir_fd=dir_fd)
+    except OSError as exc:
+        return error(rel, "open directory", exc, True)
+    if os.fstat(child).st_ino != ino:
+        os.close(child)
+        return WalkError(rel, "unstable", "directory replaced during the walk", True)
+    pending.append((child, rel))
+    return None
+
+
 class Walk:
     """Every object under ``root`` (an absolute real path, see :func:`check_root`), as an iterable.
 
@@ -287,22 +310,9 @@ class Walk:
                     except OSError as exc:
                         yield error(rel_dir or ".", "list directory", exc, True)
                     subdirs.reverse()
-                dir_fd, rel_dir, subdirs = stack[-1]
-                if not subdirs:
-                    os.close(dir_fd)
-                    stack.pop()
-                    continue
-                name, rel, ino = subdirs.pop()
-                try:
-                    child = os.open(name, DIR_FLAGS, dir_fd=dir_fd)
-                except OSError as exc:
-                    yield error(rel, "open directory", exc, True)
-                    continue
-                if os.fstat(child).st_ino != ino:
-                    os.close(child)
-                    yield WalkError(rel, "unstable", "directory replaced during the walk", True)
-                    continue
-                pending.append((child, rel))
+                failed = _descend(stack, pending)
+                if failed is not None:
+                    yield failed
         finally:
             for dir_fd, _, _ in stack:
                 os.close(dir_fd)

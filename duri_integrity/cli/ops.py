@@ -1,6 +1,9 @@
 """Operational commands: doctor, diff, serve and demo (registered on the main group)."""
 
+from __future__ import annotations
+
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
@@ -8,6 +11,9 @@ from ..report import EXIT_FAILED, EXIT_OK, EXIT_UNTRUSTED
 from .args import password_option, trust_options
 from .args import read_password as _password
 from .render import echo_line
+
+if TYPE_CHECKING:
+    from ..doctor import DoctorReport
 
 __all__ = ["demo", "diff", "doctor"]
 
@@ -54,7 +60,6 @@ def doctor(
 
     from ..config import Settings, resolve_settings
     from ..doctor import run_doctor
-    from ..logs import printable
 
     settings, used = resolve_settings(
         Settings(
@@ -83,15 +88,22 @@ def doctor(
     if as_json:
         click.echo(msgspec.json.encode(report).decode())
     else:
-        for c in report.checks:
-            mark = "OK  " if c.ok else "FAIL"
-            # Details quote paths and messages from the tree: escape control characters.
-            click.echo(f"{mark} {printable(c.name)}: {printable(c.detail)}")
-            if c.fix:
-                click.echo(f"     fix: {printable(c.fix)}")
-        failed = sum(not c.ok for c in report.checks)
-        click.echo("all checks passed" if report.ok else f"{failed} check(s) failed")
+        _render_doctor(report)
     sys.exit(EXIT_OK if report.ok else EXIT_FAILED)
+
+
+def _render_doctor(report: DoctorReport) -> None:
+    """One line per check (and its fix), then the count of failures."""
+    from ..logs import printable
+
+    for c in report.checks:
+        mark = "OK  " if c.ok else "FAIL"
+        # Details quote paths and messages from the tree: escape control characters.
+        click.echo(f"{mark} {printable(c.name)}: {printable(c.detail)}")
+        if c.fix:
+            click.echo(f"     fix: {printable(c.fix)}")
+    failed = sum(not c.ok for c in report.checks)
+    click.echo("all checks passed" if report.ok else f"{failed} check(s) failed")
 
 
 @click.command()
