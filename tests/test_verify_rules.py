@@ -25,7 +25,8 @@ from duri_integrity import snapshot as snapshot_mod
 from duri_integrity import speedups
 from duri_integrity.errors import ConfigError, IntegrityError, KeyFileError, NotVerifiedError, TreeError
 from duri_integrity.report import Report
-from duri_integrity.verify import ensure_integrity, verify_integrity
+from duri_integrity.config import Settings
+from duri_integrity.verify import Run, ensure_integrity, verify_integrity, verify_settings
 
 from .conftest import Keys, Signed, build_and_sign
 
@@ -516,3 +517,19 @@ def test_same_manifest_verified_twice_in_one_process(small: Signed, walker: str)
     assert first.counts == second.counts
     (small.root / "b.txt").write_text("CONTENT of b.txt\n")
     assert problems(run(small)) == {("b.txt", "modified")}
+
+
+def test_verify_settings_defaults_are_a_full_recorded_run(small: Signed, tmp_path: Path) -> None:
+    """verify_settings (as doctor calls it) runs in full mode and, by default, records the rollback mark."""
+    state, cache = tmp_path / "vs-state", tmp_path / "vs-cache"
+    settings = Settings(
+        root=str(small.root),
+        public_key=[str(small.keys.public)],
+        deployment="svc",
+        state_dir=str(state),
+        cache_dir=str(cache),
+    )
+    r = verify_settings(settings, Run(str(small.root), time.perf_counter(), ""))
+    assert (r.status, r.mode, r.notes) == ("VERIFIED", "full", [])
+    assert not cache.exists()  # no quick-mode snapshot read or written
+    assert len(list(state.glob("rollback-*.json"))) == 1
