@@ -23,9 +23,9 @@ import pytest
 
 from duri_integrity import snapshot as snapshot_mod
 from duri_integrity import speedups
+from duri_integrity.config import Settings
 from duri_integrity.errors import ConfigError, IntegrityError, KeyFileError, NotVerifiedError, TreeError
 from duri_integrity.report import Report
-from duri_integrity.config import Settings
 from duri_integrity.verify import Run, ensure_integrity, verify_integrity, verify_settings
 
 from .conftest import Keys, Signed, build_and_sign
