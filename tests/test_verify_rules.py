@@ -399,6 +399,16 @@ def test_config_file_inside_the_tree_is_refused(small: Signed) -> None:
     assert r.recommendation == "rollback_untrusted"
 
 
+def test_config_file_inside_the_tree_is_refused_even_when_excluded(tmp_path: Path, keys: Keys) -> None:
+    """A config file in the tree is refused by its path, even where the manifest excludes it from the walk."""
+    s = build_and_sign(small_tree(tmp_path / "ex"), keys, release="v1", exclude=["*.toml"])
+    cfg = s.root / "d" / "conf.toml"
+    cfg.write_text("workers = 2\n")
+    r = run(s, config_file=str(cfg))
+    assert (r.status, r.reason_code) == ("UNTRUSTED", "trust_anchor_in_tree")
+    assert str(cfg) in (r.reason or "")
+
+
 def test_config_file_hard_linked_into_the_tree_is_refused(small: Signed, tmp_path: Path, walker: str) -> None:
     """A config file outside the tree, hard-linked into it, is found by inode and refused."""
     cfg = tmp_path / "conf.toml"
