@@ -374,6 +374,32 @@ def test_cursor_holds_a_bounded_number_of_descriptors(cursor: DirCursor, root: P
     assert is_dir(cursor.enter("a"), root / "a")  # usable again after close
 
 
+def test_cursor_close_releases_every_descriptor(cursor: DirCursor, root: Path) -> None:
+    """close() closes every directory the cursor holds (none of them still counted open)."""
+    before = open_fds()
+    cursor.enter("a/x")
+    assert open_fds() - before == 2
+    cursor.close()
+    assert open_fds() == before
+    assert is_dir(cursor.enter("b/x"), root / "b" / "x")
+
+
+def test_cursor_closes_a_directory_that_got_descriptor_zero(cursor: DirCursor, root: Path) -> None:
+    """With stdin closed (as under some service managers) a directory may get fd 0: it is closed like any other."""
+    saved = os.dup(0)
+    os.close(0)
+    try:
+        fd = cursor.enter("a")
+        assert fd == 0 and is_dir(fd, root / "a")
+        cursor.close()
+        with pytest.raises(OSError) as info:
+            os.fstat(0)
+        assert info.value.errno == errno.EBADF
+    finally:
+        os.dup2(saved, 0)
+        os.close(saved)
+
+
 # -- descriptors -------------------------------------------------------------------------------------
 
 
