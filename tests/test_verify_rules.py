@@ -543,3 +543,14 @@ def test_verify_settings_defaults_are_a_full_recorded_run(small: Signed, tmp_pat
     assert (r.status, r.mode, r.notes) == ("VERIFIED", "full", [])
     assert not cache.exists()  # no quick-mode snapshot read or written
     assert len(list(state.glob("rollback-*.json"))) == 1
+
+
+def test_snapshot_that_cannot_be_saved_is_a_note(small: Signed, tmp_path: Path) -> None:
+    """Quick mode with a cache directory others may write verifies, and notes the snapshot was not saved."""
+    cache = tmp_path / "shared-cache"
+    cache.mkdir()
+    cache.chmod(0o777)
+    r = run(small, quick=True, cache_dir=str(cache))
+    assert r.status == "VERIFIED"
+    assert any(n.startswith("snapshot not saved: ") for n in r.notes), r.notes
+    assert not list(cache.iterdir())
