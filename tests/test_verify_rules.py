@@ -23,8 +23,10 @@ import pytest
 
 from duri_integrity import snapshot as snapshot_mod
 from duri_integrity import speedups
+from duri_integrity.compare import compare
 from duri_integrity.config import Settings
 from duri_integrity.errors import ConfigError, IntegrityError, KeyFileError, NotVerifiedError, TreeError
+from duri_integrity.manifest import decode_manifest_keys
 from duri_integrity.report import Report
 from duri_integrity.verify import Run, ensure_integrity, verify_integrity, verify_settings
 
@@ -554,3 +556,16 @@ def test_snapshot_that_cannot_be_saved_is_a_note(small: Signed, tmp_path: Path) 
     assert r.status == "VERIFIED"
     assert any(n.startswith("snapshot not saved: ") for n in r.notes), r.notes
     assert not list(cache.iterdir())
+
+
+def test_unstable_means_changed_strictly_after_the_start(small: Signed, walker: str) -> None:
+    """compare(started_ns=T) flags a file whose ctime is after T, and not one whose ctime is exactly T."""
+    m, keys = decode_manifest_keys(small.manifest.read_bytes())
+    root = os.path.realpath(small.root)
+    files = ["a.txt", "b.txt", "c.txt", "d/e.txt", "d/f.txt"]
+    newest = max((small.root / f).stat().st_ctime_ns for f in files)
+    latest = {f for f in files if (small.root / f).stat().st_ctime_ns == newest}
+    at = compare(m, keys, root, set(), 1, None, False, started_ns=newest)
+    assert at.problems == [] and at.tally.hashed == 5
+    before = compare(m, keys, root, set(), 1, None, False, started_ns=newest - 1)
+    assert {(p.path, p.kind) for p in before.problems} == {(f, "unstable") for f in latest}
