@@ -569,3 +569,14 @@ def test_unstable_means_changed_strictly_after_the_start(small: Signed, walker: 
     assert at.problems == [] and at.tally.hashed == 5
     before = compare(m, keys, root, set(), 1, None, False, started_ns=newest - 1)
     assert {(p.path, p.kind) for p in before.problems} == {(f, "unstable") for f in latest}
+
+
+def test_default_problem_list_holds_the_first_5000(small: Signed) -> None:
+    """By default a report lists the first 5,000 problems (docs/api.md) and counts all of them."""
+    extra = small.root / "extra"
+    extra.mkdir()
+    for i in range(5001):
+        (extra / f"{i:05d}").touch()
+    r = run(small)
+    assert len(r.problems) == 5000 and r.problems_truncated
+    assert r.counts["added"] == 5002 and r.problems[0].path == "extra" and r.problems[-1].path == "extra/04998"
