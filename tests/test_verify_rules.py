@@ -580,3 +580,15 @@ def test_default_problem_list_holds_the_first_5000(small: Signed) -> None:
     r = run(small)
     assert len(r.problems) == 5000 and r.problems_truncated
     assert r.counts["added"] == 5002 and r.problems[0].path == "extra" and r.problems[-1].path == "extra/04998"
+
+
+def test_added_directory_that_cannot_be_listed_counts_once(
+    small: Signed, walker: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An added directory that then cannot be listed has two problems but is one failed path of the total."""
+    (small.root / "extra").mkdir()
+    (small.root / "extra" / "x").write_text("x")
+    fail_listing(monkeypatch, small.root, "extra")
+    r = run(small)
+    assert problems(r) == {("extra", "added"), ("extra", "unreadable")}
+    assert (r.counts["problems"], r.counts["failed"], r.counts["total"]) == (2, 1, r.counts["entries"] + 1)
