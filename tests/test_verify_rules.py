@@ -592,3 +592,25 @@ def test_added_directory_that_cannot_be_listed_counts_once(
     r = run(small)
     assert problems(r) == {("extra", "added"), ("extra", "unreadable")}
     assert (r.counts["problems"], r.counts["failed"], r.counts["total"]) == (2, 1, r.counts["entries"] + 1)
+
+
+def test_out_of_descriptors_in_the_recheck_is_an_error(
+    small: Signed, walker: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Running out of descriptors while re-checking hashed files is ERROR tree_error, never "unstable" files."""
+    hashed: list[bool] = []
+    real_stat = os.stat
+
+    def progress(done: int, total: int) -> None:
+        if done == total:
+            hashed.append(True)
+
+    def stat(path: Any, *, dir_fd: int | None = None, follow_symlinks: bool = True) -> os.stat_result:
+        if hashed and dir_fd is not None:
+            raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+        return real_stat(path, dir_fd=dir_fd, follow_symlinks=follow_symlinks)
+
+    monkeypatch.setattr(os, "stat", stat)
+    r = run(small, progress=progress)
+    assert (r.status, r.reason_code) == ("ERROR", "tree_error") and hashed
+    assert "ran out of resources" in (r.reason or "")

@@ -414,3 +414,17 @@ def test_walk_leaks_no_descriptor(root: Path) -> None:
     assert open_fds() > before
     it.close()  # type: ignore[attr-defined]
     assert open_fds() == before
+
+
+def test_cursor_out_of_descriptors_is_a_tree_error(cursor: DirCursor, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Running out of descriptors while entering a directory is a TreeError, not a per-directory failure."""
+    real = os.open
+
+    def no_fds(path: Any, flags: int, mode: int = 0o777, *, dir_fd: int | None = None) -> int:
+        if dir_fd is not None:
+            raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+        return real(path, flags, mode, dir_fd=dir_fd)
+
+    monkeypatch.setattr(os, "open", no_fds)
+    with pytest.raises(TreeError, match="opening directory 'a/x'"):
+        cursor.enter("a/x")
