@@ -182,51 +182,68 @@ def test_unlistable_directory_is_an_unreadable_walk_error(
         assert list(got) == ["."]
 
 
-def wrap_dir_open(monkeypatch: pytest.MonkeyPatch, name: str, action: Callable[[], None]) -> None:
-    """Run ``action`` once, just before the walk opens the directory called ``name``."""
+def wrap_dir_open(monkeypatch: pytest.MonkeyPatch, action: Callable[[str], None]) -> list[str]:
+    """Run ``action(name)`` once, just before the walk opens its first directory below the root;
+    return the list that then holds that directory's name."""
     real = os.open
-    done: list[bool] = []
+    done: list[str] = []
 
     def fake_open(path: Any, flags: int, mode: int = 0o777, *, dir_fd: int | None = None) -> int:
-        if path == name and dir_fd is not None and flags & os.O_DIRECTORY and not done:
-            done.append(True)
-            action()
+        if dir_fd is not None and flags & os.O_DIRECTORY and not done:
+            done.append(path)
+            action(path)
         return real(path, flags, mode, dir_fd=dir_fd)
 
     monkeypatch.setattr(os, "open", fake_open)
+    return done
+
+
+ALL = {"a", "a/x", "a/x/in-a", "b", "b/x", "b/x/in-b", "top.txt", "cache", "cache/c.bin", "link", "MANIFEST.json"}
 
 
 def test_directory_that_cannot_be_opened_is_a_walk_error(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A listed directory that cannot be opened comes as a WalkError ("cannot open directory") and is not entered."""
+    """A listed directory that cannot be opened comes as a WalkError ("cannot open directory"); the walk goes on."""
 
-    def deny() -> None:
+    def deny(name: str) -> None:
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
 
-    wrap_dir_open(monkeypatch, "cache", deny)
+    first = wrap_dir_open(monkeypatch, deny)
     found = list(walk(root))
-    cache = [f for f in found if f.path == "cache"]  # listed first, then the WalkError in its place
-    assert isinstance(cache[0], Found) and cache[0].kind == "dir"
-    assert cache[1:] == [WalkError("cache", "unreadable", "cannot open directory: Permission denied", True)]
-    assert "cache/c.bin" not in {f.path for f in found} and len(found) == 11
+    [name] = first
+    errors = [f for f in found if isinstance(f, WalkError)]
+    assert errors == [WalkError(name, "unreadable", "cannot open directory: Permission denied", True)]
+    listed = [f for f in found if f.path == name]  # listed first, then the WalkError in its place
+    assert isinstance(listed[0], Found) and listed[0].kind == "dir"
+    assert {f.path for f in found} == {p for p in ALL if not p.startswith(name + "/")}
 
 
 def test_directory_replaced_during_the_walk_is_not_entered(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A directory swapped after it was listed is an unstable WalkError; the new one's contents never come."""
 
-    def swap() -> None:
-        os.rename(root / "cache", root / "cache-old")
-        (root / "cache").mkdir()
-        (root / "cache" / "intruder").write_text("x")
+    def swap(name: str) -> None:
+        os.rename(root / name, root / f"{name}-old")
+        (root / name).mkdir()
+        (root / name / "intruder").write_text("x")
 
     before = open_fds()
-    wrap_dir_open(monkeypatch, "cache", swap)
+    first = wrap_dir_open(monkeypatch, swap)
     found = list(walk(root))
+    [name] = first
     errors = [f for f in found if isinstance(f, WalkError)]
-    assert errors == [WalkError("cache", "unstable", "directory replaced during the walk", True)]
-    paths = {f.path for f in found}
-    assert not paths & {"cache/intruder", "cache/c.bin", "cache-old"}
-    assert isinstance(next(f for f in found if f.path == "b/x/in-b"), Found)  # the walk went on
+    assert errors == [WalkError(name, "unstable", "directory replaced during the walk", True)]
+    assert {f.path for f in found} == {p for p in ALL if not p.startswith(name + "/")}  # the walk went on
     assert open_fds() == before  # the replacement's descriptor was closed
+
+
+def test_subdirectories_are_entered_in_listing_order(root: Path) -> None:
+    """The walk enters a directory's subdirectories in the order it listed them (directory order)."""
+    for i in range(6):
+        (root / "many" / f"s{i}").mkdir(parents=True)
+        (root / "many" / f"s{i}" / "f").write_text("f")
+    found = [f.path for f in walk(root)]
+    subdirs = [p for p in found if p.startswith("many/s") and p.count("/") == 1]
+    entered = [p.rpartition("/")[0] for p in found if p.startswith("many/s") and p.endswith("/f")]
+    assert len(subdirs) == 6 and entered == subdirs
 
 
 def test_walk_error_kinds_and_resources() -> None:
