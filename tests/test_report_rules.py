@@ -262,3 +262,11 @@ def test_problems_are_immutable_and_keyword_only() -> None:
     with pytest.raises(TypeError):
         Problem("a", "missing")  # type: ignore[call-arg]
     assert msgspec.json.decode(msgspec.json.encode(p), type=Problem) == p
+
+
+def test_report_json_without_the_newer_fields_decodes_with_defaults() -> None:
+    """Report JSON without problems_truncated and config_file (an older tool's) decodes as not truncated, no config."""
+    data = make_report(status="VERIFIED", root="/srv", config_file="/etc/c.toml").to_dict()
+    del data["problems_truncated"], data["config_file"]
+    decoded = msgspec.json.decode(json.dumps(data), type=Report)
+    assert decoded.problems_truncated is False and decoded.config_file is None
