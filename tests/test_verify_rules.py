@@ -312,8 +312,12 @@ def test_files_removed_after_hashing_are_all_unstable(small: Signed, walker: str
                 f.unlink()
 
     r = run(small, progress=progress)
-    assert problems(r) == {(str(f.relative_to(small.root)), "unstable") for f in files}
-    assert all((p.actual or "").startswith("replaced or removed during the check") for p in r.problems)
+    gone = {(str(f.relative_to(small.root)), "unstable") for f in files}
+    # The directories that held them changed too (an entry removed): the root and d.
+    assert problems(r) == gone | {(".", "unstable"), ("d", "unstable")}
+    for p in r.problems:
+        why = "changed during the check" if p.path in (".", "d") else "replaced or removed during the check"
+        assert (p.actual or "").startswith(why), p
 
 
 # -- reason codes -----------------------------------------------------------------------------------
@@ -559,12 +563,13 @@ def test_snapshot_that_cannot_be_saved_is_a_note(small: Signed, tmp_path: Path) 
 
 
 def test_unstable_means_changed_strictly_after_the_start(small: Signed, walker: str) -> None:
-    """compare(started_ns=T) flags a file whose ctime is after T, and not one whose ctime is exactly T."""
+    """compare(started_ns=T) flags a path whose ctime is after T, and not one whose ctime is exactly T."""
     m, keys = decode_manifest_keys(small.manifest.read_bytes())
     root = os.path.realpath(small.root)
-    files = ["a.txt", "b.txt", "c.txt", "d/e.txt", "d/f.txt"]
-    newest = max((small.root / f).stat().st_ctime_ns for f in files)
-    latest = {f for f in files if (small.root / f).stat().st_ctime_ns == newest}
+    # The files, and the directories holding them (the root included): the re-check covers both.
+    paths = [".", "a.txt", "b.txt", "c.txt", "d", "d/e.txt", "d/f.txt"]
+    newest = max((small.root / f).stat().st_ctime_ns for f in paths)
+    latest = {f for f in paths if (small.root / f).stat().st_ctime_ns == newest}
     at = compare(m, keys, root, set(), 1, None, False, started_ns=newest)
     assert at.problems == [] and at.tally.hashed == 5
     before = compare(m, keys, root, set(), 1, None, False, started_ns=newest - 1)
