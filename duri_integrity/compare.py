@@ -177,8 +177,7 @@ class _Comparison:
         the root, every directory of the manifest and every file that checked out."""
         entries, keys = self.entries, self.keys
         dirs = [i for i, e in enumerate(entries) if type(e) is Dir]
-        files = [i for i in self.job_index if not self.failed[i]]
-        order = [-1, *dirs, *files]
+        order = [-1, *dirs, *self.job_index]  # run only when nothing failed: every file checked out
         for pos, why in changed_since(root_real, started_ns, [keys[i] if i >= 0 else "" for i in order]):
             i = order[pos]
             self.problem(i, keys[i] if i >= 0 else ".", "unstable", actual=why, new=False)
