@@ -76,7 +76,27 @@ TESTS: dict[str, list[str]] = {
         "tests/test_hostile.py",
         "tests/test_own_files.py",
     ],
-    "hashing": ["tests/test_hashing.py", "tests/test_tamper.py", "tests/test_verify.py", "tests/test_hostile.py"],
+    "hashing": [
+        "tests/test_hashing_faults.py",
+        "tests/test_hashing.py",
+        "tests/test_faults.py",
+        "tests/test_speedups.py",
+        "tests/test_tamper.py",
+        "tests/test_verify.py",
+        "tests/test_hostile.py",
+    ],
+    "readahead": [
+        "tests/test_hashing_faults.py",
+        "tests/test_speedups.py",
+        "tests/test_faults.py",
+        "tests/test_hashing.py",
+    ],
+    "schedule": [
+        "tests/test_hashing_faults.py",
+        "tests/test_hashing.py",
+        "tests/test_faults.py",
+        "tests/test_speedups.py",
+    ],
     "report": ["tests/test_verify.py", "tests/test_cli.py", "tests/test_observability.py", "tests/test_server.py"],
 }
 
