@@ -86,6 +86,7 @@ TESTS: dict[str, list[str]] = {
         "tests/test_hostile.py",
     ],
     "readahead": [
+        "tests/test_readahead_rules.py",
         "tests/test_hashing_faults.py",
         "tests/test_speedups.py",
         "tests/test_faults.py",

@@ -12,6 +12,8 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -20,7 +22,7 @@ from typing import Any, TypeVar, overload
 import pytest
 from blake3 import blake3
 
-from duri_integrity import readahead, schedule, speedups
+from duri_integrity import hashing, readahead, schedule, speedups
 from duri_integrity.build import build_manifest
 from duri_integrity.errors import IntegrityError, TreeError
 from duri_integrity.hashing import SMALL_FILE, BuildHash, FileCheck, check_files, hash_for_build
@@ -353,6 +355,23 @@ def test_symlink_swapped_in_is_refused_at_the_open(tmp_path: Path, path: str) ->
     assert build_with(tmp_path, [("f", walked)]) == [BuildHash(None, "unstable", race, False)]
 
 
+@pytest.mark.parametrize("change_", ["size", "mtime", "replaced"])
+def test_build_refuses_a_file_changed_between_listing_and_opening(tmp_path: Path, change_: str) -> None:
+    """Another size, mtime or inode than the walk listed: 'unstable' before a byte is hashed."""
+    write(tmp_path, "f", b"listed")
+    walked = (tmp_path / "f").lstat()
+    if change_ == "size":
+        (tmp_path / "f").write_bytes(b"listed, then longer")
+    elif change_ == "mtime":
+        os.utime(tmp_path / "f", ns=(walked.st_mtime_ns + 10**9, walked.st_mtime_ns + 10**9))
+    else:
+        write(tmp_path, "g", b"listed")
+        (tmp_path / "g").rename(tmp_path / "f")
+    assert build_with(tmp_path, [("f", walked)]) == [
+        BuildHash(None, "unstable", "changed between listing and opening", False)
+    ]
+
+
 def build_with(root: Path, files: list[tuple[str, os.stat_result]]) -> list[BuildHash]:
     return within_deadline(lambda: hash_for_build(str(root), files, workers=1))
 
@@ -416,7 +435,8 @@ def test_each_problem_in_a_batch_and_every_file_after_it(tmp_path: Path, path: s
 
 def test_every_file_checked_once_whatever_its_size_and_thread(tmp_path: Path, path: str) -> None:
     """Hundreds of files of every size class in nested directories: each wrong digest reported once, progress exact."""
-    sizes = [0, 1, 100, 4096, 70_000, SMALL_FILE - 1, SMALL_FILE, SMALL_FILE + 1, 2 * SMALL_FILE + 3]
+    route = hashing.ROUTE  # where pure Python hands files to the helper threads first
+    sizes = [0, 1, 100, route - 1, route, 70_000, SMALL_FILE - 1, SMALL_FILE, SMALL_FILE + 1, 2 * SMALL_FILE + 3]
     rels = []
     for d in ("", "a/", "a/b/", "c/"):
         for k in range(70):
@@ -538,10 +558,17 @@ def test_exception_while_hashing_a_file_fails_the_verification(
 
 
 class Census:
-    """Counts the threads hashing a check. All but one helper wait at their first file until the
-    caller has hashed its first batch (so every thread started by then is still alive to count)."""
+    """Counts the threads hashing a check. Helpers (all but one on the C path) wait at their first
+    file until the caller has hashed its first batch, so every thread started by then is still
+    alive to count and none has taken the work the later ones would have found."""
 
-    def __init__(self) -> None:
+    def __init__(self, count_at_open: int = 0, lead: bool = True) -> None:
+        self.count_at_open = count_at_open
+        """Count at the caller's open of this number (a build has no progress callback): 0, never."""
+        self.lead = lead
+        """Let one helper run (the C path's caller only hashes what readers read). Pure Python's caller
+        reads too: there a free helper could take all the work before the extra helpers start."""
+        self.caller_opens = 0
         self.caller = threading.current_thread()
         self.before = set(threading.enumerate())
         self.lock = threading.Lock()
@@ -558,8 +585,13 @@ class Census:
         with self.lock:
             self.peak = max(self.peak, self.threads())
             if t is self.caller:
+                self.caller_opens += 1
+                if self.caller_opens == self.count_at_open:
+                    self.first = self.threads()
+                    self.counted.set()
                 return
-            self.leader = self.leader or t
+            if self.lead:
+                self.leader = self.leader or t
         if t is not self.leader:
             self.counted.wait(DEADLINE / 2)
 
@@ -586,8 +618,10 @@ def count_threads(
     cores: int | None,
     workers: int | None,
     from_disk: bool,
+    build: bool = False,
 ) -> tuple[int, int]:
-    """(threads alive when the caller has hashed its first batch, most threads seen) for one check."""
+    """(threads alive when the caller has hashed its first batch, most threads seen) for one check
+    (or, with ``build``, one hash_for_build)."""
     root, jobs = wide
     monkeypatch.setattr(os, "cpu_count", lambda: cores)
     real_decide = readahead.from_disk
@@ -600,7 +634,8 @@ def count_threads(
     monkeypatch.setattr(schedule, "from_disk", decide)
 
     def run() -> tuple[int, int]:
-        census = Census()
+        # A build's caller is counted at the first file of its second batch (it takes batches from the back).
+        census = Census(count_at_open=schedule.BATCH + 1 if build else 0, lead=speedups.available() and not build)
         real_open = os.open
 
         def open_(p: Any, flags: int, mode: int = 0o777, *, dir_fd: int | None = None) -> int:
@@ -616,7 +651,11 @@ def count_threads(
         monkeypatch.setattr(os, "open", open_)
         monkeypatch.setattr(speedups, "FAULT_HOOK", hook)
         try:
-            assert check_files(str(root), jobs, workers=workers, progress=census.progress) == []
+            if build:
+                files = [(rel, (root / rel).lstat()) for rel, *_ in jobs]
+                assert [r.digest for r in hash_for_build(str(root), files, workers=workers)] == [j[4] for j in jobs]
+            else:
+                assert check_files(str(root), jobs, workers=workers, progress=census.progress) == []
         finally:
             monkeypatch.setattr(os, "open", real_open)
             census.counted.set()
@@ -680,6 +719,27 @@ def test_c_path_threads(
     if IO_THREADS_ENV:
         pytest.skip("DURI_INTEGRITY_IO_THREADS set: another thread count")
     assert count_threads(wide, monkeypatch, cores, workers, from_disk) == (threads, threads)
+
+
+@pytest.mark.parametrize(("cores", "workers", "threads"), [(None, None, 1), (3, None, 3), (2, 2, 2), (4, 1, 1)])
+def test_build_threads_are_one_a_core_even_from_disk(
+    wide: tuple[Path, list[FileCheck]],
+    monkeypatch: pytest.MonkeyPatch,
+    cores: int | None,
+    workers: int | None,
+    threads: int,
+) -> None:
+    """hash_for_build runs one thread a core (or the count given) and adds none when reading from disk."""
+    assert count_threads(wide, monkeypatch, cores, workers, True, build=True) == (threads, threads)
+
+
+@pytest.mark.parametrize(("value", "threads"), [("3", 3), ("", C_IO_THREADS), ("0", C_IO_THREADS)])
+def test_io_threads_setting_for_benchmarks(value: str, threads: int) -> None:
+    """DURI_INTEGRITY_IO_THREADS (benchmarks) sets the C path's reading threads, read at import; empty or 0: 16."""
+    code = "from duri_integrity import hashing; print(hashing.IO_THREADS_C)"
+    env = {**os.environ, "DURI_INTEGRITY_IO_THREADS": value}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True, timeout=60)
+    assert out.stdout.strip() == str(threads)
 
 
 # -- secret keys -------------------------------------------------------------------------------
