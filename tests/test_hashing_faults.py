@@ -460,9 +460,9 @@ def test_worker_count_below_one_is_refused(tmp_path: Path) -> None:
     """0 workers is a programming error for check and build, not a check that runs nothing."""
     write(tmp_path, "f", b"x")
     with pytest.raises(ValueError, match="workers"):
-        check_files(str(tmp_path), [job_for(tmp_path, "f")], workers=0)
+        within_deadline(lambda: check_files(str(tmp_path), [job_for(tmp_path, "f")], workers=0))
     with pytest.raises(ValueError, match="workers"):
-        hash_for_build(str(tmp_path), [("f", (tmp_path / "f").lstat())], workers=0)
+        within_deadline(lambda: hash_for_build(str(tmp_path), [("f", (tmp_path / "f").lstat())], workers=0))
 
 
 # -- an exception in a hashing thread ----------------------------------------------------------
@@ -477,8 +477,21 @@ class RaisingInHelpers(Sequence[T]):
 
     def __init__(self, items: Sequence[T]) -> None:
         self.items = list(items)
-        self.caller = threading.current_thread()
+        self.caller: threading.Thread | None = None
+        self.before: set[threading.Thread] = set()
+        self.waited = False
         self.raised = threading.Event()
+        """Set when a thread other than the caller met the bug."""
+
+    def call(self, fn: Callable[[], object]) -> None:
+        """Run ``fn`` (the check, given this sequence) within the deadline, as the caller."""
+
+        def run() -> object:
+            self.caller = threading.current_thread()
+            self.before = set(threading.enumerate())
+            return fn()
+
+        within_deadline(run)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -491,7 +504,10 @@ class RaisingInHelpers(Sequence[T]):
         if isinstance(i, slice):
             return self.items[i]
         if threading.current_thread() is self.caller:
-            self.raised.wait(10)  # so that a helper, not the caller, is the one that meets the bug
+            if not self.waited and set(threading.enumerate()) - self.before:
+                # Helpers are running: let one of them meet the bug before the caller takes all the work.
+                self.waited = True
+                self.raised.wait(10)
         else:
             self.raised.set()
             raise Bug("bug in a hashing thread")
@@ -519,11 +535,11 @@ def test_exception_in_a_hashing_thread_reaches_the_caller(tmp_path: Path, path: 
     before = fd_count()
     jobs = RaisingInHelpers([job_for(tmp_path, r) for r in rels])
     with pytest.raises(Bug):
-        within_deadline(lambda: check_files(str(tmp_path), jobs, workers=workers))
+        jobs.call(lambda: check_files(str(tmp_path), jobs, workers=workers))
     assert jobs.raised.is_set()
     files = RaisingInHelpers([(r, (tmp_path / r).lstat()) for r in rels])
     with pytest.raises(Bug):
-        within_deadline(lambda: hash_for_build(str(tmp_path), files, workers=workers))
+        files.call(lambda: hash_for_build(str(tmp_path), files, workers=workers))
     assert files.raised.is_set()
     assert fd_count() == before  # every thread's descriptors closed on the way out
 
@@ -534,14 +550,14 @@ def test_exception_while_hashing_a_file_fails_the_verification(
     """A non-OS exception while a helper thread reads a large file: verify_integrity raises, never VERIFIED."""
     rels = many_files(tmp_path / "tree", n=60, big=4)
     signed = build_and_sign(tmp_path / "tree", keys)
-    assert signed.verify(workers=2).status == "VERIFIED"
-    caller = threading.current_thread()
+    assert within_deadline(lambda: signed.verify(workers=2)).status == "VERIFIED"
+    callers: list[threading.Thread] = []
     helper_raised = threading.Event()
     real = os.readv
 
     def readv(fd: int, buffers: list[Any]) -> int:
         if "/tree/big" in where(fd):
-            if threading.current_thread() is caller:
+            if threading.current_thread() in callers:
                 helper_raised.wait(10)
             else:
                 helper_raised.set()
@@ -549,8 +565,13 @@ def test_exception_while_hashing_a_file_fails_the_verification(
         return real(fd, buffers)
 
     monkeypatch.setattr(os, "readv", readv)
+
+    def verify() -> object:
+        callers.append(threading.current_thread())
+        return signed.verify(workers=2)
+
     with pytest.raises(Bug):
-        signed.verify(workers=2)
+        within_deadline(verify)
     assert helper_raised.is_set() and len(rels) == 64
 
 
@@ -770,7 +791,7 @@ def test_build_refuses_a_tree_with_a_file_changing_while_read(tmp_path: Path, mo
     (tmp_path / "tree").chmod(0o755)
     change_on_first_read(monkeypatch, tmp_path / "tree" / "app" / "main.py", "rewritten")
     with pytest.raises(IntegrityError, match=f"app/main.py: unstable: {UNSTABLE}"):
-        build_manifest(str(tmp_path / "tree"), deployment="svc")
+        within_deadline(lambda: build_manifest(str(tmp_path / "tree"), deployment="svc"))
 
 
 # -- descriptors -------------------------------------------------------------------------------
