@@ -83,7 +83,12 @@ TESTS: dict[str, list[str]] = {
         "tests/test_quick.py",
         "tests/test_faults.py",
     ],
-    "settle": ["tests/test_settle.py", "tests/test_verify_rules.py", "tests/test_compare.py", "tests/test_stability_rule.py"],
+    "settle": [
+        "tests/test_settle.py",
+        "tests/test_verify_rules.py",
+        "tests/test_compare.py",
+        "tests/test_stability_rule.py",
+    ],
     "walk": [
         "tests/test_walk_rules.py",
         "tests/test_trust_pipeline.py",  # inside_root decides whether a trust anchor lies in the tree
