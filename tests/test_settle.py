@@ -192,3 +192,22 @@ def test_build_refuses_a_directory_swapped_after_it_was_read(signed: Signed, mon
     monkeypatch.setattr(build_mod, "changed_since", late_swap)
     with pytest.raises(TreeError, match=r"unstable"):
         build_manifest(str(signed.root), deployment="svc")
+
+
+def test_wait_past_returns_only_once_the_coarse_clock_is_strictly_later(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A coarse clock equal to the mark is not past it: a change stamped then would look like before the run."""
+    readings = iter([100, 100, 100, 101])
+    seen: list[int] = []
+
+    def coarse(clock: int) -> int:
+        assert clock == settle.CLOCK_REALTIME_COARSE
+        seen.append(next(readings))
+        return seen[-1]
+
+    monkeypatch.setattr(time, "clock_gettime_ns", coarse)
+    settle.wait_past(100)
+    assert seen == [100, 100, 100, 101]
+    seen.clear()
+    readings = iter([101])
+    settle.wait_past(100)  # already past: no waiting
+    assert seen == [101]
