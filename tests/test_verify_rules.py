@@ -189,6 +189,8 @@ def test_unlistable_directory_contents_are_unreadable(
     assert problems(r) == {("d", "unreadable"), ("d/e.txt", "unreadable"), ("d/f.txt", "unreadable")}
     [d] = [p for p in r.problems if p.path == "d"]
     assert d.actual is not None and d.actual.startswith("cannot list directory")
+    # Each entry says which directory hid it (an operator fixes that one, not the entry).
+    assert {p.actual for p in r.problems if p.path != "d"} == {"in d, which could not be read"}
     assert r.counts["failed"] == 3 and r.counts["total"] == r.counts["entries"]
 
 
@@ -199,6 +201,7 @@ def test_unlistable_root_counts_itself(small: Signed, walker: str, monkeypatch: 
     assert r.status == "FAILED"
     kinds = {k for _, k in problems(r)}
     assert kinds == {"unreadable"} and (".", "unreadable") in problems(r)
+    assert {p.actual for p in r.problems if "/" not in p.path and p.path != "."} == {"in ., which could not be read"}
     n = r.counts["entries"]
     assert r.counts["failed"] == r.counts["total"] == n + 1
 
