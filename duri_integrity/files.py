@@ -26,6 +26,7 @@ __all__ = [
     "check_private_dir",
     "open_private_lock",
     "read_file",
+    "read_head",
     "replace_file",
 ]
 
@@ -60,18 +61,7 @@ def read_file(
     one else (it is trusted state). ``follow_symlinks=False`` refuses a symlink
     in the last component.
     """
-    flags = _READ_FLAGS | (0 if follow_symlinks else os.O_NOFOLLOW)
-    try:
-        fd = os.open(path, flags, dir_fd=dir_fd)
-    except FileNotFoundError:
-        raise UnreadableFile(f"cannot read {what} {path!r}: no such file", missing=True) from None
-    except OSError as exc:
-        reason = exc.strerror or str(exc)
-        if exc.errno == 40 and not follow_symlinks:  # ELOOP: the last component is a symlink
-            reason = "it is a symbolic link"
-        raise UnreadableFile(f"cannot read {what} {path!r}: {reason}") from None
-    except ValueError:  # a NUL byte in the path
-        raise UnreadableFile(f"cannot read {what} {path!r}: the path contains a NUL byte") from None
+    fd = _open(path, what, follow_symlinks, dir_fd)
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
@@ -95,6 +85,35 @@ def read_file(
         raise UnreadableFile(f"cannot read {what} {path!r}: {exc.strerror or exc}") from None
     finally:
         os.close(fd)
+
+
+def read_head(path: str, limit: int, what: str) -> bytes:
+    """The first ``limit`` bytes of a regular file, however large it is (a symlink is refused)."""
+    fd = _open(path, what, False, None)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise UnreadableFile(f"{what} {path!r} is not a regular file")
+        return os.read(fd, limit)
+    except OSError as exc:
+        raise UnreadableFile(f"cannot read {what} {path!r}: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+
+
+def _open(path: str, what: str, follow_symlinks: bool, dir_fd: int | None) -> int:
+    """Open for reading without blocking (a FIFO cannot hang us); UnreadableFile in words if it fails."""
+    flags = _READ_FLAGS | (0 if follow_symlinks else os.O_NOFOLLOW)
+    try:
+        return os.open(path, flags, dir_fd=dir_fd)
+    except FileNotFoundError:
+        raise UnreadableFile(f"cannot read {what} {path!r}: no such file", missing=True) from None
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        if exc.errno == 40 and not follow_symlinks:  # ELOOP: the last component is a symlink
+            reason = "it is a symbolic link"
+        raise UnreadableFile(f"cannot read {what} {path!r}: {reason}") from None
+    except ValueError:  # a NUL byte in the path
+        raise UnreadableFile(f"cannot read {what} {path!r}: the path contains a NUL byte") from None
 
 
 def check_owner_and_mode(st: os.stat_result, path: str, what: str) -> None:
