@@ -56,18 +56,21 @@ def logging_options(f: Callable[..., Any]) -> Callable[..., Any]:
     )(f)
 
 
-def read_password(password_file: str | None, *, confirm: bool = False) -> str | None:
+def read_password(password_file: str | None, *, confirm: bool = False, allow_readable: bool = False) -> str | None:
     """The secret key's password: --password-file, DURI_INTEGRITY_PASSWORD, or a prompt on a terminal.
 
     None when there is none to be had (no file, no variable, no terminal). ``confirm``
-    (keygen) asks twice.
+    (keygen) asks twice. A password file is held to the secret key's rules: owned by this
+    user or root, writable by no one else, and readable by no one else unless
+    ``allow_readable`` (``--allow-insecure-key``, the key's own escape hatch).
     """
     from ..errors import KeyFileError
 
     if password_file:
         from ..files import read_file
 
-        raw = read_file(password_file, 4096, "password file").partition(b"\n")[0].rstrip(b"\r")
+        data = read_file(password_file, 4096, "password file", private=True, secret=not allow_readable)
+        raw = data.partition(b"\n")[0].rstrip(b"\r")
         try:
             # Strict: "replace" would map distinct invalid bytes to one character, one password.
             return raw.decode("utf-8")

@@ -126,7 +126,7 @@ def build(
         secret_key=key,
         manifest_path=manifest_path,
         signature_path=sig_path,
-        password=read_password(password_file) if key else None,
+        password=read_password(password_file, allow_readable=allow_insecure_key) if key else None,
         allow_insecure_key=allow_insecure_key,
         exclude=settings.exclude or (),
         release=settings.release or "",
@@ -196,6 +196,9 @@ def sign(manifest: str, secret_key: str, allow_insecure_key: bool, password_file
     from ..build import sign_manifest
 
     out = sign_manifest(
-        manifest, secret_key, password=read_password(password_file), allow_insecure_key=allow_insecure_key
+        manifest,
+        secret_key,
+        password=read_password(password_file, allow_readable=allow_insecure_key),
+        allow_insecure_key=allow_insecure_key,
     )
     echo_line(f"signed: {out}")
