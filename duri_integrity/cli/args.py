@@ -19,6 +19,7 @@ __all__ = [
     "deployment_option",
     "finite",
     "logging_options",
+    "not_empty",
     "parse_duration",
     "password_option",
     "read_password",
@@ -150,10 +151,25 @@ config_option: Callable[[Callable[..., Any]], Callable[..., Any]] = click.option
     help="Config file to read [default: DURI_INTEGRITY_CONFIG, else /etc/duri-integrity/config.toml; "
     "never one in the working directory].",
 )
+
+
+def not_empty(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Refuse an explicitly empty value: ``--release "$GIT_TAG"`` with the variable unset must not
+    quietly build an unlabelled manifest (nor ``--deployment ""`` fall back to another source)."""
+    if value == "":
+        raise click.BadParameter(
+            "the value is empty (an unset shell variable?); give a value or leave the option out",
+            ctx=ctx,
+            param=param,
+        )
+    return value
+
+
 deployment_option: Callable[[Callable[..., Any]], Callable[..., Any]] = click.option(
     "--deployment",
     "-d",
     metavar="NAME",
+    callback=not_empty,
     help="The deployment (service) this release is for, or this host runs; signed into the manifest.",
 )
 workers_option: Callable[[Callable[..., Any]], Callable[..., Any]] = click.option(

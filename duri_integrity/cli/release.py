@@ -11,6 +11,7 @@ from .args import (
     check_build_inputs,
     config_option,
     deployment_option,
+    not_empty,
     parse_duration,
     password_option,
     read_password,
@@ -68,7 +69,7 @@ def keygen(secret_key: str, public_key: str, encrypt: bool, force: bool, passwor
     help="gitignore-style pattern to leave out; stored in the signed manifest. Repeatable.",
 )
 @deployment_option
-@click.option("--release", "-r", default=None, help="Release label, e.g. a git tag or commit.")
+@click.option("--release", "-r", default=None, callback=not_empty, help="Release label, e.g. a git tag or commit.")
 @click.option(
     "--serial", type=click.IntRange(0, 2**63 - 1), help="Serial number [default: creation time in Unix seconds]."
 )
