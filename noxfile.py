@@ -67,7 +67,7 @@ def mutation(session: nox.Session) -> None:
     ``-- --sample 0`` for every mutant, or name modules: ``nox -s mutation -- trust state``.
     """
     session.install("-e", ".[test]")
-    modules = ["trust", "verify", "manifest", "walk", "state", "hashing", "report"]
+    modules = ["trust", "verify", "compare", "settle", "manifest", "walk", "state", "hashing", "report"]
     args = list(session.posargs)
     named = [a for a in args if a in modules or a == "config"]
     options = [a for a in args if a not in named]

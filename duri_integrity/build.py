@@ -30,6 +30,7 @@ from .manifest import (
     make_entry_path,
     utc_now,
 )
+from .settle import changed_since, start_mark, wait_past
 from .walk import Walk, WalkError, check_root, inside_root, kind_of, relative_inside
 
 __all__ = [
@@ -79,10 +80,18 @@ def build_manifest(
         rel = inside_root(root_real, key_path)
         if rel is not None and rel not in skipped:
             raise TreeError(f"the signing key {key_path!r} is inside the tree being built; move it out")
+    mark = start_mark()
+    wait_past(mark)  # every change from here on carries a ctime after the mark (settle.py)
     rows, problems = _walk(root_real, excluder, skipped)
     warnings += excluded_code_warnings(root_real, excluder.seen)
     warnings += _refuse_excluded_keys(root_real, excluder, secret_key_paths)
     entries = _entries(root_real, rows, workers, problems, warnings)
+    if not problems:
+        # One instant for the whole tree: nothing read may have changed before the last read ended.
+        paths = ["", *(rel for _, rel, _, _ in rows)]
+        problems += [
+            f"{display(paths[pos] or '.')}: unstable: {why}" for pos, why in changed_since(root_real, mark, paths)
+        ]
     if problems:
         more = f" (and {len(problems) - _MAX_LISTED} more)" if len(problems) > _MAX_LISTED else ""
         raise TreeError(

@@ -18,10 +18,11 @@ from .config import OWN_FILES
 from .errors import TrustAnchorInTree
 from .exclude import Excluder
 from .hashing import FileCheck, check_files
-from .manifest import File, Manifest, Symlink, display
+from .manifest import Dir, File, Manifest, Symlink, display
 from .report import Problem, Tally
+from .settle import changed_since, wait_past
 from .snapshot import RECORD, Snapshot
-from .walk import DirCursor, Found, Walk, WalkError, check_resources, open_root
+from .walk import Found, Walk, WalkError
 
 __all__ = ["DEFAULT_MAX_PROBLEMS", "Outcome", "compare"]
 
@@ -172,38 +173,14 @@ class _Comparison:
         self.tally.hashed = len(jobs)
 
     def unchanged_since(self, root_real: str, started_ns: int) -> None:
-        """Every file that checked out must not have changed since the run began.
-
-        Files are hashed one after another, so without this a tree rewritten during the run
-        (one file bad at every moment, a different one each time) could match file by file
-        and never as a whole. A file whose ctime (set by the kernel on every change; no one
-        but root can set it back) is after the start changed during the run: ``unstable``.
-        """
-        failed, os_stat = self.failed, os.stat
-        cursor = DirCursor(open_root(root_real))
-        cur_dir: str | None = None
-        dir_fd = -1
-        try:
-            # Flat, with local names: one stat per file (the jobs come grouped by directory).
-            for (rel, _, _, _, _), i in zip(self.jobs, self.job_index, strict=True):
-                if failed[i]:
-                    continue
-                rel_dir, _, name = rel.rpartition("/")
-                try:
-                    if rel_dir != cur_dir:
-                        cur_dir = None
-                        dir_fd = cursor.enter(rel_dir)
-                        cur_dir = rel_dir
-                    ctime = os_stat(name, dir_fd=dir_fd, follow_symlinks=False).st_ctime_ns
-                except OSError as exc:
-                    check_resources(exc, f"checking {display(rel)!r} again")
-                    self.problem(i, rel, "unstable", actual=f"replaced or removed during the check ({exc.strerror})")
-                    continue
-                if ctime > started_ns:
-                    self.problem(i, rel, "unstable", actual="changed during the check")
-        finally:
-            cursor.close()
-            os.close(cursor.root_fd)
+        """Nothing the verdict rests on may have changed since the run began (see settle.py):
+        the root, every directory of the manifest and every file that checked out."""
+        entries, keys = self.entries, self.keys
+        dirs = [i for i, e in enumerate(entries) if type(e) is Dir]
+        order = [-1, *dirs, *self.job_index]  # run only when nothing failed: every file checked out
+        for pos, why in changed_since(root_real, started_ns, [keys[i] if i >= 0 else "" for i in order]):
+            i = order[pos]
+            self.problem(i, keys[i] if i >= 0 else ".", "unstable", actual=why, new=False)
 
     def outcome(self, records: bytearray | None) -> Outcome:
         self._trim()
@@ -371,6 +348,8 @@ def compare(
     if max_problems is not None and max_problems < 1:
         raise ValueError("max_problems must be at least 1 (or None for all)")
     c = _Comparison(m, keys, max_problems)
+    if started_ns is not None:
+        wait_past(started_ns)  # every change from here on carries a ctime after started_ns
     # The conventional in-tree manifest and signature are never part of the tree, even when
     # this run uses a copy kept elsewhere (unless the manifest itself lists them).
     skip = skip | {n for n in OWN_FILES if n not in c.index}

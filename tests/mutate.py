@@ -68,16 +68,65 @@ TESTS: dict[str, list[str]] = {
         "tests/test_attacks.py",
         "tests/test_cli.py",
     ],
-    "verify": ["tests/test_verify.py", "tests/test_tamper.py", "tests/test_own_files.py", "tests/test_quick.py"],
+    "verify": [
+        "tests/test_verify_rules.py",
+        "tests/test_verify.py",
+        "tests/test_tamper.py",
+        "tests/test_own_files.py",
+        "tests/test_quick.py",
+    ],
+    "compare": [
+        "tests/test_verify_rules.py",  # verify's comparison logic: counts, quick mode, walk errors
+        "tests/test_compare.py",
+        "tests/test_verify.py",
+        "tests/test_tamper.py",
+        "tests/test_quick.py",
+        "tests/test_faults.py",
+    ],
+    "settle": [
+        "tests/test_settle.py",
+        "tests/test_verify_rules.py",
+        "tests/test_compare.py",
+        "tests/test_stability_rule.py",
+    ],
     "walk": [
+        "tests/test_walk_rules.py",
         "tests/test_trust_pipeline.py",  # inside_root decides whether a trust anchor lies in the tree
         "tests/test_tamper.py",
         "tests/test_verify.py",
         "tests/test_hostile.py",
         "tests/test_own_files.py",
     ],
-    "hashing": ["tests/test_hashing.py", "tests/test_tamper.py", "tests/test_verify.py", "tests/test_hostile.py"],
-    "report": ["tests/test_verify.py", "tests/test_cli.py", "tests/test_observability.py", "tests/test_server.py"],
+    "hashing": [
+        "tests/test_hashing_faults.py",
+        "tests/test_stability_rule.py",
+        "tests/test_hashing.py",
+        "tests/test_faults.py",
+        "tests/test_speedups.py",
+        "tests/test_tamper.py",
+        "tests/test_verify.py",
+        "tests/test_hostile.py",
+    ],
+    "readahead": [
+        "tests/test_readahead_rules.py",
+        "tests/test_hashing_faults.py",
+        "tests/test_speedups.py",
+        "tests/test_faults.py",
+        "tests/test_hashing.py",
+    ],
+    "schedule": [
+        "tests/test_hashing_faults.py",
+        "tests/test_hashing.py",
+        "tests/test_faults.py",
+        "tests/test_speedups.py",
+    ],
+    "report": [
+        "tests/test_report_rules.py",
+        "tests/test_verify.py",
+        "tests/test_cli.py",
+        "tests/test_observability.py",
+        "tests/test_server.py",
+    ],
 }
 
 _COMPARE_FLIPS: dict[type[ast.cmpop], type[ast.cmpop]] = {

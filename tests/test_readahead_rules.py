@@ -1,0 +1,125 @@
+"""The C path's read-ahead rules: how batches are cut, when reads count as from disk, the memory bound."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from blake3 import blake3
+
+from duri_integrity import speedups
+from duri_integrity.hashing import FileCheck, check_files
+from duri_integrity.readahead import BATCH_FILES, from_disk, io_clock, plan_batches
+
+from .test_hashing_faults import within_deadline
+
+MIB = 1 << 20
+
+
+def sized(*sizes: int) -> list[FileCheck]:
+    """Jobs that only have a size (all plan_batches reads)."""
+    return [(f"f{i}", 0, n, 0o644, "") for i, n in enumerate(sizes)]
+
+
+def test_batches_are_cut_at_64_files() -> None:
+    """65 empty files: a batch of 64 and a batch of one, in the order given."""
+    jobs = sized(*[0] * 65)
+    assert plan_batches(jobs, list(range(65))) == [list(range(64)), [64]]
+    assert plan_batches(jobs, list(range(64))) == [list(range(64))]
+
+
+def test_each_file_needs_its_size_plus_one_byte() -> None:
+    """Two files whose sizes plus one byte each fill the buffer exactly share it; one byte more and they do not."""
+    half = MIB // 2
+    assert plan_batches(sized(half - 1, half), [0, 1]) == [[0, 1]]  # (half) + (half + 1) = MIB + 1
+    assert plan_batches(sized(half, half), [0, 1]) == [[0], [1]]
+    assert plan_batches(sized(MIB), [0]) == [[0]]  # the largest file read whole fills a buffer alone
+    assert plan_batches(sized(MIB, 0), [0, 1]) == [[0], [1]]
+    # After a cut the new batch starts empty: 1 MiB, then two that fill the next buffer exactly.
+    assert plan_batches(sized(MIB, half - 1, half), [0, 1, 2]) == [[0], [1, 2]]
+
+
+def test_only_the_given_files_in_their_order() -> None:
+    """plan_batches takes the indices it is given (the small files), in that order; none gives no batch."""
+    jobs = sized(5, MIB * 3, 7, 9)
+    assert plan_batches(jobs, [3, 0, 2]) == [[3, 0, 2]]
+    assert plan_batches(jobs, []) == []
+
+
+def test_from_disk_needs_slow_reads_and_blocks_read() -> None:
+    """Slow alone is a busy CPU, blocks alone a fast disk: only both mean reading from storage."""
+    now, blocks = io_clock()
+    assert isinstance(now, float) and isinstance(blocks, int)
+    assert from_disk((now, blocks), 1) is False  # fast, nothing read from storage
+    assert from_disk((now - 1.0, blocks), 1) is False  # slow, nothing read from storage
+    assert from_disk((now - 1.0, blocks - 1), 1) is True  # slow, and blocks were read
+    assert from_disk((time.perf_counter(), blocks - 1), 10**6) is False  # blocks read, but fast per file
+    assert from_disk((now - 1.0, blocks - 1), 0) is True  # no files counted: the time is not divided by zero
+
+
+def test_readers_stay_at_most_three_batches_ahead(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """While the hashing thread is stalled, the reader reads at most 3 batches beyond it: memory stays bounded."""
+    if not speedups.available():
+        pytest.skip("C extension not built or turned off")
+    for k in range(BATCH_FILES * 10):
+        (tmp_path / f"f{k:04d}").write_bytes(b"%d" % k)
+    jobs = [(f"f{k:04d}", 0, len(b"%d" % k), 0o644, blake3(b"%d" % k).hexdigest()) for k in range(BATCH_FILES * 10)]
+    for k, job in enumerate(jobs):
+        st = (tmp_path / job[0]).lstat()
+        jobs[k] = (job[0], st.st_ino, job[2], st.st_mode & 0o7777, job[4])
+    opened = [0]
+
+    def hook(stage: int, path: bytes) -> int:
+        if stage == speedups.STAGE_OPEN:
+            opened[0] += 1
+        return 0
+
+    stalled_at: list[int] = []
+
+    def progress(n: int) -> None:
+        if stalled_at:  # only the hashing thread reports progress here (no large files)
+            return
+        # Stall the hashing thread after its first batch until the reader stops (or passes the bound).
+        bound = 4 * 64  # the batch being hashed and three read ahead
+        last, still, deadline = -1, time.monotonic(), time.monotonic() + 10
+        while time.monotonic() < deadline and opened[0] <= bound:
+            if opened[0] != last:
+                last, still = opened[0], time.monotonic()
+            elif opened[0] == bound and time.monotonic() - still > 0.5:
+                break
+            time.sleep(0.01)
+        stalled_at.append(opened[0])
+
+    monkeypatch.setattr(speedups, "FAULT_HOOK", hook)
+    assert within_deadline(lambda: check_files(str(tmp_path), jobs, workers=2, progress=progress)) == []
+    assert stalled_at and stalled_at[0] <= 4 * 64
+    assert opened[0] == len(jobs)
+
+
+def test_read_ahead_never_reads_a_file_twice_or_skips_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every small file is opened exactly once by the readers, whatever the reader count."""
+    if not speedups.available():
+        pytest.skip("C extension not built or turned off")
+    names = [f"f{k:04d}" for k in range(BATCH_FILES * 5 + 3)]
+    for n in names:
+        (tmp_path / n).write_bytes(n.encode())
+    jobs = [(n, (tmp_path / n).lstat().st_ino, len(n), 0o644, blake3(n.encode()).hexdigest()) for n in names]
+    for n in names:
+        os.chmod(tmp_path / n, 0o644)
+    seen: list[bytes] = []
+    lock = threading.Lock()
+
+    def hook(stage: int, path: bytes) -> int:
+        if stage == speedups.STAGE_OPEN:
+            with lock:
+                seen.append(path)
+        return 0
+
+    monkeypatch.setattr(speedups, "FAULT_HOOK", hook)
+    for workers in (1, 2, 4):
+        seen.clear()
+        assert within_deadline(lambda w=workers: check_files(str(tmp_path), jobs, workers=w)) == []  # type: ignore[misc]
+        assert sorted(seen) == sorted(n.encode() for n in names)

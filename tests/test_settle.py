@@ -1,0 +1,216 @@
+"""One instant for a run (duri_integrity/settle.py): what changed between a run's start and its end."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from duri_integrity import build as build_mod
+from duri_integrity import compare as compare_mod
+from duri_integrity import settle, speedups
+from duri_integrity.build import build_manifest
+from duri_integrity.errors import TreeError
+from duri_integrity.report import Report
+
+from .conftest import Signed
+
+
+@pytest.fixture(params=["scanner", "python"])
+def walker(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The C scanner and reader (when built), and the pure-Python walk and hasher."""
+    if request.param == "python":
+        monkeypatch.setattr(speedups, "_ext", None)
+    return str(request.param)
+
+
+def kinds(r: Report) -> set[tuple[str, str]]:
+    return {(p.path, p.kind) for p in r.problems}
+
+
+def _evil_copy(signed: Signed, name: str = "app") -> Path:
+    """A copy of ``name`` beside the tree made of hard links to the released files (same inodes,
+    old ctimes) plus one file the release does not have."""
+    evil = signed.root.parent / f"evil-{name}"
+    shutil.copytree(signed.root / name, evil, copy_function=os.link)
+    (evil / "backdoor.py").write_text("import os\n")
+    return evil
+
+
+def _swap(a: Path, b: Path) -> None:
+    """Exchange two directories by renaming (what an attacker with write access to the tree can do)."""
+    tmp = a.with_name(a.name + ".swap")
+    a.rename(tmp)
+    b.rename(a)
+    tmp.rename(b)
+
+
+def test_directory_swapped_in_after_it_was_read_is_unstable(signed: Signed, walker: str) -> None:
+    """A directory exchanged after every file was read (files are hard links: no file ctime moves) is not VERIFIED."""
+    evil = _evil_copy(signed)
+
+    def progress(done: int, total: int) -> None:
+        if done == total:
+            _swap(signed.root / "app", evil)
+
+    r = signed.verify(progress=progress)
+    assert r.status == "FAILED", r
+    assert ("app", "unstable") in kinds(r) or (".", "unstable") in kinds(r), r.problems
+    assert (signed.root / "app" / "backdoor.py").exists()  # the tree as it now stands is not the release
+
+
+def test_directory_swapped_in_and_back_out_is_unstable(
+    signed: Signed, walker: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bad directory is in place before and after the run and the good one only while it is read."""
+    evil = _evil_copy(signed)
+    _swap(signed.root / "app", evil)  # the tree is bad before the run
+    swaps: list[int] = []
+
+    def progress(done: int, total: int) -> None:
+        if done == total and len(swaps) == 1:
+            _swap(signed.root / "app", evil)  # and bad again after it
+            swaps.append(2)
+
+    real_wait = settle.wait_past
+
+    def start(mark: int) -> None:
+        real_wait(mark)
+        _swap(signed.root / "app", evil)  # good while it is read
+        swaps.append(1)
+
+    monkeypatch.setattr(compare_mod, "wait_past", start)  # the moment the run first looks at the tree
+    r = signed.verify(progress=progress)
+    assert swaps == [1, 2]
+    assert r.status == "FAILED", r
+    assert {k for _, k in kinds(r)} == {"unstable"}, r.problems
+
+
+def test_files_rewritten_in_turn_are_unstable(signed: Signed, walker: str) -> None:
+    """Two files rewritten after they were read, each back to released bytes before its read: not VERIFIED."""
+    target = signed.root / "app" / "main.py"
+    data = target.read_bytes()
+
+    def progress(done: int, total: int) -> None:
+        if done == total:
+            target.write_bytes(b"X" * len(data))
+
+    r = signed.verify(progress=progress)
+    assert r.status == "FAILED" and ("app/main.py", "unstable") in kinds(r), r.problems
+
+
+def test_root_replaced_after_reading_is_not_verified(signed: Signed, walker: str) -> None:
+    """The whole root renamed away and a copy with an extra file put in its place during the run."""
+    root = signed.root
+    copy = root.parent / "copy"
+    shutil.copytree(root, copy, symlinks=True, copy_function=os.link)
+    (copy / "extra.py").write_text("x = 1\n")
+
+    def progress(done: int, total: int) -> None:
+        if done == total:
+            root.rename(root.parent / "gone")
+            copy.rename(root)
+
+    r = signed.verify(progress=progress)
+    assert r.status != "VERIFIED", r
+    assert (".", "unstable") in kinds(r), r.problems
+
+
+def test_unchanged_tree_still_verifies(signed: Signed, walker: str) -> None:
+    """The end-of-run check passes a tree nobody touched, with and without quick mode."""
+    assert signed.verify().status == "VERIFIED"
+    assert signed.verify(quick=True).status == "VERIFIED"
+
+
+def test_a_change_just_after_the_mark_is_always_later_than_it(tmp_path: Path) -> None:
+    """After wait_past(mark), any change gets a ctime after mark (the coarse clock's lag is covered)."""
+    marks = []
+    for i in range(50):
+        mark = settle.start_mark()
+        settle.wait_past(mark)
+        # New files, and no one asks for their times until the end: the kernel stamps them from
+        # its coarse clock (a file stat-ed since its last change may get a fine stamp instead).
+        (tmp_path / f"f{i}").write_text(str(i))
+        marks.append(mark)
+    early = [i for i, mark in enumerate(marks) if (tmp_path / f"f{i}").stat().st_ctime_ns <= mark]
+    assert early == []
+    assert settle.changed_since(str(tmp_path), marks[-1], ["f49"]) == [(0, "changed during the check")]
+
+
+def test_a_change_before_the_mark_is_not_later_than_it(tmp_path: Path) -> None:
+    """A file written just before the run began does not count as changed during it."""
+    for i in range(30):
+        (tmp_path / "f").write_text(str(i))
+        mark = settle.start_mark()
+        assert settle.changed_since(str(tmp_path), mark, ["f"]) == []
+
+
+def test_stuck_coarse_clock_fails_closed(signed: Signed, monkeypatch: pytest.MonkeyPatch) -> None:
+    """If the kernel's coarse clock never passes the start, the run is an ERROR, not a VERIFIED without the check."""
+    monkeypatch.setattr(settle, "MAX_WAIT", 0.05)
+    monkeypatch.setattr(time, "clock_gettime_ns", lambda clock: 0)
+    r = signed.verify()
+    assert r.status == "ERROR" and "coarse clock" in (r.reason or ""), r
+
+
+def test_missing_path_is_reported_with_its_position(tmp_path: Path) -> None:
+    """changed_since names a path that is gone, and a path under a directory that is gone."""
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "x").write_text("x")
+    mark = time.time_ns() + 10**12  # far in the future: nothing counts as changed by its ctime
+    got = settle.changed_since(str(tmp_path), mark, ["", "d", "d/x", "nope", "gone/y"])
+    assert [pos for pos, _ in got] == [3, 4]
+    assert all(why.startswith("replaced or removed during the check") for _, why in got)
+
+
+def test_build_refuses_a_tree_that_changed_after_it_was_read(signed: Signed, monkeypatch: pytest.MonkeyPatch) -> None:
+    """build signs nothing when a file it read changes before the build ends: never a mix of two moments."""
+    target = signed.root / "app" / "main.py"
+    real = settle.changed_since
+
+    def late_write(root_real: str, mark: int, paths: Any) -> list[tuple[int, str]]:
+        target.write_text("print('other')\n")
+        result: list[tuple[int, str]] = real(root_real, mark, paths)
+        return result
+
+    monkeypatch.setattr(build_mod, "changed_since", late_write)
+    with pytest.raises(TreeError, match=r"app/main\.py: unstable: changed during the check"):
+        build_manifest(str(signed.root), deployment="svc")
+
+
+def test_build_refuses_a_directory_swapped_after_it_was_read(signed: Signed, monkeypatch: pytest.MonkeyPatch) -> None:
+    """build signs nothing when a directory it listed is exchanged for another before the build ends."""
+    evil = _evil_copy(signed)
+    real = settle.changed_since
+
+    def late_swap(root_real: str, mark: int, paths: Any) -> list[tuple[int, str]]:
+        _swap(signed.root / "app", evil)
+        result: list[tuple[int, str]] = real(root_real, mark, paths)
+        return result
+
+    monkeypatch.setattr(build_mod, "changed_since", late_swap)
+    with pytest.raises(TreeError, match=r"unstable"):
+        build_manifest(str(signed.root), deployment="svc")
+
+
+def test_wait_past_returns_only_once_the_coarse_clock_is_strictly_later(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A coarse clock equal to the mark is not past it: a change stamped then would look like before the run."""
+    readings = iter([100, 100, 100, 101])
+    seen: list[int] = []
+
+    def coarse(clock: int) -> int:
+        assert clock == 5  # CLOCK_REALTIME_COARSE on Linux: the clock inode times come from
+        seen.append(next(readings))
+        return seen[-1]
+
+    monkeypatch.setattr(time, "clock_gettime_ns", coarse)
+    settle.wait_past(100)
+    assert seen == [100, 100, 100, 101]
+    seen.clear()
+    readings = iter([101])
+    settle.wait_past(100)  # already past: no waiting
+    assert seen == [101]
