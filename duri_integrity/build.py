@@ -15,6 +15,7 @@ from .exclude import Excluder
 from .files import replace_file
 from .hashing import hash_for_build
 from .keys import load_secret_key, make_trusted_comment, sign_bytes
+from .keyscan import ENTRY_LIMIT, RecordingExcluder, excluded_secret_keys
 from .manifest import (
     FORMAT,
     FORMAT_VERSION,
@@ -72,7 +73,7 @@ def build_manifest(
     """
     check_labels(deployment, release)
     root_real = check_root(root)
-    excluder = _RecordingExcluder(exclude)
+    excluder = RecordingExcluder(exclude)
     warnings = code_exclusion_warnings(excluder)
     skipped = relative_inside(root_real, skip) | set(OWN_FILES)
     for key_path in secret_key_paths:
@@ -83,6 +84,7 @@ def build_manifest(
     wait_past(mark)  # every change from here on carries a ctime after the mark (settle.py)
     rows, problems = _walk(root_real, excluder, skipped)
     warnings += excluded_code_warnings(root_real, excluder.seen)
+    warnings += _refuse_excluded_keys(root_real, excluder, secret_key_paths)
     entries = _entries(root_real, rows, workers, problems, warnings)
     if not problems:
         # One instant for the whole tree: nothing read may have changed before the last read ended.
@@ -207,22 +209,6 @@ def code_exclusion_warnings(excluder: Excluder) -> list[str]:
 _CODE_SUFFIXES = (".py", ".pyc", ".pyo", ".pyd", ".so", ".pth", ".dylib")
 
 
-class _RecordingExcluder(Excluder):
-    """The manifest's exclusions, remembering (up to a bound) what they actually left out."""
-
-    LIMIT = 1000
-
-    def __init__(self, patterns: Sequence[str] = ()) -> None:
-        super().__init__(patterns)
-        self.seen: list[tuple[str, bool]] = []
-
-    def excluded(self, path: str, is_dir: bool) -> bool:
-        hit = super().excluded(path, is_dir)
-        if hit and len(self.seen) < self.LIMIT:
-            self.seen.append((path, is_dir))
-        return hit
-
-
 def _is_code(name: str) -> bool:
     return name == "__pycache__" or name.endswith(_CODE_SUFFIXES) or ".so." in name
 
@@ -251,6 +237,24 @@ def excluded_code_warnings(root_real: str, excluded: list[tuple[str, bool]], lim
         f"excluded from the manifest but loadable as code: {', '.join(display(p) for p in found[:3])}"
         + (" ..." if len(found) > 3 else "")
         + "; an attacker can change or add such files and the tree still verifies (docs/threat-model.md)"
+    ]
+
+
+def _refuse_excluded_keys(root_real: str, excluder: RecordingExcluder, secret_key_paths: Sequence[str]) -> list[str]:
+    """Refuse a tree whose excluded part holds a secret key or the signing key itself: excluded files
+    are not hashed, but they ship with the release all the same. A warning if the look was cut short."""
+    scan = excluded_secret_keys(root_real, excluder.seen, secret_key_paths)
+    if scan.found:
+        raise TreeError(
+            f"excluded from the manifest but a minisign secret key (or the signing key itself): "
+            f"{', '.join(display(p) for p in scan.found)}; excluded files still ship with the release, "
+            "and keys must never ship: move them out of the tree"
+        )
+    if scan.complete and not excluder.missed:
+        return []
+    return [
+        "the excluded part of the tree could not be checked fully for minisign secret keys (it is over "
+        f"{ENTRY_LIMIT:,} entries, or has a directory that cannot be listed); make sure no signing key is in it"
     ]
 
 

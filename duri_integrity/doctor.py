@@ -19,6 +19,7 @@ import msgspec
 from .config import Settings
 from .errors import IntegrityError, UntrustedError
 from .keys import TrustedKeys
+from .keyscan import ENTRY_LIMIT, KeyScan, RecordingExcluder, excluded_secret_keys
 from .manifest import Manifest
 from .state import StateStore
 from .trust import (
@@ -35,7 +36,7 @@ from .trust import (
     parse_approval,
     read_signed,
 )
-from .walk import check_root, inside_root
+from .walk import Walk, check_root, inside_root
 
 __all__ = ["Check", "DoctorReport", "run_doctor"]
 
@@ -92,8 +93,7 @@ def run_doctor(
     c.run("root", "give the release directory as ROOT (or DURI_INTEGRITY_ROOT)", root_step)
     if config_file is not None:
         c.run("config", "keep the config file outside the tree, owned by root", lambda: _config(root_real, config_file))
-    if root_real is not None:
-        _trust_checks(c, settings, root_real)
+    m = _trust_checks(c, settings, root_real) if root_real is not None else None
     if secret_key:
         c.run(
             "secret key",
@@ -101,7 +101,11 @@ def run_doctor(
             lambda: _secret_key(secret_key, password, settings, root_real),
         )
     if root_real is not None:
-        c.run("no secret keys around the tree", "move signing keys off the host", lambda: _no_keys_around(root_real))
+        c.run(
+            "no secret keys around the tree",
+            "move signing keys off the host",
+            lambda: _no_keys_around(root_real, m.exclude if m is not None else [], secret_key),
+        )
     c.run("clock synchronised", "enable NTP (timedatectl set-ntp true, or chrony)", _clock_synchronised)
     for directory in check_dirs:
         c.run(f"directory {directory}", f"chmod go-w {directory}, owned by root or this user", _dir_check(directory))
@@ -122,15 +126,15 @@ def _config(root_real: str | None, path: str) -> str:
     return f"{path} (owned by root or this user, writable by no one else)"
 
 
-def _trust_checks(c: _Checklist, settings: Settings, root_real: str) -> None:
-    """The trust pipeline, step by step, with the inputs verify would use."""
+def _trust_checks(c: _Checklist, settings: Settings, root_real: str) -> Manifest | None:
+    """The trust pipeline, step by step, with the inputs verify would use; the manifest if trusted."""
     keys = _key_checks(c, settings, root_real)
     host = _host_checks(c, settings) if keys is not None else None
     if keys is None or host is None:
-        return
+        return None
     m = _manifest_checks(c, settings, root_real, *keys)
     if m is None:
-        return
+        return None
     store, deployment, approval = host
     now = datetime.now().astimezone()
     skew = DEFAULT_CLOCK_SKEW if settings.clock_skew is None else settings.clock_skew
@@ -151,6 +155,7 @@ def _trust_checks(c: _Checklist, settings: Settings, root_real: str) -> None:
             + (f"{m.release}@{m.serial}" if m.release else str(m.serial)),
             lambda: _rollback_detail(check_rollback(m, store.read(deployment), approval)),
         )
+    return m
 
 
 def _key_checks(c: _Checklist, settings: Settings, root_real: str) -> tuple[TrustedKeys, set[str]] | None:
@@ -249,8 +254,9 @@ def _secret_key(path: str, password: str | None, settings: Settings, root_real: 
     return f"{path}: private, key {kid}"
 
 
-def _no_keys_around(root_real: str) -> str:
-    """No minisign secret key at the top of the tree or beside it (the release's parent directory)."""
+def _no_keys_around(root_real: str, exclude: list[str], secret_key: str | None) -> str:
+    """No minisign secret key at the top of the tree or beside it (the release's parent directory),
+    nor in what the trusted manifest excludes (not hashed, so verification cannot see it there)."""
     from .files import read_file
     from .keys import looks_like_secret_key
 
@@ -268,9 +274,26 @@ def _no_keys_around(root_real: str) -> str:
                         found.append(e.path)
                 except IntegrityError:
                     continue
+    complete = True
+    if exclude:
+        scan = _excluded_keys(root_real, exclude, secret_key)
+        found += [os.path.join(root_real, rel) for rel in scan.found]
+        complete = scan.complete
     if found:
-        raise IntegrityError(f"minisign secret key(s) on this host next to the release: {', '.join(found[:5])}")
-    return f"none in {root_real} or {os.path.dirname(root_real)}"
+        raise IntegrityError(f"minisign secret key(s) on this host in or next to the release: {', '.join(found[:5])}")
+    where = f"none in {root_real} (its excluded part included) or {os.path.dirname(root_real)}"
+    if not complete:
+        where += f"; the excluded part was checked only in part (over {ENTRY_LIMIT:,} entries, or unlistable)"
+    return where
+
+
+def _excluded_keys(root_real: str, exclude: list[str], secret_key: str | None) -> KeyScan:
+    """Secret keys (or the signing key, by inode) among what the manifest's patterns leave out of the tree."""
+    excluder = RecordingExcluder(exclude)
+    for _ in Walk(root_real, excluder):
+        pass  # the walk is for the excluder to record what it leaves out; errors are the verification's
+    scan = excluded_secret_keys(root_real, excluder.seen, [secret_key] if secret_key else [])
+    return KeyScan(scan.found, scan.complete and not excluder.missed)
 
 
 def _clock_synchronised() -> str:

@@ -26,6 +26,7 @@ __all__ = [
     "check_private_dir",
     "open_private_lock",
     "read_file",
+    "read_head",
     "replace_file",
 ]
 
@@ -51,33 +52,24 @@ def read_file(
     *,
     follow_symlinks: bool = True,
     private: bool = False,
+    secret: bool = False,
     dir_fd: int | None = None,
 ) -> bytes:
     """Read a whole regular file of at most ``limit`` bytes; raise UnreadableFile (or UnsafeLocation).
 
     ``what`` names the file in messages ("signature", "public key"). With
     ``private``, the file must belong to this user or root and be writable by no
-    one else (it is trusted state). ``follow_symlinks=False`` refuses a symlink
+    one else (it is trusted state); with ``secret`` also readable by no one else
+    (it holds a password). ``follow_symlinks=False`` refuses a symlink
     in the last component.
     """
-    flags = _READ_FLAGS | (0 if follow_symlinks else os.O_NOFOLLOW)
-    try:
-        fd = os.open(path, flags, dir_fd=dir_fd)
-    except FileNotFoundError:
-        raise UnreadableFile(f"cannot read {what} {path!r}: no such file", missing=True) from None
-    except OSError as exc:
-        reason = exc.strerror or str(exc)
-        if exc.errno == 40 and not follow_symlinks:  # ELOOP: the last component is a symlink
-            reason = "it is a symbolic link"
-        raise UnreadableFile(f"cannot read {what} {path!r}: {reason}") from None
-    except ValueError:  # a NUL byte in the path
-        raise UnreadableFile(f"cannot read {what} {path!r}: the path contains a NUL byte") from None
+    fd = _open(path, what, follow_symlinks, dir_fd)
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise UnreadableFile(f"{what} {path!r} is not a regular file")
-        if private:
-            check_owner_and_mode(st, path, what)
+        if private or secret:
+            check_owner_and_mode(st, path, what, secret=secret)
         if st.st_size > limit:
             raise UnreadableFile(f"{what} {path!r} is over the {limit:,}-byte limit")
         chunks: list[bytes] = []
@@ -97,14 +89,49 @@ def read_file(
         os.close(fd)
 
 
-def check_owner_and_mode(st: os.stat_result, path: str, what: str) -> None:
-    """Refuse what another non-root user owns, or what group or others may write (StrictModes)."""
+def read_head(path: str, limit: int, what: str) -> bytes:
+    """The first ``limit`` bytes of a regular file, however large it is (a symlink is refused)."""
+    fd = _open(path, what, False, None)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise UnreadableFile(f"{what} {path!r} is not a regular file")
+        return os.read(fd, limit)
+    except OSError as exc:
+        raise UnreadableFile(f"cannot read {what} {path!r}: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+
+
+def _open(path: str, what: str, follow_symlinks: bool, dir_fd: int | None) -> int:
+    """Open for reading without blocking (a FIFO cannot hang us); UnreadableFile in words if it fails."""
+    flags = _READ_FLAGS | (0 if follow_symlinks else os.O_NOFOLLOW)
+    try:
+        return os.open(path, flags, dir_fd=dir_fd)
+    except FileNotFoundError:
+        raise UnreadableFile(f"cannot read {what} {path!r}: no such file", missing=True) from None
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        if exc.errno == 40 and not follow_symlinks:  # ELOOP: the last component is a symlink
+            reason = "it is a symbolic link"
+        raise UnreadableFile(f"cannot read {what} {path!r}: {reason}") from None
+    except ValueError:  # a NUL byte in the path
+        raise UnreadableFile(f"cannot read {what} {path!r}: the path contains a NUL byte") from None
+
+
+def check_owner_and_mode(st: os.stat_result, path: str, what: str, *, secret: bool = False) -> None:
+    """Refuse what another non-root user owns, or what group or others may write (StrictModes);
+    with ``secret``, also what group or others may read."""
     if st.st_uid not in (0, os.geteuid()):
         raise UnsafeLocation(f"{what} {path!r} is owned by another user (uid {st.st_uid}); refusing to trust it")
     if st.st_mode & 0o022:
         raise UnsafeLocation(
             f"{what} {path!r} is writable by group or others (mode {stat.S_IMODE(st.st_mode):04o}); "
             f"run 'chmod go-w' on it"
+        )
+    if secret and st.st_mode & 0o044:
+        raise UnsafeLocation(
+            f"{what} {path!r} is readable by group or others (mode {stat.S_IMODE(st.st_mode):04o}); "
+            "run 'chmod 600' on it"
         )
 
 

@@ -27,6 +27,13 @@ __all__ = ["SigningKey", "load_secret_key", "sign_bytes"]
 _MAX_KEY_FILE = 4096
 
 _SECRET_KEY_FILE_BYTES = 158
+
+OPSLIMIT_MAX = 33_554_432
+MEMLIMIT_MAX = 1_073_741_824
+"""The most a password-protected key may ask of scrypt: what ``minisign -G`` itself writes
+(libsodium's ``crypto_pwhash_scryptsalsa208sha256_OPSLIMIT_SENSITIVE`` and ``_MEMLIMIT_SENSITIVE``;
+minisign only ever lowers them). The key file stores these limits, so without a bound whoever hands
+us a key file decides how much memory and time deriving its key takes (up to 2**64 operations)."""
 _UNTRUSTED = b"untrusted comment: "
 _TRUSTED_MAX = 8192 - len("trusted comment: ")
 """minisign's limit on a trusted comment (its line, prefix included, fits 8,192 bytes)."""
@@ -77,6 +84,7 @@ def load_secret_key(path: str, password: str | None = None, *, allow_insecure_pe
                 raise ValueError("corrupt key: its checksum does not match")
             if password is None:
                 raise KeyFileError(f"secret key {path!r} is encrypted and no password was given")
+            _check_kdf_limits(raw)
             raw = _decrypt(data, password)
         return _signing_key(raw)
     except ValueError as exc:
@@ -111,6 +119,19 @@ def _plain_key_checks_out(raw: bytearray) -> bool:
     return _blake2b(raw[:2] + keynum[:72], digest_size=32).digest() == keynum[72:]
 
 
+def _check_kdf_limits(raw: bytearray) -> None:
+    """Refuse scrypt limits above minisign's own before deriving anything (the layout after "EdScB2":
+    salt (32), opslimit and memlimit (little-endian 64-bit), then the encrypted key part)."""
+    opslimit = int.from_bytes(raw[38:46], "little")
+    memlimit = int.from_bytes(raw[46:54], "little")
+    if opslimit > OPSLIMIT_MAX or memlimit > MEMLIMIT_MAX:
+        raise ValueError(
+            f"its password key derivation asks for more than minisign's own limits (opslimit {opslimit:,}, "
+            f"memlimit {memlimit:,} bytes; at most {OPSLIMIT_MAX:,} and {MEMLIMIT_MAX:,}): "
+            "not a key minisign or duri-integrity made"
+        )
+
+
 def _decrypt(data: bytes, password: str) -> bytearray:
     """The key line of a password-protected key, decrypted: the one format py-minisign is needed for
     (scrypt with minisign's parameters)."""
@@ -125,6 +146,11 @@ def _decrypt(data: bytes, password: str) -> bytearray:
             sk.wipe()
     except minisign.Error as exc:
         raise ValueError(str(exc)) from None
+    except MemoryError:  # scrypt could not get the memory the key's (bounded) limits ask for
+        raise ValueError(
+            "not enough memory to derive the key from the password "
+            f"(a key minisign makes needs up to {MEMLIMIT_MAX >> 20:,} MiB)"
+        ) from None
 
 
 def _signing_key(raw: bytearray) -> SigningKey:

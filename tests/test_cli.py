@@ -162,6 +162,7 @@ def test_encrypted_key_with_password_file(tree: Path, tmp_path: Path, run_cli: R
     """keygen --encrypt and build read the password from --password-file."""
     pw = tmp_path / "pw"
     pw.write_text("s3cret\n")
+    pw.chmod(0o600)  # a password file others can read is refused, as a secret key is
     sk, pk = tmp_path / "e.key", tmp_path / "e.pub"
     r = run_cli("keygen", "--encrypt", "--password-file", str(pw), "-s", str(sk), "-p", str(pk))
     assert r.returncode == 0, r.stderr

@@ -66,6 +66,7 @@ def test_keygen_encrypt_refuses_an_empty_password(tmp_path: Path, run_cli: Run) 
 
     empty = tmp_path / "empty.pw"
     empty.write_text("\n")
+    empty.chmod(0o600)
     sk, pk = tmp_path / "e.key", tmp_path / "e.pub"
     r = run_cli("keygen", "--encrypt", "--password-file", str(empty), "-s", str(sk), "-p", str(pk))
     _one_line_and_code(r, 2)
@@ -234,6 +235,7 @@ def test_passwords_must_be_utf8(tree: Path, tmp_path: Path, run_cli: Run) -> Non
     sk, pk = tmp_path / "e.key", tmp_path / "e.pub"
     bad = tmp_path / "bad.pw"
     bad.write_bytes(b"\xff\xfe\n")
+    bad.chmod(0o600)
     r = run_cli("keygen", "--encrypt", "--password-file", str(bad), "-s", str(sk), "-p", str(pk))
     _one_line_and_code(r, 4)
     assert "not valid UTF-8" in r.stderr and not sk.exists()

@@ -19,6 +19,7 @@ __all__ = [
     "deployment_option",
     "finite",
     "logging_options",
+    "not_empty",
     "parse_duration",
     "password_option",
     "read_password",
@@ -56,18 +57,21 @@ def logging_options(f: Callable[..., Any]) -> Callable[..., Any]:
     )(f)
 
 
-def read_password(password_file: str | None, *, confirm: bool = False) -> str | None:
+def read_password(password_file: str | None, *, confirm: bool = False, allow_readable: bool = False) -> str | None:
     """The secret key's password: --password-file, DURI_INTEGRITY_PASSWORD, or a prompt on a terminal.
 
     None when there is none to be had (no file, no variable, no terminal). ``confirm``
-    (keygen) asks twice.
+    (keygen) asks twice. A password file is held to the secret key's rules: owned by this
+    user or root, writable by no one else, and readable by no one else unless
+    ``allow_readable`` (``--allow-insecure-key``, the key's own escape hatch).
     """
     from ..errors import KeyFileError
 
     if password_file:
         from ..files import read_file
 
-        raw = read_file(password_file, 4096, "password file").partition(b"\n")[0].rstrip(b"\r")
+        data = read_file(password_file, 4096, "password file", private=True, secret=not allow_readable)
+        raw = data.partition(b"\n")[0].rstrip(b"\r")
         try:
             # Strict: "replace" would map distinct invalid bytes to one character, one password.
             return raw.decode("utf-8")
@@ -147,10 +151,25 @@ config_option: Callable[[Callable[..., Any]], Callable[..., Any]] = click.option
     help="Config file to read [default: DURI_INTEGRITY_CONFIG, else /etc/duri-integrity/config.toml; "
     "never one in the working directory].",
 )
+
+
+def not_empty(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Refuse an explicitly empty value: ``--release "$GIT_TAG"`` with the variable unset must not
+    quietly build an unlabelled manifest (nor ``--deployment ""`` fall back to another source)."""
+    if value == "":
+        raise click.BadParameter(
+            "the value is empty (an unset shell variable?); give a value or leave the option out",
+            ctx=ctx,
+            param=param,
+        )
+    return value
+
+
 deployment_option: Callable[[Callable[..., Any]], Callable[..., Any]] = click.option(
     "--deployment",
     "-d",
     metavar="NAME",
+    callback=not_empty,
     help="The deployment (service) this release is for, or this host runs; signed into the manifest.",
 )
 workers_option: Callable[[Callable[..., Any]], Callable[..., Any]] = click.option(

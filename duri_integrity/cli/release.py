@@ -11,6 +11,7 @@ from .args import (
     check_build_inputs,
     config_option,
     deployment_option,
+    not_empty,
     parse_duration,
     password_option,
     read_password,
@@ -68,7 +69,7 @@ def keygen(secret_key: str, public_key: str, encrypt: bool, force: bool, passwor
     help="gitignore-style pattern to leave out; stored in the signed manifest. Repeatable.",
 )
 @deployment_option
-@click.option("--release", "-r", default=None, help="Release label, e.g. a git tag or commit.")
+@click.option("--release", "-r", default=None, callback=not_empty, help="Release label, e.g. a git tag or commit.")
 @click.option(
     "--serial", type=click.IntRange(0, 2**63 - 1), help="Serial number [default: creation time in Unix seconds]."
 )
@@ -126,7 +127,7 @@ def build(
         secret_key=key,
         manifest_path=manifest_path,
         signature_path=sig_path,
-        password=read_password(password_file) if key else None,
+        password=read_password(password_file, allow_readable=allow_insecure_key) if key else None,
         allow_insecure_key=allow_insecure_key,
         exclude=settings.exclude or (),
         release=settings.release or "",
@@ -196,6 +197,9 @@ def sign(manifest: str, secret_key: str, allow_insecure_key: bool, password_file
     from ..build import sign_manifest
 
     out = sign_manifest(
-        manifest, secret_key, password=read_password(password_file), allow_insecure_key=allow_insecure_key
+        manifest,
+        secret_key,
+        password=read_password(password_file, allow_readable=allow_insecure_key),
+        allow_insecure_key=allow_insecure_key,
     )
     echo_line(f"signed: {out}")

@@ -1,0 +1,128 @@
+"""Secret keys in the parts of a tree the manifest leaves out.
+
+An excluded file is not hashed, but it still ships with the release: a signing key
+excluded by name (``-x app/deploy.key``), inside an excluded directory (``-x secret/``), or
+as a hard link to the very ``--secret-key`` file would leave with the tree, and nothing
+would say so. ``build`` refuses such a tree and ``doctor`` flags it. The look is bounded:
+at most :data:`ENTRY_LIMIT` entries, only regular files (never a symlink, FIFO or device),
+and only the start of each (what :func:`keys.looks_like_secret_key` needs), so memory and
+time do not grow with what the excluded part holds; past the bound the answer says so.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterable, Sequence
+from typing import NamedTuple
+
+from .errors import IntegrityError
+from .exclude import Excluder
+from .files import read_head
+from .keys import SECRET_KEY_HEAD, looks_like_secret_key
+
+__all__ = ["ENTRY_LIMIT", "KeyScan", "RecordingExcluder", "excluded_secret_keys"]
+
+ENTRY_LIMIT = 20_000
+"""Excluded entries looked at (an excluded directory's contents included), as the excluded-code scan."""
+_SHOWN = 5
+
+
+class RecordingExcluder(Excluder):
+    """The manifest's exclusions, remembering (up to a bound) what they actually left out."""
+
+    LIMIT = 1000
+
+    def __init__(self, patterns: Sequence[str] = ()) -> None:
+        super().__init__(patterns)
+        self.seen: list[tuple[str, bool]] = []
+        self.missed = False
+
+    def excluded(self, path: str, is_dir: bool) -> bool:
+        hit = super().excluded(path, is_dir)
+        if hit:
+            if len(self.seen) < self.LIMIT:
+                self.seen.append((path, is_dir))
+            else:
+                self.missed = True
+        return hit
+
+
+class KeyScan(NamedTuple):
+    found: list[str]
+    """Relative paths (at most five) of excluded files that are secret keys or the signing key."""
+    complete: bool
+    """False when the bound stopped the look before every excluded entry was seen."""
+
+
+def excluded_secret_keys(
+    root_real: str, excluded: Iterable[tuple[str, bool]], signing_keys: Sequence[str] = ()
+) -> KeyScan:
+    """The excluded regular files (and files in excluded directories) that look like a minisign
+    secret key or are one of ``signing_keys`` (same device and inode: a hard link, whatever its name)."""
+    identities = _identities(signing_keys)
+    found: list[str] = []
+    unlisted: list[str] = []
+    budget = ENTRY_LIMIT
+    for rel, is_dir in excluded:
+        if budget <= 0 or len(found) >= _SHOWN:
+            break
+        budget -= 1
+        if not is_dir:
+            if _is_key(os.path.join(root_real, rel), None, identities):
+                found.append(rel)
+            continue
+        budget = _scan_dir(root_real, rel, identities, found, unlisted, budget)
+    return KeyScan(found, (budget > 0 and not unlisted) or len(found) >= _SHOWN)
+
+
+def _scan_dir(
+    root_real: str, rel: str, identities: set[tuple[int, int]], found: list[str], unlisted: list[str], budget: int
+) -> int:
+    """Look through one excluded directory (symlinks are not followed); return the budget left
+    (at most 0 if it ran out before the directory was done)."""
+    pending = [rel]
+    while pending and budget > 0 and len(found) < _SHOWN:
+        current = pending.pop()
+        try:
+            with os.scandir(os.path.join(root_real, current)) as it:
+                for entry in it:
+                    budget -= 1
+                    if budget <= 0:
+                        break
+                    child = f"{current}/{entry.name}"
+                    if entry.is_dir(follow_symlinks=False):
+                        pending.append(child)
+                    elif entry.is_file(follow_symlinks=False) and _is_key(entry.path, entry, identities):
+                        found.append(child)
+        except OSError:
+            unlisted.append(current)  # what cannot be listed cannot be said to hold no key
+    return budget if not pending else min(budget, 0)
+
+
+def _identities(paths: Sequence[str]) -> set[tuple[int, int]]:
+    out: set[tuple[int, int]] = set()
+    for path in paths:
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue  # loading the key reports that
+        out.add((st.st_dev, st.st_ino))
+    return out
+
+
+def _is_key(path: str, entry: os.DirEntry[str] | None, identities: set[tuple[int, int]]) -> bool:
+    """Whether a regular file is the signing key (by inode) or reads as a secret key (its start only)."""
+    try:
+        st = entry.stat(follow_symlinks=False) if entry is not None else os.lstat(path)
+    except OSError:
+        return False
+    if not stat.S_ISREG(st.st_mode):
+        return False
+    if (st.st_dev, st.st_ino) in identities:
+        return True
+    try:
+        head = read_head(path, SECRET_KEY_HEAD, "excluded file")
+    except IntegrityError:
+        return False  # replaced by something else since the listing, or unreadable: not a key we can ship
+    return looks_like_secret_key(head)
