@@ -371,6 +371,8 @@ def change_listed(root: Path, how: str, walked: os.stat_result) -> None:
     """Change the listed file ``f`` as a writer racing the build between its walk and its open would."""
     if how == "size":
         (root / "f").write_bytes(b"listed, then longer")
+    elif how == "mode":
+        (root / "f").chmod(0o600)
     elif how == "mtime":
         os.utime(root / "f", ns=(walked.st_mtime_ns + 10**9, walked.st_mtime_ns + 10**9))
     else:  # replaced by a file written beside the tree before the run, with the same bytes
@@ -381,6 +383,7 @@ def change_listed(root: Path, how: str, walked: os.stat_result) -> None:
     ("change_", "refused"),
     [
         ("size", "f: unstable: changed between listing and opening"),  # the read's own check (rule 2)
+        ("mode", "f: unstable: changed between listing and opening"),  # and the mode the walk listed
         ("mtime", "f: unstable: changed during the check"),  # the end-of-run check: the file's ctime
         ("replaced", ".: unstable: changed during the check"),  # the end-of-run check: its directory's ctime
     ],
@@ -388,12 +391,12 @@ def change_listed(root: Path, how: str, walked: os.stat_result) -> None:
 def test_build_refuses_a_file_changed_between_listing_and_opening(
     tmp_path: Path, path: str, change_: str, refused: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Another size, mtime or inode than the walk listed: build_manifest writes nothing (another size: no digest)."""
+    """Another size, mode, mtime or inode than the walk listed: no manifest (size, mode: not even a digest)."""
     tree = tmp_path / "tree"
     write(tree, "f", b"listed")
     write(tmp_path, "g", b"listed")
     tree.chmod(0o755)
-    if change_ == "size":  # caught by the read itself, before a byte is hashed
+    if change_ in ("size", "mode"):  # caught by the read itself, before a byte is hashed
         walked = (tree / "f").lstat()
         change_listed(tree, change_, walked)
         assert build_with(tree, [("f", walked)]) == [
