@@ -169,6 +169,8 @@ def change(target: Path, how: str) -> None:
             f.write(b"+" * 10)
     elif how == "shrinks":
         os.truncate(target, size // 2)
+    elif how == "emptied":  # the first read is already at the end: read no more
+        os.truncate(target, 0)
     else:  # rewritten: other bytes, the same size
         fd = os.open(target, os.O_WRONLY)
         try:
@@ -255,12 +257,12 @@ def test_out_of_resources_while_reading_is_an_error_for_the_run(
 # -- files that change while read --------------------------------------------------------------
 
 
-@pytest.mark.parametrize("how", ["grows", "shrinks", "rewritten"])
+@pytest.mark.parametrize("how", ["grows", "shrinks", "emptied", "rewritten"])
 @pytest.mark.parametrize("size", list(SIZES))
 def test_file_changing_while_read_is_unstable_never_a_digest(
     tmp_path: Path, path: str, size: str, how: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Grown, shrunk or rewritten (same size) after the open: 'unstable' for check and build, never a digest."""
+    """Grown, shrunk, emptied or rewritten (same size) after the open: 'unstable' in check and build, never a digest."""
     write(tmp_path, "f", os.urandom(SIZES[size]))
     write(tmp_path, "z-after", b"z")
     jobs = [job_for(tmp_path, "f"), job_for(tmp_path, "z-after", "0" * 64)]
