@@ -443,6 +443,42 @@ def test_name_changed_after_the_open_of_another_inode_is_unstable(
     assert check(tmp_path, jobs, workers=1) == [(0, "unstable", None, "replaced during the check")]
 
 
+def test_the_listed_inode_opened_is_hashed_wherever_its_name_went(
+    tmp_path: Path, path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The opened file is the inode listed: hashed by inode, its name not looked up (it moved after the open)."""
+    write(tmp_path, "f", b"content")
+    jobs = [job_for(tmp_path, "f")]
+    walked = (tmp_path / "f").lstat()
+    moves: list[str] = []
+
+    def move() -> None:  # between the open and its fstat, once per check
+        if not moves:
+            moves.append("f")
+            (tmp_path / "f").rename(tmp_path / "moved")
+
+    real_fstat = os.fstat
+
+    def fstat(fd: int) -> os.stat_result:
+        if where(fd) == str(tmp_path / "f"):
+            move()
+        return real_fstat(fd)
+
+    def hook(stage: int, p: bytes) -> int:  # the C reader's fstat
+        if stage == speedups.STAGE_FSTAT and p == b"f":
+            move()
+        return 0
+
+    monkeypatch.setattr(os, "fstat", fstat)
+    monkeypatch.setattr(speedups, "FAULT_HOOK", hook)
+    assert check(tmp_path, jobs) == []
+    assert moves == ["f"]
+    (tmp_path / "moved").rename(tmp_path / "f")
+    moves.clear()
+    assert build_with(tmp_path, [("f", walked)]) == [BuildHash(blake3(b"content").hexdigest(), None, "", False)]
+    assert moves == ["f"]
+
+
 def test_other_inode_than_listed_that_is_still_the_name_is_hashed(tmp_path: Path, path: str) -> None:
     """A listed inode that differs from the opened one while the name still is the opened file (copy-up): checked."""
     write(tmp_path, "f", b"content")
