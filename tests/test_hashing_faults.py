@@ -862,6 +862,17 @@ def test_c_path_threads(
     assert count_threads(wide, monkeypatch, cores, workers, from_disk) == (threads, threads)
 
 
+@pytest.mark.parametrize(("setting", "threads"), [(1, 2), (2, 2), (3, 3), (5, 5)])
+def test_c_path_threads_from_disk_stop_at_the_setting(
+    wide: tuple[Path, list[FileCheck]], monkeypatch: pytest.MonkeyPatch, setting: int, threads: int
+) -> None:
+    """C reader from disk: readers join up to the IO-threads setting in all, none when the workers already reach it."""
+    if not speedups.available():
+        pytest.skip("C extension not built or turned off")
+    monkeypatch.setattr(hashing, "IO_THREADS_C", setting)
+    assert count_threads(wide, monkeypatch, 2, None, True) == (threads, threads)
+
+
 @pytest.mark.parametrize(
     ("cores", "workers", "threads"),
     [
