@@ -12,16 +12,18 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, TypeVar, overload
+from typing import Any, ParamSpec, TypeVar, overload
 
 import pytest
 from blake3 import blake3
 
+from duri_integrity import build as build_mod
 from duri_integrity import hashing, readahead, schedule, speedups
 from duri_integrity.build import build_manifest
 from duri_integrity.errors import IntegrityError, TreeError
@@ -31,6 +33,8 @@ from duri_integrity.keys import SECRET_KEY_HEAD, generate_keypair
 from .conftest import Keys, build_and_sign
 
 T = TypeVar("T")
+R = TypeVar("R")
+P = ParamSpec("P")
 DEADLINE = 60.0
 """Seconds any one check may take here (they take milliseconds): a hang fails, never blocks the run."""
 IO_THREADS_ENV = os.environ.get("DURI_INTEGRITY_IO_THREADS")
@@ -134,7 +138,13 @@ class Reads:
         self.limit = limit
         self.calls = 0
         self.at_end = 0
+        self.c_reads = 0
+        """Reads of the target by the C reader, for hooks that count them (it does not call ``os.readv``)."""
         monkeypatch.setattr(os, "readv", self.readv)
+
+    def again(self) -> None:
+        """Start over for the next check of the same file: the fault happens again, the bounds count anew."""
+        self.calls = self.at_end = self.c_reads = 0
 
     def readv(self, fd: int, buffers: list[Any]) -> int:
         if where(fd) != self.target:
@@ -159,6 +169,8 @@ def change(target: Path, how: str) -> None:
             f.write(b"+" * 10)
     elif how == "shrinks":
         os.truncate(target, size // 2)
+    elif how == "emptied":  # the first read is already at the end: read no more
+        os.truncate(target, 0)
     else:  # rewritten: other bytes, the same size
         fd = os.open(target, os.O_WRONLY)
         try:
@@ -176,15 +188,17 @@ def change_on_first_read(monkeypatch: pytest.MonkeyPatch, target: Path, how: str
         return None
 
     rel = target.name.encode()
+    reads = Reads(monkeypatch, target, fault)
 
-    def hook(stage: int, path: bytes) -> int:  # the C reader's small files
-        if stage == speedups.STAGE_READ and path.endswith(rel) and not getattr(hook, "done", False):
-            hook.done = True  # type: ignore[attr-defined]
-            change(target, how)
+    def hook(stage: int, path: bytes) -> int:  # the C reader's small files (verify's, and build's too)
+        if stage == speedups.STAGE_READ and path.endswith(rel):
+            reads.c_reads += 1
+            if reads.c_reads == 1:
+                change(target, how)
         return 0
 
     monkeypatch.setattr(speedups, "FAULT_HOOK", hook)
-    return Reads(monkeypatch, target, fault)
+    return reads
 
 
 SIZES = {"small": 5000, "largest-small": SMALL_FILE - 1, "exactly-small": SMALL_FILE, "chunked": 3 * SMALL_FILE + 7}
@@ -243,12 +257,12 @@ def test_out_of_resources_while_reading_is_an_error_for_the_run(
 # -- files that change while read --------------------------------------------------------------
 
 
-@pytest.mark.parametrize("how", ["grows", "shrinks", "rewritten"])
+@pytest.mark.parametrize("how", ["grows", "shrinks", "emptied", "rewritten"])
 @pytest.mark.parametrize("size", list(SIZES))
 def test_file_changing_while_read_is_unstable_never_a_digest(
     tmp_path: Path, path: str, size: str, how: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Grown, shrunk or rewritten (same size) after the open: 'unstable' for check and build, never a digest."""
+    """Grown, shrunk, emptied or rewritten (same size) after the open: 'unstable' in check and build, never a digest."""
     write(tmp_path, "f", os.urandom(SIZES[size]))
     write(tmp_path, "z-after", b"z")
     jobs = [job_for(tmp_path, "f"), job_for(tmp_path, "z-after", "0" * 64)]
@@ -257,7 +271,7 @@ def test_file_changing_while_read_is_unstable_never_a_digest(
     assert problems[0] == (0, "unstable", None, UNSTABLE)
     assert [p[:2] for p in problems[1:]] == [(1, "modified")]  # the batch went on
     write(tmp_path, "f", os.urandom(SIZES[size]))
-    reads.calls = reads.at_end = 0
+    reads.again()
     assert build(tmp_path, ["f"], workers=1) == [BuildHash(None, "unstable", UNSTABLE, False)]
 
 
@@ -277,7 +291,7 @@ def test_file_ending_before_its_size_is_unstable(
 
     reads = Reads(monkeypatch, tmp_path / "f", half_then_end)
     assert check(tmp_path, jobs) == [(0, "unstable", None, UNSTABLE)]
-    reads.calls = reads.at_end = 0
+    reads.again()
     assert build(tmp_path, ["f"]) == [BuildHash(None, "unstable", UNSTABLE, False)]
 
 
@@ -300,7 +314,7 @@ def test_file_growing_at_every_read_is_not_read_without_end(
     )
     assert check(tmp_path, jobs) == [(0, "unstable", None, UNSTABLE)]
     os.truncate(tmp_path / "f", SIZES[size])
-    reads.calls = reads.at_end = 0
+    reads.again()
     assert build(tmp_path, ["f"]) == [BuildHash(None, "unstable", UNSTABLE, False)]
 
 
@@ -318,7 +332,7 @@ def test_short_reads_are_continued(tmp_path: Path, path: str, size: str, monkeyp
 
     reads = Reads(monkeypatch, tmp_path / "f", short, limit=64)
     assert check(tmp_path, jobs) == []
-    reads.calls = reads.at_end = 0
+    reads.again()
     assert build(tmp_path, ["f"]) == [BuildHash(blake3(data).hexdigest(), None, "", False)]
 
 
@@ -335,7 +349,7 @@ def test_fifo_swapped_in_is_never_waited_on(tmp_path: Path, path: str) -> None:
     try:
         assert check(tmp_path, jobs) == [(0, "unstable", None, "replaced during the check")]
         got = within_deadline(lambda: hash_for_build(str(tmp_path), [("f", walked)], workers=1))
-        assert got == [BuildHash(None, "unstable", "changed between listing and opening", False)]
+        assert got == [BuildHash(None, "unstable", "replaced between listing and opening", False)]
     finally:
         # Should a mutant block in open(), a writer lets it go (O_NONBLOCK: ENXIO when nobody reads).
         with contextlib.suppress(OSError):
@@ -355,21 +369,52 @@ def test_symlink_swapped_in_is_refused_at_the_open(tmp_path: Path, path: str) ->
     assert build_with(tmp_path, [("f", walked)]) == [BuildHash(None, "unstable", race, False)]
 
 
-@pytest.mark.parametrize("change_", ["size", "mtime", "replaced"])
-def test_build_refuses_a_file_changed_between_listing_and_opening(tmp_path: Path, change_: str) -> None:
-    """Another size, mtime or inode than the walk listed: 'unstable' before a byte is hashed."""
-    write(tmp_path, "f", b"listed")
-    walked = (tmp_path / "f").lstat()
-    if change_ == "size":
-        (tmp_path / "f").write_bytes(b"listed, then longer")
-    elif change_ == "mtime":
-        os.utime(tmp_path / "f", ns=(walked.st_mtime_ns + 10**9, walked.st_mtime_ns + 10**9))
-    else:
-        write(tmp_path, "g", b"listed")
-        (tmp_path / "g").rename(tmp_path / "f")
-    assert build_with(tmp_path, [("f", walked)]) == [
-        BuildHash(None, "unstable", "changed between listing and opening", False)
-    ]
+def change_listed(root: Path, how: str, walked: os.stat_result) -> None:
+    """Change the listed file ``f`` as a writer racing the build between its walk and its open would."""
+    if how == "size":
+        (root / "f").write_bytes(b"listed, then longer")
+    elif how == "mode":
+        (root / "f").chmod(0o600)
+    elif how == "mtime":
+        os.utime(root / "f", ns=(walked.st_mtime_ns + 10**9, walked.st_mtime_ns + 10**9))
+    else:  # replaced by a file written beside the tree before the run, with the same bytes
+        (root.parent / "g").rename(root / "f")
+
+
+@pytest.mark.parametrize(
+    ("change_", "refused"),
+    [
+        ("size", "f: unstable: changed between listing and opening"),  # the read's own check (rule 2)
+        ("mode", "f: unstable: changed between listing and opening"),  # and the mode the walk listed
+        ("mtime", "f: unstable: changed during the check"),  # the end-of-run check: the file's ctime
+        ("replaced", ".: unstable: changed during the check"),  # the end-of-run check: its directory's ctime
+    ],
+)
+def test_build_refuses_a_file_changed_between_listing_and_opening(
+    tmp_path: Path, path: str, change_: str, refused: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another size, mode, mtime or inode than the walk listed: no manifest (size, mode: not even a digest)."""
+    tree = tmp_path / "tree"
+    write(tree, "f", b"listed")
+    write(tmp_path, "g", b"listed")
+    tree.chmod(0o755)
+    if change_ in ("size", "mode"):  # caught by the read itself, before a byte is hashed
+        walked = (tree / "f").lstat()
+        change_listed(tree, change_, walked)
+        assert build_with(tree, [("f", walked)]) == [
+            BuildHash(None, "unstable", "changed between listing and opening", False)
+        ]
+        write(tree, "f", b"listed")
+    real = hashing.hash_for_build  # what build calls
+
+    def late_change(root: str, files: Sequence[tuple[str, os.stat_result]], workers: int | None) -> list[BuildHash]:
+        [walked] = [st for rel, st in files if rel == "f"]  # listed by the walk, not yet opened
+        change_listed(tree, change_, walked)
+        return real(root, files, workers)
+
+    monkeypatch.setattr(build_mod, "hash_for_build", late_change)
+    with pytest.raises(TreeError, match=f"problem\\(s\\): (.*; )?{re.escape(refused)}(;|$)"):
+        within_deadline(lambda: build_manifest(str(tree), deployment="svc"))
 
 
 def build_with(root: Path, files: list[tuple[str, os.stat_result]]) -> list[BuildHash]:
@@ -396,6 +441,42 @@ def test_name_changed_after_the_open_of_another_inode_is_unstable(
 
     monkeypatch.setattr(os, "fstat", fstat)
     assert check(tmp_path, jobs, workers=1) == [(0, "unstable", None, "replaced during the check")]
+
+
+def test_the_listed_inode_opened_is_hashed_wherever_its_name_went(
+    tmp_path: Path, path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The opened file is the inode listed: hashed by inode, its name not looked up (it moved after the open)."""
+    write(tmp_path, "f", b"content")
+    jobs = [job_for(tmp_path, "f")]
+    walked = (tmp_path / "f").lstat()
+    moves: list[str] = []
+
+    def move() -> None:  # between the open and its fstat, once per check
+        if not moves:
+            moves.append("f")
+            (tmp_path / "f").rename(tmp_path / "moved")
+
+    real_fstat = os.fstat
+
+    def fstat(fd: int) -> os.stat_result:
+        if where(fd) == str(tmp_path / "f"):
+            move()
+        return real_fstat(fd)
+
+    def hook(stage: int, p: bytes) -> int:  # the C reader's fstat
+        if stage == speedups.STAGE_FSTAT and p == b"f":
+            move()
+        return 0
+
+    monkeypatch.setattr(os, "fstat", fstat)
+    monkeypatch.setattr(speedups, "FAULT_HOOK", hook)
+    assert check(tmp_path, jobs) == []
+    assert moves == ["f"]
+    (tmp_path / "moved").rename(tmp_path / "f")
+    moves.clear()
+    assert build_with(tmp_path, [("f", walked)]) == [BuildHash(blake3(b"content").hexdigest(), None, "", False)]
+    assert moves == ["f"]
 
 
 def test_other_inode_than_listed_that_is_still_the_name_is_hashed(tmp_path: Path, path: str) -> None:
@@ -472,11 +553,10 @@ class Bug(Exception):
     """The stand-in for a bug in a hashing thread."""
 
 
-class RaisingInHelpers(Sequence[T]):
-    """A sequence whose items raise Bug in any thread but the caller's, which waits for that to happen."""
+class BugInHelpers:
+    """A bug met by any thread but the caller's; once helpers run, the caller waits for one of them to meet it."""
 
-    def __init__(self, items: Sequence[T]) -> None:
-        self.items = list(items)
+    def __init__(self) -> None:
         self.caller: threading.Thread | None = None
         self.before: set[threading.Thread] = set()
         self.waited = False
@@ -484,7 +564,7 @@ class RaisingInHelpers(Sequence[T]):
         """Set when a thread other than the caller met the bug."""
 
     def call(self, fn: Callable[[], object]) -> None:
-        """Run ``fn`` (the check, given this sequence) within the deadline, as the caller."""
+        """Run ``fn`` (the check or build meeting this bug) within the deadline, as the caller."""
 
         def run() -> object:
             self.caller = threading.current_thread()
@@ -492,6 +572,33 @@ class RaisingInHelpers(Sequence[T]):
             return fn()
 
         within_deadline(run)
+
+    def meet(self) -> None:
+        if threading.current_thread() is self.caller:
+            if not self.waited and set(threading.enumerate()) - self.before:
+                # Helpers are running: let one of them meet the bug before the caller takes all the work.
+                self.waited = True
+                self.raised.wait(10)
+        else:
+            self.raised.set()
+            raise Bug("bug in a hashing thread")
+
+    def wrap(self, fn: Callable[P, R]) -> Callable[P, R]:
+        """``fn``, raising Bug when a helper calls it."""
+
+        def wrapped(*args: P.args, **kwargs: P.kwargs) -> R:
+            self.meet()
+            return fn(*args, **kwargs)
+
+        return wrapped
+
+
+class RaisingInHelpers(BugInHelpers, Sequence[T]):
+    """A sequence whose items raise Bug in any thread but the caller's, which waits for that to happen."""
+
+    def __init__(self, items: Sequence[T]) -> None:
+        super().__init__()
+        self.items = list(items)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -503,14 +610,7 @@ class RaisingInHelpers(Sequence[T]):
     def __getitem__(self, i: int | slice) -> T | Sequence[T]:
         if isinstance(i, slice):
             return self.items[i]
-        if threading.current_thread() is self.caller:
-            if not self.waited and set(threading.enumerate()) - self.before:
-                # Helpers are running: let one of them meet the bug before the caller takes all the work.
-                self.waited = True
-                self.raised.wait(10)
-        else:
-            self.raised.set()
-            raise Bug("bug in a hashing thread")
+        self.meet()
         return self.items[i]
 
     def __iter__(self) -> Iterator[T]:
@@ -529,7 +629,9 @@ def many_files(root: Path, n: int = 300, big: int = 3) -> list[str]:
 
 
 @pytest.mark.parametrize("workers", [2, 3])
-def test_exception_in_a_hashing_thread_reaches_the_caller(tmp_path: Path, path: str, workers: int) -> None:
+def test_exception_in_a_hashing_thread_reaches_the_caller(
+    tmp_path: Path, path: str, workers: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A bug in a helper thread is raised by check_files and hash_for_build: no result with files unchecked."""
     rels = many_files(tmp_path)
     before = fd_count()
@@ -537,10 +639,15 @@ def test_exception_in_a_hashing_thread_reaches_the_caller(tmp_path: Path, path: 
     with pytest.raises(Bug):
         jobs.call(lambda: check_files(str(tmp_path), jobs, workers=workers))
     assert jobs.raised.is_set()
-    files = RaisingInHelpers([(r, (tmp_path / r).lstat()) for r in rels])
+    # Build copies its input on the caller's thread: the bug sits in reading instead, where helpers work
+    # (a batch through the C reader, a file through Python's reader).
+    bug = BugInHelpers()
+    monkeypatch.setattr(readahead, "read_batch", bug.wrap(readahead.read_batch))
+    monkeypatch.setattr(hashing, "read_file", bug.wrap(hashing.read_file))
+    files = [(r, (tmp_path / r).lstat()) for r in rels]
     with pytest.raises(Bug):
-        files.call(lambda: hash_for_build(str(tmp_path), files, workers=workers))
-    assert files.raised.is_set()
+        bug.call(lambda: hash_for_build(str(tmp_path), files, workers=workers))
+    assert bug.raised.is_set()
     assert fd_count() == before  # every thread's descriptors closed on the way out
 
 
@@ -583,13 +690,13 @@ class Census:
     file until the caller has hashed its first batch, so every thread started by then is still
     alive to count and none has taken the work the later ones would have found."""
 
-    def __init__(self, count_at_open: int = 0, lead: bool = True) -> None:
-        self.count_at_open = count_at_open
-        """Count at the caller's open of this number (a build has no progress callback): 0, never."""
+    def __init__(self, count_at_hash: int = 0, lead: bool = True) -> None:
+        self.count_at_hash = count_at_hash
+        """Count when the caller hashes the file of this number (a build has no progress callback): 0, never."""
         self.lead = lead
         """Let one helper run (the C path's caller only hashes what readers read). Pure Python's caller
         reads too: there a free helper could take all the work before the extra helpers start."""
-        self.caller_opens = 0
+        self.caller_hashed = 0
         self.caller = threading.current_thread()
         self.before = set(threading.enumerate())
         self.lock = threading.Lock()
@@ -606,15 +713,21 @@ class Census:
         with self.lock:
             self.peak = max(self.peak, self.threads())
             if t is self.caller:
-                self.caller_opens += 1
-                if self.caller_opens == self.count_at_open:
-                    self.first = self.threads()
-                    self.counted.set()
                 return
             if self.lead:
                 self.leader = self.leader or t
         if t is not self.leader:
             self.counted.wait(DEADLINE / 2)
+
+    def hashed(self) -> None:
+        """A build hashed a file (every thread that hashes calls this; only the caller's are counted)."""
+        with self.lock:
+            self.peak = max(self.peak, self.threads())
+            if threading.current_thread() is self.caller:
+                self.caller_hashed += 1
+                if self.caller_hashed == self.count_at_hash:
+                    self.first = self.threads()
+                    self.counted.set()
 
     def progress(self, n: int) -> None:
         with self.lock:
@@ -655,9 +768,15 @@ def count_threads(
     monkeypatch.setattr(schedule, "from_disk", decide)
 
     def run() -> tuple[int, int]:
-        # A build's caller is counted at the first file of its second batch (it takes batches from the back).
-        census = Census(count_at_open=schedule.BATCH + 1 if build else 0, lead=speedups.available() and not build)
-        real_open = os.open
+        # A build's caller is counted at the first file of its second batch (pure Python: it takes batches
+        # from the back; C reader: the second batch read for it).
+        batch = readahead.BATCH_FILES if speedups.available() else schedule.BATCH
+        census = Census(count_at_hash=batch + 1 if build else 0, lead=speedups.available())
+        real_open, real_looks = os.open, hashing.looks_like_secret_key
+
+        def looks(head: bytes) -> bool:  # build checks every file it hashed for a secret key, on that thread
+            census.hashed()
+            return real_looks(head)
 
         def open_(p: Any, flags: int, mode: int = 0o777, *, dir_fd: int | None = None) -> int:
             if dir_fd is not None and not flags & os.O_DIRECTORY:
@@ -671,6 +790,7 @@ def count_threads(
 
         monkeypatch.setattr(os, "open", open_)
         monkeypatch.setattr(speedups, "FAULT_HOOK", hook)
+        monkeypatch.setattr(hashing, "looks_like_secret_key", looks)
         try:
             if build:
                 files = [(rel, (root / rel).lstat()) for rel, *_ in jobs]
@@ -742,15 +862,36 @@ def test_c_path_threads(
     assert count_threads(wide, monkeypatch, cores, workers, from_disk) == (threads, threads)
 
 
-@pytest.mark.parametrize(("cores", "workers", "threads"), [(None, None, 1), (3, None, 3), (2, 2, 2), (4, 1, 1)])
-def test_build_threads_are_one_a_core_even_from_disk(
+@pytest.mark.parametrize(("setting", "threads"), [(1, 2), (2, 2), (3, 3), (5, 5)])
+def test_c_path_threads_from_disk_stop_at_the_setting(
+    wide: tuple[Path, list[FileCheck]], monkeypatch: pytest.MonkeyPatch, setting: int, threads: int
+) -> None:
+    """C reader from disk: readers join up to the IO-threads setting in all, none when the workers already reach it."""
+    if not speedups.available():
+        pytest.skip("C extension not built or turned off")
+    monkeypatch.setattr(hashing, "IO_THREADS_C", setting)
+    assert count_threads(wide, monkeypatch, 2, None, True) == (threads, threads)
+
+
+@pytest.mark.parametrize(
+    ("cores", "workers", "threads"),
+    [
+        (None, None, 1),
+        (3, None, 1),  # one thread by default, whatever the cores (hashing.BUILD_WORKERS)
+        (2, 2, 2),  # a worker count given is kept...
+        (2, 3, 3),
+        (4, 1, 1),  # ...and reading from disk adds none
+    ],
+)
+def test_build_threads_are_one_by_default_and_never_more_from_disk(
     wide: tuple[Path, list[FileCheck]],
+    path: str,
     monkeypatch: pytest.MonkeyPatch,
     cores: int | None,
     workers: int | None,
     threads: int,
 ) -> None:
-    """hash_for_build runs one thread a core (or the count given) and adds none when reading from disk."""
+    """hash_for_build runs one thread by default (or the count given) and adds none when reading from disk."""
     assert count_threads(wide, monkeypatch, cores, workers, True, build=True) == (threads, threads)
 
 
