@@ -164,7 +164,18 @@ def test_missing_path_is_reported_with_its_position(tmp_path: Path) -> None:
     mark = time.time_ns() + 10**12  # far in the future: nothing counts as changed by its ctime
     got = settle.changed_since(str(tmp_path), mark, ["", "d", "d/x", "nope", "gone/y"])
     assert [pos for pos, _ in got] == [3, 4]
-    assert all(why.startswith("replaced or removed during the check") for _, why in got)
+    assert {why for _, why in got} == {"replaced or removed during the check (No such file or directory)"}
+
+
+def test_changed_since_leaves_no_descriptor_open(tmp_path: Path) -> None:
+    """The lookups close every directory they opened, the root included, also when paths are gone."""
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    (tmp_path / "a" / "b" / "f").write_text("f")
+    (tmp_path / "c").mkdir()
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(20):
+        settle.changed_since(str(tmp_path), 0, ["", "a", "a/b", "a/b/f", "c", "c/gone", "x/y"])
+    assert len(os.listdir("/proc/self/fd")) == before
 
 
 def test_build_refuses_a_tree_that_changed_after_it_was_read(signed: Signed, monkeypatch: pytest.MonkeyPatch) -> None:
