@@ -81,17 +81,13 @@ def build_manifest(
         if rel is not None and rel not in skipped:
             raise TreeError(f"the signing key {key_path!r} is inside the tree being built; move it out")
     mark = start_mark()
-    wait_past(mark)  # every change from here on carries a ctime after the mark (settle.py)
+    wait_past(mark, root_real)  # every change from here on carries a ctime after the mark (settle.py)
     rows, problems = _walk(root_real, excluder, skipped)
     warnings += excluded_code_warnings(root_real, excluder.seen)
     warnings += _refuse_excluded_keys(root_real, excluder, secret_key_paths)
     entries = _entries(root_real, rows, workers, problems, warnings)
     if not problems:
-        # One instant for the whole tree: nothing read may have changed before the last read ended.
-        paths = ["", *(rel for _, rel, _, _ in rows)]
-        problems += [
-            f"{display(paths[pos] or '.')}: unstable: {why}" for pos, why in changed_since(root_real, mark, paths)
-        ]
+        problems += _changed_during_build(root_real, mark, rows)
     if problems:
         more = f" (and {len(problems) - _MAX_LISTED} more)" if len(problems) > _MAX_LISTED else ""
         raise TreeError(
@@ -116,6 +112,13 @@ def build_manifest(
 
 
 _Row = tuple[bytes, str, os.stat_result, str | None]
+
+
+def _changed_during_build(root_real: str, mark: int, rows: list[_Row]) -> list[str]:
+    """One instant for the whole tree: the root and everything listed must be unchanged since
+    ``mark``, after the last read (settle.py); a manifest never mixes two moments."""
+    paths = ["", *(rel for _, rel, _, _ in rows)]
+    return [f"{display(paths[pos] or '.')}: unstable: {why}" for pos, why in changed_since(root_real, mark, paths)]
 
 
 def _walk(root_real: str, excluder: Excluder, skipped: set[str]) -> tuple[list[_Row], list[str]]:

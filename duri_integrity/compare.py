@@ -349,7 +349,7 @@ def compare(
         raise ValueError("max_problems must be at least 1 (or None for all)")
     c = _Comparison(m, keys, max_problems)
     if started_ns is not None:
-        wait_past(started_ns)  # every change from here on carries a ctime after started_ns
+        wait_past(started_ns, root_real)  # every change from here on carries a ctime after started_ns
     # The conventional in-tree manifest and signature are never part of the tree, even when
     # this run uses a copy kept elsewhere (unless the manifest itself lists them).
     skip = skip | {n for n in OWN_FILES if n not in c.index}

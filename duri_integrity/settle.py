@@ -28,7 +28,7 @@ from collections.abc import Sequence
 
 from .walk import DirCursor, check_resources, open_root
 
-__all__ = ["changed_since", "start_mark", "wait_past"]
+__all__ = ["changed_since", "granularity", "start_mark", "wait_past"]
 
 CLOCK_REALTIME_COARSE = getattr(time, "CLOCK_REALTIME_COARSE", 5)
 """The clock inode times are stamped from (Linux's number for it; Python names it on some builds)."""
@@ -41,21 +41,42 @@ def start_mark() -> int:
     return time.time_ns()
 
 
-def wait_past(mark: int) -> None:
+def granularity(ctime_ns: int) -> int:
+    """The coarsest time step a filesystem's ctime suggests, in nanoseconds.
+
+    Some filesystems keep whole seconds (ext4 with 128-byte inodes, ext3; FAT keeps two) or
+    hundredths; there a change just after the start carries a stamp from before it, whatever
+    the kernel's clock says. No sub-second part means 2 s (the coarsest in use); otherwise
+    the largest power of ten dividing the sub-second part (a fine stamp gives 1 to 100 ns).
+    """
+    ns = ctime_ns % 1_000_000_000
+    if ns == 0:
+        return 2_000_000_000
+    step = 1
+    while step < 100_000_000 and ns % (step * 10) == 0:
+        step *= 10
+    return step
+
+
+def wait_past(mark: int, root: str | None = None) -> None:
     """Return once a change made from now on gets an inode time after ``mark``.
 
-    Usually free: the trust step before the walk already takes longer than a tick. Raises
-    OSError if the coarse clock does not pass ``mark`` within :data:`MAX_WAIT` (a stopped
-    or stepped-back clock): then the end-of-run check could not see late changes.
+    That needs the kernel's coarse clock (which stamps inodes) past ``mark`` and, on a
+    filesystem that rounds its times (judged from ``root``'s ctime), the rounded clock too:
+    up to one step (2 s on a filesystem of whole seconds). Usually free on others: the
+    trust step before the walk already takes longer than a tick. Raises OSError if the
+    clock does not get there in time (a stopped or stepped-back clock): then the
+    end-of-run check could not see late changes.
     """
+    step = granularity(os.stat(root).st_ctime_ns) if root is not None else 1
     gettime = time.clock_gettime_ns
-    if gettime(CLOCK_REALTIME_COARSE) > mark:
+    if gettime(CLOCK_REALTIME_COARSE) // step * step > mark:
         return
-    deadline = time.monotonic() + MAX_WAIT
-    while gettime(CLOCK_REALTIME_COARSE) <= mark:
+    deadline = time.monotonic() + MAX_WAIT + 2 * step / 1e9
+    while gettime(CLOCK_REALTIME_COARSE) // step * step <= mark:
         if time.monotonic() > deadline:
             raise OSError("the kernel's coarse clock did not advance: changes during the run could go unseen")
-        time.sleep(0.0002)
+        time.sleep(0.0002 if step < 10_000_000 else 0.005)
 
 
 def changed_since(root_real: str, mark: int, paths: Sequence[str]) -> list[tuple[int, str]]:

@@ -15,6 +15,7 @@ from .errors import IntegrityError, NotVerifiedError, TrustAnchorInTree, Untrust
 from .logs import log_report
 from .manifest import Manifest
 from .report import ManifestInfo, Mode, Report, Status, make_report
+from .settle import start_mark
 from .snapshot import Snapshot, default_cache_dir, load_snapshot, save_snapshot
 from .trust import TrustedManifest, TrustInputs, anchor_inodes, evaluate, load_inputs, now_utc, record_verified
 from .walk import check_root, inside_root, relative_inside
@@ -98,10 +99,8 @@ def verify_settings(
     mark and the quick-mode snapshot untouched (``doctor`` checks; it does not deploy).
     ``started_ns`` (the quick-mode snapshot's time) defaults to when ``run`` began."""
     run.root = settings.root or "."
-    # A file whose ctime is after this instant changed during the run (see compare.unchanged_since).
-    # The fine clock never marks an earlier change as later; a change in the first clock tick after
-    # it may carry a coarse stamp from before it and go unseen (docs/threat-model.md).
-    begun = time.time_ns()
+    # Anything in the tree whose ctime is after this instant changed during the run (settle.py).
+    begun = start_mark()
     try:
         root_real = check_root(run.root)
         inputs, tm = _trusted(settings, run, root_real)

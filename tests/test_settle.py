@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,7 @@ from duri_integrity.build import build_manifest
 from duri_integrity.errors import TreeError
 from duri_integrity.report import Report
 
-from .conftest import Signed
+from .conftest import Signed, build_and_sign, make_tree
 
 
 @pytest.fixture(params=["scanner", "python"])
@@ -78,8 +80,8 @@ def test_directory_swapped_in_and_back_out_is_unstable(
 
     real_wait = settle.wait_past
 
-    def start(mark: int) -> None:
-        real_wait(mark)
+    def start(mark: int, root: str | None = None) -> None:
+        real_wait(mark, root)
         _swap(signed.root / "app", evil)  # good while it is read
         swaps.append(1)
 
@@ -225,3 +227,74 @@ def test_wait_past_returns_only_once_the_coarse_clock_is_strictly_later(monkeypa
     readings = iter([101])
     settle.wait_past(100)  # already past: no waiting
     assert seen == [101]
+
+
+@pytest.mark.parametrize(
+    ("ctime_ns", "step"),
+    [
+        (1_700_000_000_000_000_000, 2_000_000_000),  # whole seconds: 2 s, FAT's step, to be safe
+        (1_700_000_000_120_000_000, 10_000_000),  # hundredths
+        (1_700_000_000_100_000_000, 100_000_000),  # never coarser than 0.1 s below a second
+        (1_700_000_000_123_456_789, 1),
+        (1_700_000_000_123_456_000, 1_000),
+    ],
+)
+def test_granularity_from_a_ctime(ctime_ns: int, step: int) -> None:
+    """The step a filesystem rounds times to is read from a ctime's sub-second digits."""
+    assert settle.granularity(ctime_ns) == step
+
+
+def test_wait_past_on_a_coarse_filesystem_waits_for_the_next_step(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """With whole-second times, a change in the start's second would be stamped before it: wait it out."""
+    monkeypatch.setattr(settle, "granularity", lambda ctime: 1_000_000_000)
+    mark = 5_000_000_100
+    readings = iter([5_000_000_200, 5_900_000_000, 6_000_000_000])
+    seen: list[int] = []
+
+    def coarse(clock: int) -> int:
+        seen.append(next(readings))
+        return seen[-1]
+
+    monkeypatch.setattr(time, "clock_gettime_ns", coarse)
+    settle.wait_past(mark, str(tmp_path))
+    assert seen == [5_000_000_200, 5_900_000_000, 6_000_000_000]
+
+
+@pytest.fixture
+def whole_second_fs(tmp_path: Path) -> Iterator[Path]:
+    """A real ext4 filesystem that keeps whole-second times (128-byte inodes), loop-mounted."""
+    image, mnt = tmp_path / "fs.img", tmp_path / "mnt"
+    mnt.mkdir()
+    with open(image, "wb") as f:
+        f.truncate(16 << 20)
+    made = subprocess.run(["mkfs.ext4", "-q", "-I", "128", str(image)], capture_output=True, check=False)
+    if made.returncode != 0 or subprocess.run(["mount", "-o", "loop", str(image), str(mnt)], check=False).returncode:
+        pytest.skip("needs mkfs.ext4 and a loop mount (root)")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+
+
+def test_swap_within_the_starting_second_on_a_whole_second_filesystem(whole_second_fs: Path, walker: str) -> None:
+    """On a filesystem of whole seconds, a directory swapped in and out within the run's second is still seen."""
+    from .conftest import new_keys
+
+    root = make_tree(whole_second_fs / "tree")
+    signed = build_and_sign(root, new_keys(whole_second_fs.parent / "keys"))
+    assert settle.granularity(os.stat(root).st_ctime_ns) == 2_000_000_000
+    evil = _evil_copy(signed)
+    _swap(signed.root / "app", evil)
+    swaps: list[int] = []
+
+    def progress(done: int, total: int) -> None:
+        if done == total and not swaps:
+            _swap(signed.root / "app", evil)  # bad again right after the reads
+            swaps.append(1)
+
+    _swap(signed.root / "app", evil)  # good from here: in the same second as the run's start, often
+    r = signed.verify(progress=progress)
+    assert swaps == [1]
+    assert r.status == "FAILED" and {k for _, k in kinds(r)} == {"unstable"}, r.problems
