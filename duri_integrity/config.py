@@ -70,7 +70,6 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 _PATH_KEYS = ("root", "manifest", "signature", "secret_key", "cache_dir", "state_dir", "token_file")
-_LIST_KEYS = ("public_key", "revoked_keys", "exclude")
 _ENV_KEYS = {
     "root": "ROOT",
     "manifest": "MANIFEST",
