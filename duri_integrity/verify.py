@@ -193,56 +193,29 @@ def _overrides(
 ) -> Settings:
     """The arguments as settings; a wrong type (``os.fspath(False)``, a number where a path
     belongs...) is the caller's bug, a ValueError."""
-    try:
-        return _checked(
-            root,
-            manifest,
-            signature,
-            public_keys,
-            deployment,
-            workers,
-            cache_dir,
-            state_dir,
-            allow_rollback_to,
-            revoked_keys,
-            clock_skew,
-        )
-    except TypeError as exc:
-        raise ValueError(f"invalid argument: {exc}") from None
 
-
-def _checked(
-    root: str | os.PathLike[str] | None,
-    manifest: str | os.PathLike[str] | None,
-    signature: str | os.PathLike[str] | None,
-    public_keys: str | Sequence[str] | None,
-    deployment: str | None,
-    workers: int | None,
-    cache_dir: str | os.PathLike[str] | None,
-    state_dir: str | os.PathLike[str] | None,
-    allow_rollback_to: str | int | None,
-    revoked_keys: str | Sequence[str] | None,
-    clock_skew: int | None,
-) -> Settings:
     def path(p: str | os.PathLike[str] | None) -> str | None:
         return os.fspath(p) if p is not None else None
 
     def paths(p: str | Sequence[str] | None) -> list[str] | None:
         return [p] if isinstance(p, str) else ([os.fspath(k) for k in p] if p is not None else None)
 
-    settings = Settings(
-        root=path(root),
-        manifest=path(manifest),
-        signature=path(signature),
-        public_key=paths(public_keys),
-        deployment=deployment,
-        workers=workers,
-        cache_dir=path(cache_dir),
-        state_dir=path(state_dir),
-        allow_rollback_to=str(allow_rollback_to) if allow_rollback_to is not None else None,
-        revoked_keys=paths(revoked_keys),
-        clock_skew=clock_skew,
-    )
+    try:
+        settings = Settings(
+            root=path(root),
+            manifest=path(manifest),
+            signature=path(signature),
+            public_key=paths(public_keys),
+            deployment=deployment,
+            workers=workers,
+            cache_dir=path(cache_dir),
+            state_dir=path(state_dir),
+            allow_rollback_to=str(allow_rollback_to) if allow_rollback_to is not None else None,
+            revoked_keys=paths(revoked_keys),
+            clock_skew=clock_skew,
+        )
+    except TypeError as exc:
+        raise ValueError(f"invalid argument: {exc}") from None
     import msgspec
 
     try:  # the types, checked once: a wrong one is the caller's bug, a ValueError
