@@ -298,3 +298,20 @@ def test_swap_within_the_starting_second_on_a_whole_second_filesystem(whole_seco
     r = signed.verify(progress=progress)
     assert swaps == [1]
     assert r.status == "FAILED" and {k for _, k in kinds(r)} == {"unstable"}, r.problems
+
+
+@pytest.mark.parametrize(("pattern", "status"), [("logs/", "VERIFIED"), ("logs/*", "FAILED")])
+def test_service_writes_in_an_excluded_directory(tree: Path, keys: Any, pattern: str, status: str) -> None:
+    """A file created during the run in a directory excluded as a whole is no change to the release;
+    under ``logs/*`` the directory itself is checked, and its entries changed: unstable."""
+    (tree / "logs").mkdir()
+    signed = build_and_sign(tree, keys, exclude=[pattern])
+
+    def progress(done: int, total: int) -> None:
+        if done == total:
+            (tree / "logs" / "service.log").write_text("started\n")
+
+    r = signed.verify(progress=progress)
+    assert r.status == status, r.problems
+    if status == "FAILED":
+        assert kinds(r) == {("logs", "unstable")}
