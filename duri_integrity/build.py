@@ -83,8 +83,7 @@ def build_manifest(
     mark = start_mark()
     wait_past(mark, root_real)  # every change from here on carries a ctime after the mark (settle.py)
     rows, problems = _walk(root_real, excluder, skipped)
-    warnings += excluded_code_warnings(root_real, excluder.seen)
-    warnings += _refuse_excluded_keys(root_real, excluder, secret_key_paths)
+    warnings += _excluded_part(root_real, excluder, secret_key_paths)
     entries = _entries(root_real, rows, workers, problems, warnings)
     if not problems:
         problems += _changed_during_build(root_real, mark, rows)
@@ -198,7 +197,8 @@ def code_exclusion_warnings(excluder: Excluder) -> list[str]:
     """
     if not excluder:
         return []
-    hit = sorted({rel for rel, is_dir in _CODE_SAMPLES if excluder.excluded(rel, is_dir)})
+    # Asked of the plain patterns: sample paths must not be recorded as left out of this tree.
+    hit = sorted({rel for rel, is_dir in _CODE_SAMPLES if Excluder.excluded(excluder, rel, is_dir)})
     if not hit:
         return []
     return [
@@ -209,43 +209,10 @@ def code_exclusion_warnings(excluder: Excluder) -> list[str]:
     ]
 
 
-_CODE_SUFFIXES = (".py", ".pyc", ".pyo", ".pyd", ".so", ".pth", ".dylib")
-
-
-def _is_code(name: str) -> bool:
-    return name == "__pycache__" or name.endswith(_CODE_SUFFIXES) or ".so." in name
-
-
-def excluded_code_warnings(root_real: str, excluded: list[tuple[str, bool]], limit: int = 20_000) -> list[str]:
-    """Warn about code the exclusions actually leave out of this tree (looking inside excluded
-    directories too, up to ``limit`` entries), whatever the patterns look like."""
-    found: list[str] = []
-    budget = limit
-    for rel, is_dir in excluded:
-        if _is_code(rel.rpartition("/")[2]):
-            found.append(rel)
-        elif is_dir:
-            for dirpath, dirnames, filenames in os.walk(os.path.join(root_real, rel)):
-                budget -= len(dirnames) + len(filenames)
-                found += [
-                    os.path.relpath(os.path.join(dirpath, n), root_real) for n in dirnames + filenames if _is_code(n)
-                ]
-                if budget <= 0 or len(found) > 3:
-                    break
-        if len(found) > 3 or budget <= 0:
-            break
-    if not found:
-        return []
-    return [
-        f"excluded from the manifest but loadable as code: {', '.join(display(p) for p in found[:3])}"
-        + (" ..." if len(found) > 3 else "")
-        + "; an attacker can change or add such files and the tree still verifies (docs/threat-model.md)"
-    ]
-
-
-def _refuse_excluded_keys(root_real: str, excluder: RecordingExcluder, secret_key_paths: Sequence[str]) -> list[str]:
+def _excluded_part(root_real: str, excluder: RecordingExcluder, secret_key_paths: Sequence[str]) -> list[str]:
     """Refuse a tree whose excluded part holds a secret key or the signing key itself: excluded files
-    are not hashed, but they ship with the release all the same. A warning if the look was cut short."""
+    are not hashed, but they ship with the release all the same. Warn about code left out (an
+    attacker can change or add it and the tree still verifies), and when the look was cut short."""
     scan = excluded_secret_keys(root_real, excluder.seen, secret_key_paths)
     if scan.found:
         raise TreeError(
@@ -253,12 +220,19 @@ def _refuse_excluded_keys(root_real: str, excluder: RecordingExcluder, secret_ke
             f"{', '.join(display(p) for p in scan.found)}; excluded files still ship with the release, "
             "and keys must never ship: move them out of the tree"
         )
-    if scan.complete and not excluder.missed:
-        return []
-    return [
-        "the excluded part of the tree could not be checked fully for minisign secret keys (it is over "
-        f"{ENTRY_LIMIT:,} entries, or has a directory that cannot be listed); make sure no signing key is in it"
-    ]
+    warnings = []
+    if scan.code:
+        warnings.append(
+            f"excluded from the manifest but loadable as code: {', '.join(display(p) for p in scan.code[:3])}"
+            + (" ..." if len(scan.code) > 3 else "")
+            + "; an attacker can change or add such files and the tree still verifies (docs/threat-model.md)"
+        )
+    if not (scan.complete and not excluder.missed):
+        warnings.append(
+            "the excluded part of the tree could not be checked fully for minisign secret keys (it is over "
+            f"{ENTRY_LIMIT:,} entries, or has a directory that cannot be listed); make sure no signing key is in it"
+        )
+    return warnings
 
 
 def leaves_tree(rel: str, target: str) -> bool:

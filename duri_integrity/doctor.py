@@ -293,7 +293,7 @@ def _excluded_keys(root_real: str, exclude: list[str], secret_key: str | None) -
     for _ in Walk(root_real, excluder):
         pass  # the walk is for the excluder to record what it leaves out; errors are the verification's
     scan = excluded_secret_keys(root_real, excluder.seen, [secret_key] if secret_key else [])
-    return KeyScan(scan.found, scan.complete and not excluder.missed)
+    return scan._replace(complete=scan.complete and not excluder.missed)
 
 
 def _clock_synchronised() -> str:

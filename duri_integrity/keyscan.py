@@ -1,12 +1,15 @@
-"""Secret keys in the parts of a tree the manifest leaves out.
+"""What the manifest leaves out of a tree: secret keys, and code an interpreter would load.
 
-An excluded file is not hashed, but it still ships with the release: a signing key
-excluded by name (``-x app/deploy.key``), inside an excluded directory (``-x secret/``), or
-as a hard link to the very ``--secret-key`` file would leave with the tree, and nothing
-would say so. ``build`` refuses such a tree and ``doctor`` flags it. The look is bounded:
-at most :data:`ENTRY_LIMIT` entries, only regular files (never a symlink, FIFO or device),
-and only the start of each (what :func:`keys.looks_like_secret_key` needs), so memory and
-time do not grow with what the excluded part holds; past the bound the answer says so.
+One bounded look at the excluded part serves both questions. An excluded file is not hashed,
+but it still ships with the release: a signing key excluded by name (``-x app/deploy.key``),
+inside an excluded directory (``-x secret/``), or as a hard link to the very ``--secret-key``
+file would leave with the tree, and nothing would say so. ``build`` refuses such a tree and
+``doctor`` flags it. The look is bounded: at most :data:`ENTRY_LIMIT` entries, only regular
+files (never a symlink, FIFO or device), and only the start of each (what
+:func:`keys.looks_like_secret_key` needs), so memory and time do not grow with what the
+excluded part holds; past the bound the answer says so.
+The same look notes excluded names that are code (``*.pyc``, ``__pycache__``, ``*.so``...):
+``build`` warns about those, since an attacker may change or add them and the tree verifies.
 """
 
 from __future__ import annotations
@@ -21,11 +24,18 @@ from .exclude import Excluder
 from .files import read_head
 from .keys import SECRET_KEY_HEAD, looks_like_secret_key
 
-__all__ = ["ENTRY_LIMIT", "KeyScan", "RecordingExcluder", "excluded_secret_keys"]
+__all__ = ["CODE_SUFFIXES", "ENTRY_LIMIT", "KeyScan", "RecordingExcluder", "excluded_secret_keys", "is_code"]
 
 ENTRY_LIMIT = 20_000
 """Excluded entries looked at (an excluded directory's contents included), as the excluded-code scan."""
 _SHOWN = 5
+_SHOWN_CODE = 3
+CODE_SUFFIXES = (".py", ".pyc", ".pyo", ".pyd", ".so", ".pth", ".dylib")
+"""Names an interpreter loads as code (with ``__pycache__`` and versioned ``.so.N`` libraries)."""
+
+
+def is_code(name: str) -> bool:
+    return name == "__pycache__" or name.endswith(CODE_SUFFIXES) or ".so." in name
 
 
 class RecordingExcluder(Excluder):
@@ -53,34 +63,45 @@ class KeyScan(NamedTuple):
     """Relative paths (at most five) of excluded files that are secret keys or the signing key."""
     complete: bool
     """False when the bound stopped the look before every excluded entry was seen."""
+    code: list[str]
+    """Relative paths (at most four) of excluded entries whose names are code."""
 
 
 def excluded_secret_keys(
     root_real: str, excluded: Iterable[tuple[str, bool]], signing_keys: Sequence[str] = ()
 ) -> KeyScan:
     """The excluded regular files (and files in excluded directories) that look like a minisign
-    secret key or are one of ``signing_keys`` (same device and inode: a hard link, whatever its name)."""
+    secret key or are one of ``signing_keys`` (same device and inode: a hard link, whatever its name),
+    and the excluded entries named as code."""
     identities = _identities(signing_keys)
     found: list[str] = []
+    code: list[str] = []
     unlisted: list[str] = []
     budget = ENTRY_LIMIT
     for rel, is_dir in excluded:
         if budget <= 0 or len(found) >= _SHOWN:
             break
         budget -= 1
+        if is_code(rel.rpartition("/")[2]) and len(code) <= _SHOWN_CODE:
+            code.append(rel)
         if not is_dir:
             if _is_key(os.path.join(root_real, rel), None, identities):
                 found.append(rel)
             continue
-        budget = _scan_dir(root_real, rel, identities, found, unlisted, budget)
-    return KeyScan(found, (budget > 0 and not unlisted) or len(found) >= _SHOWN)
+        budget = _scan_dir(root_real, rel, identities, (found, code, unlisted), budget)
+    return KeyScan(found, (budget > 0 and not unlisted) or len(found) >= _SHOWN, code)
 
 
 def _scan_dir(
-    root_real: str, rel: str, identities: set[tuple[int, int]], found: list[str], unlisted: list[str], budget: int
+    root_real: str,
+    rel: str,
+    identities: set[tuple[int, int]],
+    out: tuple[list[str], list[str], list[str]],
+    budget: int,
 ) -> int:
-    """Look through one excluded directory (symlinks are not followed); return the budget left
-    (at most 0 if it ran out before the directory was done)."""
+    """Look through one excluded directory (symlinks are not followed), adding to the keys, code and
+    unlistable directories in ``out``; return the budget left (at most 0 if it ran out first)."""
+    found, code, unlisted = out
     pending = [rel]
     while pending and budget > 0 and len(found) < _SHOWN:
         current = pending.pop()
@@ -91,6 +112,8 @@ def _scan_dir(
                     if budget <= 0:
                         break
                     child = f"{current}/{entry.name}"
+                    if is_code(entry.name) and len(code) <= _SHOWN_CODE:
+                        code.append(child)
                     if entry.is_dir(follow_symlinks=False):
                         pending.append(child)
                     elif entry.is_file(follow_symlinks=False) and _is_key(entry.path, entry, identities):

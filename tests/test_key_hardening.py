@@ -334,3 +334,18 @@ def test_readme_release_command_with_and_without_git_tag(tmp_path: Path) -> None
     assert r.returncode == 0, r.stderr
     manifest = json.loads((tmp_path / "build" / "myservice" / "MANIFEST.json").read_text())
     assert manifest["release"] == "v1.2.3" and manifest["deployment"] == "myservice"
+
+
+def test_code_warning_names_only_what_the_tree_leaves_out(tmp_path: Path) -> None:
+    """The pattern warning speaks of the patterns; the 'loadable as code' one only of paths really left out."""
+    tree = tmp_path / "t"
+    (tree / "app").mkdir(parents=True)
+    (tree / "app" / "a.py").write_text("x = 1\n")
+    warnings = build_manifest(str(tree), deployment="svc", exclude=["*.pyc"]).warnings
+    assert any("exclusion patterns leave code unchecked" in w for w in warnings), warnings
+    assert not any("loadable as code" in w for w in warnings), warnings
+    (tree / "cache" / "__pycache__").mkdir(parents=True)
+    (tree / "cache" / "__pycache__" / "m.cpython-311.pyc").write_bytes(b"\0" * 16)
+    warnings = build_manifest(str(tree), deployment="svc", exclude=["cache/"]).warnings
+    [code] = [w for w in warnings if "loadable as code" in w]
+    assert "cache/__pycache__" in code, code
