@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import os
-import stat
 
 from .errors import IntegrityError, KeyFileError
 from .files import read_file
@@ -63,18 +61,9 @@ class SigningKey:
 def load_secret_key(path: str, password: str | None = None, *, allow_insecure_permissions: bool = False) -> SigningKey:
     """Load (and if needed decrypt) a minisign secret key, refusing one others can read."""
     try:
-        st = os.stat(path)
-    except OSError as exc:
-        raise KeyFileError(f"cannot read secret key {path!r}: {exc.strerror or exc}") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise KeyFileError(f"secret key {path!r} is not a regular file")
-    if st.st_mode & 0o077 and not allow_insecure_permissions:
-        raise KeyFileError(
-            f"secret key {path!r} is accessible by group or others (mode {st.st_mode & 0o777:04o}); "
-            "run 'chmod 600' on it"
-        )
-    try:
-        data = read_file(path, _MAX_KEY_FILE, "secret key")
+        # The one reader: regular file, no blocking, size limit, and (unless allowed otherwise)
+        # owner and mode checked on the descriptor that is read, not on an earlier stat.
+        data = read_file(path, _MAX_KEY_FILE, "secret key", secret=not allow_insecure_permissions)
     except IntegrityError as exc:
         raise KeyFileError(str(exc)) from None
     try:
