@@ -331,7 +331,7 @@ def compare(
     *,
     max_problems: int | None = DEFAULT_MAX_PROBLEMS,
     anchors: Mapping[int, tuple[int, str]] | None = None,
-    started_ns: int | None = None,
+    started_ns: int,
 ) -> Outcome:
     """Walk the tree and compare it with the manifest, hashing what must be hashed.
 
@@ -339,17 +339,17 @@ def compare(
     counts are exact either way. ``anchors`` maps the inode of each file that
     decided trust (keys, revocations, config) to its (device, path): finding one in
     the tree raises TrustAnchorInTree, however the tree reaches it (a bind mount, a
-    hard link). With ``started_ns`` (the wall clock when the run began), a file whose
-    ctime is later changed during the run and is ``unstable``:
-    the verdict is about one tree, not a different moment for each file. Raises
+    hard link). ``started_ns`` (required: the wall clock when the run began) starts the
+    end-of-run check (settle.py): the root, a directory or a file whose ctime is later
+    changed during the run and is ``unstable``, so the verdict is about one tree, not a
+    different moment for each file. Raises
     TreeError when the check cannot be complete (out of
     descriptors or memory), and whatever a hashing thread raised.
     """
     if max_problems is not None and max_problems < 1:
         raise ValueError("max_problems must be at least 1 (or None for all)")
     c = _Comparison(m, keys, max_problems)
-    if started_ns is not None:
-        wait_past(started_ns, root_real)  # every change from here on carries a ctime after started_ns
+    wait_past(started_ns, root_real)  # every change from here on carries a ctime after started_ns
     # The conventional in-tree manifest and signature are never part of the tree, even when
     # this run uses a copy kept elsewhere (unless the manifest itself lists them).
     skip = skip | {n for n in OWN_FILES if n not in c.index}
@@ -367,6 +367,6 @@ def compare(
         excluded = walk.excluded
     c.finish_walk(excluded)
     c.hash(root_real, workers, progress)
-    if started_ns is not None and not c.tally.problems:  # with problems the verdict is FAILED anyway
+    if not c.tally.problems:  # with problems the verdict is FAILED anyway
         c.unchanged_since(root_real, started_ns)
     return c.outcome(records)
