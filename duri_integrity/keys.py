@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+import re
 import time
 from collections.abc import Iterable, Mapping
 from typing import NamedTuple
@@ -159,27 +160,41 @@ _SECRET_KEY_LINE = 212
 
 
 def looks_like_secret_key(head: bytes) -> bool:
-    """True if a file starting with ``head`` could be loaded as a minisign secret key.
+    """True if ``head`` (a file's first bytes) holds a minisign secret key's base64 line.
 
     minisign 0.11 loads any first line (not only "untrusted comment:", and after a UTF-8
-    BOM) followed by the key's base64 line, and ignores whatever follows it, so the size of
-    the file does not matter. The bare base64 line on its own is refused by minisign 0.11
-    but is the key all the same: it is caught too. A line is a key only if it decodes to a
-    whole secret key (158 bytes, "Ed" ... "B2"), not because it starts like one.
+    BOM) followed by the key's base64 line, and ignores whatever follows it; but a key
+    pasted lower down, after a comment line, behind ``KEY=`` or inside JSON is the key all
+    the same and must not ship. So the line is looked for anywhere in ``head``: every "RW"
+    (the base64 of "Ed") starts a candidate of 212 characters (211 without its "=" of
+    padding), and a candidate is a key only if it decodes to a whole secret key (158 bytes,
+    "Ed" ... "B2"), not because it starts like one. A key wrapped over several lines,
+    compressed or otherwise re-encoded is not recognised.
     """
     head = head[:SECRET_KEY_HEAD]
-    start = 3 if head.startswith(b"\xef\xbb\xbf") else 0
-    for _ in range(2):  # the first line, then the second
-        # Line ends are found with memchr and a line is copied only if it is long enough to be a
-        # key: build asks this of every file it hashes (a substring search costs ~4 us a file).
-        nl = head.find(b"\n", start)
-        end = len(head) if nl < 0 else nl
-        if end - start >= _SECRET_KEY_LINE and _is_key_line(head[start:end].strip()):
+    # Build asks this of every file it hashes: one compiled search (about 1.5 us for 4 KiB,
+    # text or binary) finds the few places a key line could start.
+    for m in _KEY_START.finditer(head):
+        i = m.start()
+        if (i == 0 or head[i - 1] not in _B64_CHARS) and _is_key_line(_candidate(head, i)):
             return True
-        if nl < 0:
-            return False
-        start = nl + 1
     return False
+
+
+_KEY_START = re.compile(rb"RW[A-Za-z0-9+/]{209}")
+"""Where a key's base64 line could start: "RW", then base64 to 211 characters (a lookbehind for the
+token's start would cost the literal-prefix search: 70 us instead of 1.5; checked after instead)."""
+_B64_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")
+
+
+def _candidate(head: bytes, i: int) -> bytes:
+    """The 212 characters a key line starting at ``i`` would take, "=" added when it was left off."""
+    token = head[i : i + _SECRET_KEY_LINE]
+    if token.endswith(b"="):
+        return token
+    token = token[:-1] if len(token) == _SECRET_KEY_LINE else token
+    nxt = head[i + _SECRET_KEY_LINE - 1 : i + _SECRET_KEY_LINE]
+    return token + b"=" if not nxt or nxt[0] not in _B64_CHARS else b""
 
 
 def _is_key_line(line: bytes) -> bool:

@@ -19,9 +19,8 @@ import stat
 from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
-from .errors import IntegrityError
 from .exclude import Excluder
-from .files import read_head
+from .files import UnreadableFile, read_head
 from .keys import SECRET_KEY_HEAD, looks_like_secret_key
 
 __all__ = ["CODE_SUFFIXES", "ENTRY_LIMIT", "KeyScan", "RecordingExcluder", "excluded_secret_keys", "is_code"]
@@ -85,8 +84,7 @@ def excluded_secret_keys(
         if is_code(rel.rpartition("/")[2]) and len(code) <= _SHOWN_CODE:
             code.append(rel)
         if not is_dir:
-            if _is_key(os.path.join(root_real, rel), None, identities):
-                found.append(rel)
+            _look_at(os.path.join(root_real, rel), rel, None, identities, found, unlisted)
             continue
         budget = _scan_dir(root_real, rel, identities, (found, code, unlisted), budget)
     return KeyScan(found, (budget > 0 and not unlisted) or len(found) >= _SHOWN, code)
@@ -116,8 +114,8 @@ def _scan_dir(
                         code.append(child)
                     if entry.is_dir(follow_symlinks=False):
                         pending.append(child)
-                    elif entry.is_file(follow_symlinks=False) and _is_key(entry.path, entry, identities):
-                        found.append(child)
+                    elif entry.is_file(follow_symlinks=False):
+                        _look_at(entry.path, child, entry, identities, found, unlisted)
         except OSError:
             unlisted.append(current)  # what cannot be listed cannot be said to hold no key
     return budget if not pending else min(budget, 0)
@@ -134,18 +132,36 @@ def _identities(paths: Sequence[str]) -> set[tuple[int, int]]:
     return out
 
 
-def _is_key(path: str, entry: os.DirEntry[str] | None, identities: set[tuple[int, int]]) -> bool:
-    """Whether a regular file is the signing key (by inode) or reads as a secret key (its start only)."""
+def _look_at(
+    path: str,
+    rel: str,
+    entry: os.DirEntry[str] | None,
+    identities: set[tuple[int, int]],
+    found: list[str],
+    unread: list[str],
+) -> None:
+    """Add ``rel`` to ``found`` if it is a secret key, to ``unread`` if it could not be read
+    (what cannot be read cannot be said to be no key: the look is then incomplete)."""
+    key = _is_key(path, entry, identities)
+    if key is None:
+        unread.append(rel)
+    elif key:
+        found.append(rel)
+
+
+def _is_key(path: str, entry: os.DirEntry[str] | None, identities: set[tuple[int, int]]) -> bool | None:
+    """Whether a regular file is the signing key (by inode) or reads as a secret key (its start
+    only); None if it is a regular file that cannot be read."""
     try:
         st = entry.stat(follow_symlinks=False) if entry is not None else os.lstat(path)
     except OSError:
-        return False
+        return False  # gone since the listing: nothing to ship
     if not stat.S_ISREG(st.st_mode):
         return False
     if (st.st_dev, st.st_ino) in identities:
         return True
     try:
         head = read_head(path, SECRET_KEY_HEAD, "excluded file")
-    except IntegrityError:
-        return False  # replaced by something else since the listing, or unreadable: not a key we can ship
+    except UnreadableFile as exc:
+        return False if exc.missing else None  # removed since the listing is nothing to ship
     return looks_like_secret_key(head)

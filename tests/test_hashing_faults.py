@@ -909,18 +909,19 @@ def test_io_threads_setting_for_benchmarks(value: str, threads: int) -> None:
 
 @pytest.mark.parametrize("size", ["small", "chunked"])
 def test_secret_key_detection_reads_the_first_4096_bytes(tmp_path: Path, size: str) -> None:
-    """A key whose line ends at byte 4,096 is flagged (small file or large); one byte further it is not looked at."""
+    """A key whose line ends at byte 4,096 is flagged (small file or large), and one byte further too (only
+    its optional "=" is cut off); two bytes further it is not looked at."""
     generate_keypair(str(tmp_path / "k.key"), str(tmp_path / "k.pub"))
     key_line = (tmp_path / "k.key").read_bytes().splitlines()[1]
     names = []
-    for end in (SECRET_KEY_HEAD, SECRET_KEY_HEAD + 1):
+    for end in (SECRET_KEY_HEAD, SECRET_KEY_HEAD + 1, SECRET_KEY_HEAD + 2):
         comment = b"c" * (end - len(key_line) - 1)
         data = comment + b"\n" + key_line + b"\n"
         assert data.index(key_line) + len(key_line) == end
         names.append(f"key-ending-at-{end}")
         write(tmp_path, names[-1], data + b"\0" * (SIZES[size] - len(data)))
     res = build(tmp_path, names)
-    assert [r.secret_key for r in res] == [True, False]
+    assert [r.secret_key for r in res] == [True, True, False]
     assert all(r.digest == blake3((tmp_path / n).read_bytes()).hexdigest() for r, n in zip(res, names, strict=True))
 
 

@@ -349,3 +349,29 @@ def test_code_warning_names_only_what_the_tree_leaves_out(tmp_path: Path) -> Non
     warnings = build_manifest(str(tree), deployment="svc", exclude=["cache/"]).warnings
     [code] = [w for w in warnings if "loadable as code" in w]
     assert "cache/__pycache__" in code, code
+
+
+def test_an_excluded_file_that_cannot_be_read_makes_the_look_incomplete(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An excluded file build cannot read may be a key: build warns that it could not check fully."""
+    from duri_integrity import keyscan
+    from duri_integrity.files import UnreadableFile
+    from duri_integrity.files import read_head as real
+
+    tree = tmp_path / "t"
+    (tree / "ex").mkdir(parents=True)
+    (tree / "a.txt").write_text("a\n")
+    (tree / "ex" / "locked").write_text("unreadable\n")
+
+    def read_head(path: str, limit: int, what: str) -> bytes:
+        if path.endswith("locked"):
+            raise UnreadableFile(f"cannot read {what} {path!r}: Permission denied")
+        return real(path, limit, what)
+
+    monkeypatch.setattr(keyscan, "read_head", read_head)
+    warnings = build_manifest(str(tree), deployment="svc", exclude=["ex/"]).warnings
+    assert any("could not be checked fully" in w for w in warnings), warnings
+    (tree / "ex" / "locked").unlink()
+    warnings = build_manifest(str(tree), deployment="svc", exclude=["ex/"]).warnings
+    assert not any("could not be checked fully" in w for w in warnings), warnings

@@ -171,3 +171,25 @@ def test_secret_key_detection_needs_a_whole_key(keys: Keys) -> None:
     assert not looks_like_secret_key(b"RWQAAEIy")  # the prefix alone (a Hypothesis find)
     assert not looks_like_secret_key(line[:-8] + b"\n")  # a truncated key
     assert not looks_like_secret_key(keys.public.read_bytes())
+
+
+def test_secret_key_found_anywhere_in_the_first_4_kib(keys: Keys) -> None:
+    """A key line pasted after other lines, behind a prefix, inside JSON or without its padding is found."""
+    from duri_integrity.keys import SECRET_KEY_HEAD, looks_like_secret_key
+
+    whole = keys.secret.read_bytes()
+    line = whole.splitlines()[1]
+    for text in (
+        b"\n" + whole,
+        b"# prod signing key\n" + whole,
+        b"a\nb\n" + line + b"\n",
+        b"MINISIGN_KEY=" + line + b"\n",
+        b'{"key": "' + line + b'"}',
+        b"x\n" + line.rstrip(b"=") + b"\n",
+        line.rstrip(b"="),
+        b"x" * (SECRET_KEY_HEAD - len(line) - 1) + b"\n" + line,
+    ):
+        assert looks_like_secret_key(text), text[:40]
+    assert not looks_like_secret_key(b"x" * (SECRET_KEY_HEAD - 100) + b"\n" + line)  # past the 4 KiB looked at
+    assert not looks_like_secret_key(b"ab" + line)  # inside a longer base64 token: not a key line
+    assert not looks_like_secret_key(bytes(range(256)) * 16)
