@@ -122,8 +122,10 @@ def _reader_loop(
         reader.close()
 
 
-IO_BOUND_SECONDS_PER_FILE = 100e-6
-"""Small files from the page cache take ~5-10 us each to read; ten times that means waiting on a disk."""
+IO_BOUND_SECONDS_PER_FILE = 25e-6
+"""Small files from the page cache take ~5-10 us each to read. A virtual disk backed by the host's
+cache answers in ~60 us a file (2-core VM, docs/performance.md), under the 100 us this once was,
+so its cold runs kept one reader; from 25 us, with blocks counted, the reads waited on storage."""
 
 
 def io_clock() -> tuple[float, int]:

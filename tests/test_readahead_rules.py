@@ -60,6 +60,15 @@ def test_from_disk_needs_slow_reads_and_blocks_read() -> None:
     assert from_disk((now - 1.0, blocks - 1), 0) is True  # no files counted: the time is not divided by zero
 
 
+def test_from_disk_at_a_virtual_disk_speed() -> None:
+    """~60 us a file with blocks read is a virtual disk's cold read (more readers help); ~10 us a file is
+    the page cache however many blocks the kernel counted. The margins are seconds: no timing flake."""
+    _, blocks = io_clock()
+    files = 100_000
+    assert from_disk((time.perf_counter() - files * 60e-6, blocks - 1), files) is True
+    assert from_disk((time.perf_counter() - files * 10e-6, blocks - 1), files) is False
+
+
 def test_readers_stay_at_most_three_batches_ahead(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """While the hashing thread is stalled, the reader reads at most 3 batches beyond it: memory stays bounded."""
     if not speedups.available():
