@@ -40,7 +40,7 @@
 #define DIR_FLAGS (O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
 
 enum { R_OK_ = 0, R_CHANGED, R_OPEN, R_READ, R_REPLACED, R_SIZE };
-enum { STAGE_OPEN = 0, STAGE_FSTAT, STAGE_READ, STAGE_ENTRY, STAGE_LIST };
+enum { STAGE_OPEN = 0, STAGE_FSTAT, STAGE_READ, STAGE_ENTRY, STAGE_LIST, STAGE_CTIME };
 
 typedef struct {
     const char *path; /* relative path, filesystem encoding */
@@ -398,6 +398,84 @@ out:
     return result;
 }
 
+/* settle.changed_since's look: each path (relative to the root; "" is the root) looked up again
+ * through the directory chain, never following a symlink, and lstat-ed, all with the GIL released.
+ * Only what the caller must look at comes back: (position, errno, 0) for a path that could not be
+ * reached, (position, 0, ctime_ns) for one whose ctime is at least `since`. */
+static PyObject *Reader_ctimes(Reader *self, PyObject *args) {
+    PyObject *paths;
+    long long since;
+    if (!PyArg_ParseTuple(args, "O!L", &PyList_Type, &paths, &since)) return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(paths);
+    PyObject *result = NULL, **encoded = NULL;
+    long long *ctimes = NULL;
+    int *errs = NULL, claimed = 0;
+    if (self->busy || self->root_fd < 0) {
+        PyErr_SetString(PyExc_RuntimeError, "Reader closed or in use by another thread");
+        return NULL;
+    }
+    self->busy = claimed = 1;
+    encoded = PyMem_Calloc((size_t)(n ? n : 1), sizeof(PyObject *));
+    ctimes = PyMem_Calloc((size_t)(n ? n : 1), sizeof(long long));
+    errs = PyMem_Calloc((size_t)(n ? n : 1), sizeof(int));
+    if (!encoded || !ctimes || !errs) {
+        PyErr_NoMemory();
+        goto out;
+    }
+    for (Py_ssize_t k = 0; k < n; k++) {
+        PyObject *item = PyList_GET_ITEM(paths, k);
+        if (!PyUnicode_Check(item)) {
+            PyErr_SetString(PyExc_TypeError, "paths are str");
+            goto out;
+        }
+        if (!(encoded[k] = PyUnicode_EncodeFSDefault(item))) goto out;
+        if ((Py_ssize_t)strlen(PyBytes_AS_STRING(encoded[k])) != PyBytes_GET_SIZE(encoded[k])) {
+            PyErr_SetString(PyExc_ValueError, "a path has a NUL byte");
+            goto out;
+        }
+    }
+    PyThreadState *save = PyEval_SaveThread();
+    for (Py_ssize_t k = 0; k < n; k++) {
+        const char *path = PyBytes_AS_STRING(encoded[k]);
+        size_t len = (size_t)PyBytes_GET_SIZE(encoded[k]);
+        const char *slash = memrchr(path, '/', len);
+        const char *name = slash ? slash + 1 : path;
+        struct stat st;
+        int bad = len && (name[0] == '\0' || (name[0] == '.' && (name[1] == '\0' || (name[1] == '.' && name[2] == '\0'))));
+        int e = injected(self, STAGE_CTIME, path, &save);
+        int dirfd = bad || e ? -1 : enter(self, path, slash ? (size_t)(slash - path) : 0);
+        int rc = e ? (errno = e, -1)
+                 : bad ? (errno = EINVAL, -1)
+                 : dirfd < 0 ? -1
+                 : len ? fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW)
+                       : fstat(self->root_fd, &st);
+        if (rc < 0)
+            errs[k] = errno ? errno : EIO;
+        else
+            ctimes[k] = (long long)st.st_ctim.tv_sec * 1000000000LL + st.st_ctim.tv_nsec;
+    }
+    PyEval_RestoreThread(save);
+    if (!(result = PyList_New(0))) goto out;
+    for (Py_ssize_t k = 0; k < n; k++) {
+        if (!errs[k] && ctimes[k] < since) continue;
+        PyObject *t = Py_BuildValue("(niL)", k, errs[k], errs[k] ? 0LL : ctimes[k]);
+        if (!t || PyList_Append(result, t) < 0) {
+            Py_XDECREF(t);
+            Py_CLEAR(result);
+            goto out;
+        }
+        Py_DECREF(t);
+    }
+out:
+    if (claimed) self->busy = 0;
+    if (encoded)
+        for (Py_ssize_t k = 0; k < n; k++) Py_XDECREF(encoded[k]);
+    PyMem_Free(encoded);
+    PyMem_Free(ctimes);
+    PyMem_Free(errs);
+    return result;
+}
+
 static void reader_release(Reader *self) {
     drop_to(self, 0);
     self->cur_valid = 0;
@@ -447,6 +525,8 @@ static void Reader_dealloc(Reader *self) {
 static PyMethodDef Reader_methods[] = {
     {"read", (PyCFunction)Reader_read, METH_VARARGS,
      "read(jobs, batch, buf) -> list: open, check and read the files jobs[i] for i in batch into buf."},
+    {"ctimes", (PyCFunction)Reader_ctimes, METH_VARARGS,
+     "ctimes(paths, since) -> list of (position, errno, ctime_ns): paths unreachable or with a ctime >= since."},
     {"close", (PyCFunction)Reader_close, METH_NOARGS, "Close the directory descriptors held."},
     {NULL, NULL, 0, NULL},
 };
@@ -919,7 +999,8 @@ PyMODINIT_FUNC PyInit__speedups(void) {
         PyModule_AddIntConstant(m, "STAGE_FSTAT", STAGE_FSTAT) < 0 ||
         PyModule_AddIntConstant(m, "STAGE_READ", STAGE_READ) < 0 ||
         PyModule_AddIntConstant(m, "STAGE_ENTRY", STAGE_ENTRY) < 0 ||
-        PyModule_AddIntConstant(m, "STAGE_LIST", STAGE_LIST) < 0) {
+        PyModule_AddIntConstant(m, "STAGE_LIST", STAGE_LIST) < 0 ||
+        PyModule_AddIntConstant(m, "STAGE_CTIME", STAGE_CTIME) < 0) {
         Py_DECREF(m);
         return NULL;
     }

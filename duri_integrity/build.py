@@ -30,7 +30,7 @@ from .manifest import (
     make_entry_path,
     utc_now,
 )
-from .settle import changed_since, start_mark, wait_past
+from .settle import Mark, changed_since, settled
 from .walk import Walk, WalkError, check_root, inside_root, kind_of, relative_inside
 
 __all__ = [
@@ -73,27 +73,21 @@ def build_manifest(
     """
     check_labels(deployment, release)
     root_real = check_root(root)
-    excluder = RecordingExcluder(exclude)
-    warnings = code_exclusion_warnings(excluder)
+    warnings = code_exclusion_warnings(RecordingExcluder(exclude))
     skipped = relative_inside(root_real, skip) | set(OWN_FILES)
     for key_path in secret_key_paths:
         rel = inside_root(root_real, key_path)
         if rel is not None and rel not in skipped:
             raise TreeError(f"the signing key {key_path!r} is inside the tree being built; move it out")
-    mark = start_mark()
-    wait_past(mark, root_real)  # every change from here on carries a ctime after the mark (settle.py)
-    rows, problems = _walk(root_real, excluder, skipped)
-    warnings += _excluded_part(root_real, excluder, secret_key_paths)
-    entries = _entries(root_real, rows, workers, problems, warnings)
-    if not problems:
-        problems += _changed_during_build(root_real, mark, rows)
+    read = _TreeReader(root_real, exclude, skipped, workers, secret_key_paths)
+    entries, problems, more_warnings, patterns = settled(read.attempt, root_real)
+    warnings += more_warnings
     if problems:
         more = f" (and {len(problems) - _MAX_LISTED} more)" if len(problems) > _MAX_LISTED else ""
         raise TreeError(
             f"cannot build a complete manifest: {len(problems)} problem(s): " + "; ".join(problems[:_MAX_LISTED]) + more
         )
     when = created or utc_now()
-    patterns = excluder.patterns
     manifest = Manifest(
         format=FORMAT,
         version=FORMAT_VERSION,
@@ -113,11 +107,41 @@ def build_manifest(
 _Row = tuple[bytes, str, os.stat_result, str | None]
 
 
-def _changed_during_build(root_real: str, mark: int, rows: list[_Row]) -> list[str]:
+class _Tree(NamedTuple):
+    entries: list[Entry]
+    problems: list[str]
+    warnings: list[str]
+    patterns: list[str]
+    """The exclusion patterns as the manifest records them."""
+
+
+class _TreeReader:
+    """One look at the tree, from a start mark to the end-of-run check (settle.settled may ask twice)."""
+
+    def __init__(
+        self, root_real: str, exclude: Sequence[str], skipped: set[str], workers: int | None, keys: Sequence[str]
+    ) -> None:
+        self.root_real, self.exclude, self.skipped, self.workers, self.keys = root_real, exclude, skipped, workers, keys
+
+    def attempt(self, mark: Mark) -> tuple[_Tree, bool]:
+        root_real = self.root_real
+        excluder = RecordingExcluder(self.exclude)
+        rows, problems = _walk(root_real, excluder, self.skipped)
+        warnings = _excluded_part(root_real, excluder, self.keys)
+        entries = _entries(root_real, rows, self.workers, problems, warnings)
+        unplaced = False
+        if not problems:
+            changed, unplaced = _changed_during_build(root_real, mark, rows)
+            problems += changed
+        return _Tree(entries, problems, warnings, excluder.patterns), unplaced
+
+
+def _changed_during_build(root_real: str, mark: Mark, rows: list[_Row]) -> tuple[list[str], bool]:
     """One instant for the whole tree: the root and everything listed must be unchanged since
     ``mark``, after the last read (settle.py); a manifest never mixes two moments."""
     paths = ["", *(rel for _, rel, _, _ in rows)]
-    return [f"{display(paths[pos] or '.')}: unstable: {why}" for pos, why in changed_since(root_real, mark, paths)]
+    changed, unplaced = changed_since(root_real, mark, paths)
+    return [f"{display(paths[pos] or '.')}: unstable: {why}" for pos, why in changed], unplaced
 
 
 def _walk(root_real: str, excluder: Excluder, skipped: set[str]) -> tuple[list[_Row], list[str]]:

@@ -20,7 +20,7 @@ from .exclude import Excluder
 from .hashing import FileCheck, check_files
 from .manifest import Dir, File, Manifest, Symlink, display
 from .report import Problem, Tally
-from .settle import changed_since, wait_past
+from .settle import Mark, changed_since, settled
 from .snapshot import RECORD, Snapshot
 from .walk import Found, Walk, WalkError
 
@@ -172,15 +172,18 @@ class _Comparison:
             self.problem(self.job_index[k], jobs[k][0], kind, expected, actual)
         self.tally.hashed = len(jobs)
 
-    def unchanged_since(self, root_real: str, started_ns: int) -> None:
-        """Nothing the verdict rests on may have changed since the run began (see settle.py):
-        the root, every directory of the manifest and every file that checked out."""
+    def unchanged_since(self, root_real: str, mark: Mark) -> bool:
+        """Nothing the verdict rests on may have changed since ``mark`` (see settle.py): the root,
+        every directory of the manifest and every file that checked out. Returns whether a
+        stamp could not be placed before or after the start (settle.settled runs again)."""
         entries, keys = self.entries, self.keys
         dirs = [i for i, e in enumerate(entries) if type(e) is Dir]
         order = [-1, *dirs, *self.job_index]  # run only when nothing failed: every file checked out
-        for pos, why in changed_since(root_real, started_ns, [keys[i] if i >= 0 else "" for i in order]):
+        changed, unplaced = changed_since(root_real, mark, [keys[i] if i >= 0 else "" for i in order])
+        for pos, why in changed:
             i = order[pos]
             self.problem(i, keys[i] if i >= 0 else ".", "unstable", actual=why, new=False)
+        return unplaced and not changed
 
     def outcome(self, records: bytearray | None) -> Outcome:
         self._trim()
@@ -331,7 +334,6 @@ def compare(
     *,
     max_problems: int | None = DEFAULT_MAX_PROBLEMS,
     anchors: Mapping[int, tuple[int, str]] | None = None,
-    started_ns: int,
 ) -> Outcome:
     """Walk the tree and compare it with the manifest, hashing what must be hashed.
 
@@ -339,21 +341,40 @@ def compare(
     counts are exact either way. ``anchors`` maps the inode of each file that
     decided trust (keys, revocations, config) to its (device, path): finding one in
     the tree raises TrustAnchorInTree, however the tree reaches it (a bind mount, a
-    hard link). ``started_ns`` (required: the wall clock when the run began) starts the
-    end-of-run check (settle.py): the root, a directory or a file whose ctime is later
-    changed during the run and is ``unstable``, so the verdict is about one tree, not a
-    different moment for each file. Raises
-    TreeError when the check cannot be complete (out of
-    descriptors or memory), and whatever a hashing thread raised.
+    hard link). The comparison is of one moment (settle.py): the root, a directory or
+    a file whose ctime shows a change after the walk began is ``unstable``; a tree
+    changed within a clock tick before it is compared once more after a wait (and
+    ``progress`` then counts again from zero). Raises TreeError when the check cannot
+    be complete (out of descriptors or memory), and whatever a hashing thread raised.
     """
     if max_problems is not None and max_problems < 1:
         raise ValueError("max_problems must be at least 1 (or None for all)")
-    c = _Comparison(m, keys, max_problems)
-    wait_past(started_ns, root_real)  # every change from here on carries a ctime after started_ns
-    # The conventional in-tree manifest and signature are never part of the tree, even when
-    # this run uses a copy kept elsewhere (unless the manifest itself lists them).
-    skip = skip | {n for n in OWN_FILES if n not in c.index}
     excluder = Excluder(m.exclude)
+
+    def attempt(mark: Mark) -> tuple[Outcome, bool]:
+        c = _Comparison(m, keys, max_problems)
+        # The conventional in-tree manifest and signature are never part of the tree, even when
+        # this run uses a copy kept elsewhere (unless the manifest itself lists them).
+        own = skip | {n for n in OWN_FILES if n not in c.index}
+        records = _walk_any(c, m, root_real, own, excluder, anchors, snapshot, quick)
+        c.hash(root_real, workers, progress)
+        unplaced = not c.tally.problems and c.unchanged_since(root_real, mark)  # with problems: FAILED anyway
+        return c.outcome(records), unplaced
+
+    return settled(attempt, root_real)
+
+
+def _walk_any(
+    c: _Comparison,
+    m: Manifest,
+    root_real: str,
+    skip: set[str],
+    excluder: Excluder,
+    anchors: Mapping[int, tuple[int, str]] | None,
+    snapshot: Snapshot | None,
+    quick: bool,
+) -> bytearray | None:
+    """The walk, through the C scanner when there is one: the quick-mode records (None in full mode)."""
     walk = Walk(root_real, excluder, skip, stat_files=quick)
     found: Iterable[Found | WalkError] = _refusing(walk, root_real, anchors) if anchors else walk
     records = None
@@ -366,7 +387,4 @@ def compare(
         _walk_full(c, found)
         excluded = walk.excluded
     c.finish_walk(excluded)
-    c.hash(root_real, workers, progress)
-    if not c.tally.problems:  # with problems the verdict is FAILED anyway
-        c.unchanged_since(root_real, started_ns)
-    return c.outcome(records)
+    return records

@@ -12,33 +12,55 @@ changes its directory's ctime (POSIX requires the parent's mtime and ctime to ch
 directory swapped in or out during the run shows on the directory holding it, and a root
 swapped as a whole shows on the root itself.
 
-Why a wait. Inode times come from the kernel's coarse clock, which lags the wall clock by up
-to one tick (4 ms at HZ=250). A change made just after the run's start could carry a stamp
-from just before it and go unseen. :func:`wait_past` therefore holds the run until the coarse
-clock has passed its start mark before the tree is first looked at, so every later change
-carries a later stamp. The mark itself comes from the fine clock, so a change made before the
-run began never looks later than it (no false alarm for a tree written just before).
+Why two clocks. Inode times come from the kernel's coarse clock, which lags the wall clock by
+up to one tick (4 ms at HZ=250), and some filesystems round them further (whole seconds on ext4
+with 128-byte inodes). A run notes both clocks at its start (:func:`start_mark`): any change
+from then on carries a stamp at least the coarse one, rounded to the filesystem's step, and a
+stamp after the fine one is certainly from during the run. A stamp between the two cannot be
+placed: the change came just before the start or during the run. That happens only to a tree
+changed within a tick (or a step) before the run, so :func:`settled` then runs the check
+again after :func:`wait_past`, which holds it until the coarse clock has passed the new start;
+every later change then carries a later stamp. An untouched tree costs no wait.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import NamedTuple, TypeVar
 
+from . import speedups
 from .walk import DirCursor, check_resources, open_root
 
-__all__ = ["changed_since", "granularity", "start_mark", "wait_past"]
+__all__ = ["Mark", "changed_since", "granularity", "settled", "start_mark", "wait_past"]
 
 CLOCK_REALTIME_COARSE = getattr(time, "CLOCK_REALTIME_COARSE", 5)
 """The clock inode times are stamped from (Linux's number for it; Python names it on some builds)."""
 MAX_WAIT = 0.25
 """Seconds to wait for the coarse clock at most (a tick is 1 to 10 ms); beyond that the clock is broken."""
 
+T = TypeVar("T")
 
-def start_mark() -> int:
-    """The run's start on the fine wall clock (nanoseconds)."""
-    return time.time_ns()
+
+class Mark(NamedTuple):
+    """A run's start, on both clocks (nanoseconds since the epoch)."""
+
+    fine: int
+    """The wall clock: a ctime after it is certainly a change made during the run."""
+    coarse: int
+    """The kernel's coarse clock, read just before ``fine``: no change from the start on carries an
+    earlier stamp (once rounded to the filesystem's step)."""
+    waited: bool = False
+    """:func:`wait_past` ran before the tree was first looked at: every later change carries a
+    stamp after ``fine``, so a stamp up to ``fine`` is from before the run."""
+
+
+def start_mark() -> Mark:
+    """The run's start; take it before the tree is first looked at."""
+    coarse = time.clock_gettime_ns(CLOCK_REALTIME_COARSE)
+    return Mark(time.time_ns(), coarse)
 
 
 def granularity(ctime_ns: int) -> int:
@@ -58,59 +80,105 @@ def granularity(ctime_ns: int) -> int:
     return step
 
 
-def wait_past(mark: int, root: str | None = None) -> None:
-    """Return once a change made from now on gets an inode time after ``mark``.
+def wait_past(mark: Mark, root: str | None = None) -> Mark:
+    """Return ``mark`` as waited for, once a change made from now on gets an inode time after it.
 
-    That needs the kernel's coarse clock (which stamps inodes) past ``mark`` and, on a
+    That needs the kernel's coarse clock (which stamps inodes) past ``mark.fine`` and, on a
     filesystem that rounds its times (judged from ``root``'s ctime), the rounded clock too:
-    up to one step (2 s on a filesystem of whole seconds). Usually free on others: the
-    trust step before the walk already takes longer than a tick. Raises OSError if the
-    clock does not get there in time (a stopped or stepped-back clock): then the
-    end-of-run check could not see late changes.
+    up to one step (2 s on a filesystem of whole seconds). Raises OSError if the clock does
+    not get there in time (a stopped or stepped-back clock): then the end-of-run check could
+    not see late changes.
     """
     step = granularity(os.stat(root).st_ctime_ns) if root is not None else 1
     gettime = time.clock_gettime_ns
-    if gettime(CLOCK_REALTIME_COARSE) // step * step > mark:
-        return
     deadline = time.monotonic() + MAX_WAIT + 2 * step / 1e9
-    while gettime(CLOCK_REALTIME_COARSE) // step * step <= mark:
+    while gettime(CLOCK_REALTIME_COARSE) // step * step <= mark.fine:
         if time.monotonic() > deadline:
             raise OSError("the kernel's coarse clock did not advance: changes during the run could go unseen")
         time.sleep(0.0002 if step < 10_000_000 else 0.005)
+    return mark._replace(waited=True)
 
 
-def changed_since(root_real: str, mark: int, paths: Sequence[str]) -> list[tuple[int, str]]:
-    """The positions in ``paths`` (relative to the root; ``""`` is the root) that changed after ``mark``.
+def settled(attempt: Callable[[Mark], tuple[T, bool]], root: str) -> T:
+    """``attempt(mark)``'s result, from a run whose end-of-run check could place every stamp.
+
+    ``attempt`` looks at the tree from ``mark`` on and ends with :func:`changed_since`; it
+    returns its result and whether that check found a stamp it could not place. Then the
+    tree changed within a tick of the start, and the attempt is made once more after
+    :func:`wait_past`, where every stamp can be placed.
+    """
+    result, unplaced = attempt(start_mark())
+    if unplaced:
+        result, _ = attempt(wait_past(start_mark(), root))
+    return result
+
+
+def changed_since(root_real: str, mark: Mark, paths: Sequence[str]) -> tuple[list[tuple[int, str]], bool]:
+    """The positions in ``paths`` (relative to the root; ``""`` is the root) that changed after ``mark``,
+    and whether any carries a stamp that cannot be placed before or after it (see the module).
 
     Each path is looked up again from the root, one directory at a time without following
     symlinks, and its own ctime read with ``lstat``. Paths grouped by directory cost one
     ``lstat`` each. Returns (position, why) for every path that is gone, cannot be reached
     or carries a later ctime.
     """
+    root_fd = open_root(root_real)
+    try:
+        if mark.waited:
+            since = mark.fine + 1
+        else:
+            step = granularity(os.fstat(root_fd).st_ctime_ns)
+            since = mark.coarse // step * step
+        found = _ctimes(root_fd, list(paths), since)
+    finally:
+        os.close(root_fd)
     changed: list[tuple[int, str]] = []
+    unplaced = False
+    for pos, err, ctime in found:
+        if err:
+            exc = OSError(err, os.strerror(err))
+            check_resources(exc, f"checking {paths[pos] or '.'!r} again")
+            changed.append((pos, f"replaced or removed during the check ({exc.strerror})"))
+        elif ctime > mark.fine:
+            changed.append((pos, "changed during the check"))
+        else:
+            unplaced = True
+    return changed, unplaced
+
+
+def _ctimes(root_fd: int, paths: list[str], since: int) -> list[tuple[int, int, int]]:
+    """(position, errno, 0) for each path that cannot be reached, (position, 0, ctime) for each whose
+    ctime is at least ``since``: the C reader's ``ctimes``, or the same in Python."""
+    if speedups.available():
+        reader = speedups.new_reader(root_fd)
+        try:
+            return reader.ctimes(paths, since)  # type: ignore[no-any-return]
+        finally:
+            reader.close()
+    found: list[tuple[int, int, int]] = []
     os_stat = os.stat
-    cursor = DirCursor(open_root(root_real))
+    cursor = DirCursor(root_fd)
     cur_dir: str | None = None
     dir_fd = -1
     try:
         for pos, rel in enumerate(paths):
             try:
                 if not rel:
-                    ctime = os.fstat(cursor.root_fd).st_ctime_ns
+                    ctime = os.fstat(root_fd).st_ctime_ns
                 else:
                     rel_dir, _, name = rel.rpartition("/")
                     if rel_dir != cur_dir:
                         cur_dir = None
                         dir_fd = cursor.enter(rel_dir)
                         cur_dir = rel_dir
+                    if name in ("", ".", ".."):  # never up or sideways (the C reader refuses them too)
+                        raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
                     ctime = os_stat(name, dir_fd=dir_fd, follow_symlinks=False).st_ctime_ns
             except OSError as exc:
-                check_resources(exc, f"checking {rel or '.'!r} again")
-                changed.append((pos, f"replaced or removed during the check ({exc.strerror})"))
+                found.append((pos, exc.errno or errno.EIO, 0))
                 continue
-            if ctime > mark:
-                changed.append((pos, "changed during the check"))
+            if ctime >= since:
+                found.append((pos, 0, ctime))
     finally:
         cursor.close()
-        os.close(cursor.root_fd)
-    return changed
+    return found

@@ -37,10 +37,11 @@ def _load() -> ModuleType | None:
 
 _ext = _load()
 
-STAGE_OPEN, STAGE_FSTAT, STAGE_READ, STAGE_ENTRY, STAGE_LIST = 0, 1, 2, 3, 4
+STAGE_OPEN, STAGE_FSTAT, STAGE_READ, STAGE_ENTRY, STAGE_LIST, STAGE_CTIME = 0, 1, 2, 3, 4, 5
 """Where :data:`FAULT_HOOK` is called (the extension's constants of the same names): before a
 file's open, fstat and read (the reader), before an entry's lstat and a directory's listing (the
-quick-mode scanner, with the directory's path, "." for the root)."""
+quick-mode scanner, with the directory's path, "." for the root), before a path's look-up in the
+end-of-run check (settle.py; "" for the root)."""
 FAULT_HOOK: Callable[[int, bytes], int] | None = None
 """Tests only: ``hook(stage, path)`` is called (with the GIL) before each file's open, fstat and
 read in the extension, with the path relative to the root, and may return an errno to fail

@@ -15,7 +15,6 @@ from .errors import IntegrityError, NotVerifiedError, TrustAnchorInTree, Untrust
 from .logs import log_report
 from .manifest import Manifest
 from .report import ManifestInfo, Mode, Report, Status, make_report
-from .settle import start_mark
 from .snapshot import Snapshot, default_cache_dir, load_snapshot, save_snapshot
 from .trust import TrustedManifest, TrustInputs, anchor_inodes, evaluate, load_inputs, now_utc, record_verified
 from .walk import check_root, inside_root, relative_inside
@@ -99,8 +98,6 @@ def verify_settings(
     mark and the quick-mode snapshot untouched (``doctor`` checks; it does not deploy).
     ``started_ns`` (the quick-mode snapshot's time) defaults to when ``run`` began."""
     run.root = settings.root or "."
-    # Anything in the tree whose ctime is after this instant changed during the run (settle.py).
-    begun = start_mark()
     try:
         root_real = check_root(run.root)
         inputs, tm = _trusted(settings, run, root_real)
@@ -119,7 +116,6 @@ def verify_settings(
             progress,
             max_problems=max_problems,
             anchors=inputs.anchors,
-            started_ns=begun,
         )
         if outcome.problems:
             return run.finish("FAILED", outcome=outcome)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import importlib
 import os
 import random
 import shutil
@@ -387,3 +388,12 @@ def test_scanner_enters_every_one_of_many_sibling_directories(tmp_path: Path, ke
     report = s.verify(quick=True, cache_dir=str(cache))
     kinds = {(p.path, p.kind) for p in report.problems}
     assert kinds == {(f"{n}/f", "modified") for n in names[1::500]} | {(f"{names[-1]}/added", "added")}
+
+
+def test_stage_numbers_match_the_extension() -> None:
+    """The fault hook's stage numbers in speedups.py are the extension's own."""
+    if not speedups.available():
+        pytest.skip("needs the C extension")
+    ext = importlib.import_module("duri_integrity._speedups")
+    for name in ("STAGE_OPEN", "STAGE_FSTAT", "STAGE_READ", "STAGE_ENTRY", "STAGE_LIST", "STAGE_CTIME"):
+        assert getattr(speedups, name) == getattr(ext, name), name

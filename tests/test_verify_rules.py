@@ -21,13 +21,15 @@ from typing import Any
 
 import pytest
 
+from duri_integrity import compare as compare_mod
+from duri_integrity import settle, speedups
 from duri_integrity import snapshot as snapshot_mod
-from duri_integrity import speedups
 from duri_integrity.compare import compare
 from duri_integrity.config import Settings
 from duri_integrity.errors import ConfigError, IntegrityError, KeyFileError, NotVerifiedError, TreeError
 from duri_integrity.manifest import decode_manifest_keys
 from duri_integrity.report import Report
+from duri_integrity.settle import Mark
 from duri_integrity.verify import Run, ensure_integrity, verify_integrity, verify_settings
 
 from .conftest import Keys, Signed, build_and_sign
@@ -565,18 +567,47 @@ def test_snapshot_that_cannot_be_saved_is_a_note(small: Signed, tmp_path: Path) 
     assert not list(cache.iterdir())
 
 
-def test_unstable_means_changed_strictly_after_the_start(small: Signed, walker: str) -> None:
-    """compare(started_ns=T) flags a path whose ctime is after T, and not one whose ctime is exactly T."""
+def _compare_from(small: Signed, monkeypatch: pytest.MonkeyPatch, fine: int, coarse: int) -> tuple[Any, list[Mark]]:
+    """compare() with its start taken as (fine, coarse) on both clocks; the marks its checks used."""
     m, keys = decode_manifest_keys(small.manifest.read_bytes())
-    root = os.path.realpath(small.root)
-    # The files, and the directories holding them (the root included): the re-check covers both.
-    paths = [".", "a.txt", "b.txt", "c.txt", "d", "d/e.txt", "d/f.txt"]
-    newest = max((small.root / f).stat().st_ctime_ns for f in paths)
-    latest = {f for f in paths if (small.root / f).stat().st_ctime_ns == newest}
-    at = compare(m, keys, root, set(), 1, None, False, started_ns=newest)
+    used: list[Mark] = []
+    real_changed_since = settle.changed_since
+
+    def changed_since(root: str, mark: Mark, paths: list[str]) -> tuple[list[tuple[int, str]], bool]:
+        used.append(mark)
+        return real_changed_since(root, mark, paths)
+
+    monkeypatch.setattr(settle, "start_mark", lambda: Mark(fine, coarse))
+    monkeypatch.setattr(compare_mod, "changed_since", changed_since)
+    return compare(m, keys, os.path.realpath(small.root), set(), 1, None, False), used
+
+
+# The files, and the directories holding them (the root included): the re-check covers both.
+SMALL_CHECKED = [".", "a.txt", "b.txt", "c.txt", "d", "d/e.txt", "d/f.txt"]
+
+
+def test_unstable_means_changed_strictly_after_the_start(
+    small: Signed, walker: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A path whose ctime is after the start on the fine clock is unstable; exactly at it is not."""
+    newest = max((small.root / f).stat().st_ctime_ns for f in SMALL_CHECKED)
+    latest = {f for f in SMALL_CHECKED if (small.root / f).stat().st_ctime_ns == newest}
+    at, used = _compare_from(small, monkeypatch, newest, newest - 10**6)
     assert at.problems == [] and at.tally.hashed == 5
-    before = compare(m, keys, root, set(), 1, None, False, started_ns=newest - 1)
+    assert [m.waited for m in used] == [False, True]  # a stamp between the clocks: checked once more
+    before, used = _compare_from(small, monkeypatch, newest - 1, newest - 10**6)
     assert {(p.path, p.kind) for p in before.problems} == {(f, "unstable") for f in latest}
+    assert len(used) == 1  # certainly changed during the run: no second look
+
+
+def test_a_tree_older_than_the_coarse_start_is_checked_once(
+    small: Signed, walker: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every stamp before the coarse clock's start: one attempt, no wait, nothing unstable."""
+    newest = max((small.root / f).stat().st_ctime_ns for f in SMALL_CHECKED)
+    out, used = _compare_from(small, monkeypatch, newest + 2 * 10**6, newest + 10**6)
+    assert out.problems == [] and out.tally.hashed == 5
+    assert [m.waited for m in used] == [False]
 
 
 def test_default_problem_list_holds_the_first_5000(small: Signed) -> None:
@@ -618,7 +649,11 @@ def test_out_of_descriptors_in_the_recheck_is_an_error(
             raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
         return real_stat(path, dir_fd=dir_fd, follow_symlinks=follow_symlinks)
 
+    def hook(stage: int, path: bytes) -> int:  # the extension's look-up (the scanner walker)
+        return errno.EMFILE if hashed and stage == speedups.STAGE_CTIME else 0
+
     monkeypatch.setattr(os, "stat", stat)
+    monkeypatch.setattr(speedups, "FAULT_HOOK", hook)
     r = run(small, progress=progress)
     assert (r.status, r.reason_code) == ("ERROR", "tree_error") and hashed
     assert "ran out of resources" in (r.reason or "")
