@@ -18,7 +18,7 @@ from .config import OWN_FILES
 from .errors import TrustAnchorInTree
 from .exclude import Excluder
 from .hashing import FileCheck, check_files
-from .manifest import Dir, File, Manifest, Symlink, display
+from .manifest import File, Manifest, Symlink, display
 from .report import Problem, Tally
 from .settle import Mark, changed_since, settled
 from .snapshot import RECORD, Snapshot
@@ -48,6 +48,7 @@ class _Comparison:
     """The state shared by the full and the quick path: one classification for both."""
 
     def __init__(self, m: Manifest, keys: list[str], max_problems: int | None) -> None:
+        self.m = m
         self.entries = m.entries
         self.keys = keys
         self.index: dict[str, int] = scan.index_of(m, keys)
@@ -176,9 +177,8 @@ class _Comparison:
         """Nothing the verdict rests on may have changed since ``mark`` (see settle.py): the root,
         every directory of the manifest and every file that checked out. Returns whether a
         stamp could not be placed before or after the start (settle.settled runs again)."""
-        entries, keys = self.entries, self.keys
-        dirs = [i for i, e in enumerate(entries) if type(e) is Dir]
-        order = [-1, *dirs, *self.job_index]  # run only when nothing failed: every file checked out
+        keys = self.keys
+        order = [-1, *scan.directories(self.m), *self.job_index]  # run only when nothing failed: every file checked out
         changed, unplaced = changed_since(root_real, mark, [keys[i] if i >= 0 else "" for i in order])
         for pos, why in changed:
             i = order[pos]

@@ -21,7 +21,7 @@ from .manifest import Dir, File, Manifest
 from .walk import Found, WalkError, kind_of, open_root
 from .walk import error as walk_error
 
-__all__ = ["INDEX_CACHE_ENTRIES", "expected", "index_of", "run"]
+__all__ = ["INDEX_CACHE_ENTRIES", "directories", "expected", "index_of", "run"]
 
 _EXPECT = struct.Struct("<QHB5x")
 """What the scanner compares per manifest entry: size, mode, kind (0 file, 1 directory, 2 other)."""
@@ -49,6 +49,19 @@ INDEX_CACHE_ENTRIES = 20_000
 """Manifests up to this size keep their path index between calls (a long-lived caller saves the
 rebuild); a larger one's index (7 MB at 100,000 entries) is dropped after the walk instead, which
 keeps it out of the memory peak while files are hashed."""
+
+
+_dirs_cache: list[tuple[Manifest, list[int]]] = []
+
+
+def directories(m: Manifest) -> list[int]:
+    """The entry numbers of ``m``'s directories (the end-of-run check looks them up again), kept
+    for the last manifest: a warm quick-mode call spent 0.5 ms of its 10 finding them."""
+    if _dirs_cache and _dirs_cache[0][0] is m:
+        return _dirs_cache[0][1]
+    dirs = [i for i, e in enumerate(m.entries) if type(e) is Dir]
+    _dirs_cache[:] = [(m, dirs)]
+    return dirs
 
 
 def index_of(m: Manifest, keys: list[str]) -> dict[str, int]:
