@@ -1,6 +1,6 @@
 """``python3 -P -m duri_integrity``: the same command as the ``duri-integrity`` script."""
 
-from .cli import run
+from ._console import run
 
 if __name__ == "__main__":
     run()

@@ -75,10 +75,6 @@ IO_THREADS_PER_CORE = 2
 IO_THREADS_C = int(os.environ.get("DURI_INTEGRITY_IO_THREADS", "0") or 0) or 16
 """With the C reader, reads from disk run outside the GIL: the threads reading a cold cache (see
 docs/performance.md for the counts measured). DURI_INTEGRITY_IO_THREADS overrides it (benchmarks)."""
-BUILD_WORKERS = 1
-"""Build's default thread count, with the C reader and without: a second thread cost more CPU than
-it saved wall time on the shared 2-core machine measured (docs/performance.md, "Build and sign")."""
-
 FileCheck = tuple[str, int, int, int, str]
 """A file the manifest expects and the walk found: (path relative to the root, inode the walk
 saw, expected size, expected mode, expected lowercase hex BLAKE3). A plain tuple: building a
@@ -389,10 +385,11 @@ def hash_for_build(
     """Hash (path relative to ``root``, lstat) pairs under the stability rule; results in the input order.
 
     With the extension, small files go through the C reader as in verify; without it, and for
-    large files, through :func:`read_file`. ``workers`` None means :data:`BUILD_WORKERS`.
+    large files, through :func:`read_file`. ``workers`` None means one thread per core, as in
+    verify (a reader beside the hasher); reading from disk adds none.
     """
     fast = speedups.available()
-    workers = _workers(BUILD_WORKERS if workers is None else workers)
+    workers = _workers(workers)
     jobs = [(rel, st.st_ino, st.st_size, st.st_mode & 0o7777) for rel, st in files]
     out: list[BuildHash | None] = [None] * len(files)
 

@@ -319,3 +319,33 @@ def test_doctor_takes_verify_trust_options_with_the_same_spelling() -> None:
     shared = {k: v for k, v in shared.items() if k not in ("quiet", "prometheus_textfile", "max_problems", "root")}
     doctors = options(doctor)
     assert shared and {k: doctors.get(k) for k in shared} == shared
+
+
+def test_one_shot_commands_run_without_the_cycle_collector(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The console entry point switches the cyclic collector off before the command runs (it ends with os._exit)."""
+    import gc
+
+    import duri_integrity.cli as cli_mod
+    from duri_integrity import _console
+
+    seen: list[bool] = []
+    monkeypatch.setattr(cli_mod, "run", lambda: seen.append(gc.isenabled()))
+    try:
+        _console.run()
+    finally:
+        gc.enable()
+    assert seen == [False]
+
+
+def test_serve_switches_the_cycle_collector_back_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """serve runs for days: it collects cycles again, whatever the entry point did."""
+    import gc
+
+    monkeypatch.setenv("DURI_INTEGRITY_STATUS_TOKEN", "t" * 32)
+    gc.disable()
+    try:
+        res = CliRunner().invoke(main, ["serve", str(tmp_path), "--bind", "256.0.0.1:1"])
+        assert gc.isenabled()
+    finally:
+        gc.enable()
+    assert res.exit_code != 0

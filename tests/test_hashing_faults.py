@@ -877,13 +877,13 @@ def test_c_path_threads_from_disk_stop_at_the_setting(
     ("cores", "workers", "threads"),
     [
         (None, None, 1),
-        (3, None, 1),  # one thread by default, whatever the cores (hashing.BUILD_WORKERS)
+        (3, None, 3),  # one thread per core by default, as in verify
         (2, 2, 2),  # a worker count given is kept...
         (2, 3, 3),
         (4, 1, 1),  # ...and reading from disk adds none
     ],
 )
-def test_build_threads_are_one_by_default_and_never_more_from_disk(
+def test_build_threads_are_one_per_core_by_default_and_never_more_from_disk(
     wide: tuple[Path, list[FileCheck]],
     path: str,
     monkeypatch: pytest.MonkeyPatch,
@@ -891,7 +891,7 @@ def test_build_threads_are_one_by_default_and_never_more_from_disk(
     workers: int | None,
     threads: int,
 ) -> None:
-    """hash_for_build runs one thread by default (or the count given) and adds none when reading from disk."""
+    """hash_for_build runs one thread per core by default (or the count given) and adds none when reading from disk."""
     assert count_threads(wide, monkeypatch, cores, workers, True, build=True) == (threads, threads)
 
 

@@ -84,7 +84,7 @@ def keygen(secret_key: str, public_key: str, encrypt: bool, force: bool, passwor
     "--workers",
     type=click.IntRange(1, 256),
     default=None,
-    help="Hashing threads [default: 1; a second thread rarely pays on a busy machine].",
+    help="Hashing threads [default: one per core, up to 8].",
 )
 @config_option
 def build(

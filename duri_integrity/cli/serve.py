@@ -70,6 +70,9 @@ def serve(
     Each verification runs in a child process stopped after --deadline seconds;
     a result older than --ttl is never served as current.
     """
+    import gc
+
+    gc.enable()  # a server runs for days: cycles must be collected (one-shot commands leave it off)
     from ..config import resolve_settings
     from ..server import CachedVerification, StatusService, load_token, make_server, make_wsgi_app
 
