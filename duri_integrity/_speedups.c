@@ -570,7 +570,9 @@ typedef struct {
 } Frame;
 
 typedef struct {
-    PyObject *index, *skip, *excluded, *anchors, *found, *error, *hook;
+    PyObject *index, *skip, *excluded, *found, *error, *hook;
+    unsigned long long *anchors; /* the trust anchors' inodes (a handful): compared without an int object per entry */
+    Py_ssize_t n_anchors;
     PyObject *jobs, *job_index, *keys, *entry_list; /* full mode: the jobs for the hasher, as compare.py builds them */
     const Expect *expect;
     Py_ssize_t entries;
@@ -636,18 +638,19 @@ static int frame_add_sub(Frame *f, const char *name, unsigned long long ino) {
     return 0;
 }
 
+static int is_anchor(const Scan *s, unsigned long long ino) {
+    for (Py_ssize_t k = 0; k < s->n_anchors; k++)
+        if (s->anchors[k] == ino) return 1;
+    return 0;
+}
+
 /* 1: handled here (exactly as recorded), 0: Python must look at it, -1: error. */
 static int fast_entry(Scan *s, PyObject *rel, const struct stat *st) {
     PyObject *iobj = PyDict_GetItemWithError(s->index, rel);
     if (!iobj) return PyErr_Occurred() ? -1 : 0;
     Py_ssize_t i = PyLong_AsSsize_t(iobj);
     if (i < 0 || i >= s->entries) return PyErr_Occurred() ? -1 : 0;
-    if (s->anchors) {
-        PyObject *ino = PyLong_FromUnsignedLongLong((unsigned long long)st->st_ino);
-        int in = ino ? PySet_Contains(s->anchors, ino) : -1;
-        Py_XDECREF(ino);
-        if (in) return in < 0 ? -1 : 0;
-    }
+    if (is_anchor(s, (unsigned long long)st->st_ino)) return 0; /* Python refuses it (after comparing devices) */
     const Expect *e = &s->expect[i];
     if ((st->st_mode & 07777) != e->mode) return 0;
     if (S_ISDIR(st->st_mode) && e->kind == 1) {
@@ -776,11 +779,7 @@ static int file_entry(Scan *s, Frame *f, const char *name, unsigned long long in
     Py_ssize_t i = iobj ? PyLong_AsSsize_t(iobj) : -1;
     if (PyErr_Occurred()) goto out;
     int fast = i >= 0 && i < s->entries && s->expect[i].kind == 0;
-    if (fast && s->anchors) {
-        int anchor = PySet_Contains(s->anchors, ino_obj);
-        if (anchor < 0) goto out;
-        fast = !anchor;
-    }
+    if (fast && is_anchor(s, ino)) fast = 0;
     if (fast) {
         /* (path, inode, size, mode, blake3) with the manifest's own objects, as _full_consumer does:
          * no new int or str per file (100,000 of each would be ~7 MB more at the peak). */
@@ -890,6 +889,24 @@ static int enter_next(Scan *s, Frame **stack, size_t *depth, size_t *cap) {
     return rc;
 }
 
+/* The anchors' inode numbers (a set of int) into a C array; -1 with an exception set. */
+static int load_anchors(Scan *s, PyObject *anchors) {
+    PyObject *it = PyObject_GetIter(anchors), *item;
+    Py_ssize_t n = PyObject_Length(anchors);
+    if (!it || n < 0 || !(s->anchors = PyMem_Calloc((size_t)(n ? n : 1), sizeof *s->anchors))) {
+        Py_XDECREF(it);
+        if (!PyErr_Occurred()) PyErr_NoMemory();
+        return -1;
+    }
+    while (s->n_anchors < n && (item = PyIter_Next(it))) {
+        s->anchors[s->n_anchors++] = PyLong_AsUnsignedLongLong(item);
+        Py_DECREF(item);
+        if (PyErr_Occurred()) break;
+    }
+    Py_DECREF(it);
+    return PyErr_Occurred() ? -1 : 0;
+}
+
 static PyObject *quick_scan(PyObject *Py_UNUSED(module), PyObject *args) {
     int root_fd;
     Scan s;
@@ -929,7 +946,7 @@ static PyObject *quick_scan(PyObject *Py_UNUSED(module), PyObject *args) {
     s.settled = settled;
     s.excluded = excluded == Py_None ? NULL : excluded;
     s.hook = hook == Py_None ? NULL : hook;
-    s.anchors = anchors == Py_None || PySet_GET_SIZE(anchors) == 0 ? NULL : anchors;
+    if (anchors != Py_None && load_anchors(&s, anchors) < 0) goto done;
     stack = PyMem_Malloc(cap * sizeof(Frame));
     if (!stack || path_reserve(&s, 256) < 0) {
         PyErr_NoMemory();
@@ -966,6 +983,7 @@ done_noold:
     while (depth) frame_free(&stack[--depth]);
     PyMem_Free(stack);
     PyMem_Free(s.path);
+    PyMem_Free(s.anchors);
     PyBuffer_Release(&expect);
     PyBuffer_Release(&records);
     PyBuffer_Release(&seen);
