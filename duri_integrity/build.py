@@ -8,12 +8,13 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
+from . import scan, speedups
 from ._version import __version__
 from .config import OWN_FILES, signature_path_for
 from .errors import IntegrityError, ManifestError, TreeError
 from .exclude import Excluder
 from .files import replace_file
-from .hashing import hash_for_build
+from .hashing import StatLike, hash_for_build
 from .keys import load_secret_key, make_trusted_comment, sign_bytes
 from .keyscan import ENTRY_LIMIT, RecordingExcluder, excluded_secret_keys
 from .manifest import (
@@ -104,7 +105,7 @@ def build_manifest(
     return BuildResult(manifest, encode_manifest(manifest), warnings)
 
 
-_Row = tuple[bytes, str, os.stat_result, str | None]
+_Row = tuple[bytes, str, "StatLike", str | None]
 
 
 class _Tree(NamedTuple):
@@ -145,14 +146,26 @@ def _changed_during_build(root_real: str, mark: Mark, rows: list[_Row]) -> tuple
 
 
 def _walk(root_real: str, excluder: Excluder, skipped: set[str]) -> tuple[list[_Row], list[str]]:
-    """Every object with its lstat (and link target), in canonical order (by path bytes); problems."""
+    """Every object with its lstat (and link target), in canonical order (by path bytes); problems.
+    Through the C scanner when there is one (7 of 17 ms for 3,229 entries), else the Python walk."""
     problems: list[str] = []
     rows: list[_Row] = []
-    for found in Walk(root_real, excluder, skipped, stat_files=True):
-        if isinstance(found, WalkError):
-            problems.append(f"{display(found.path)}: {found.message}")
-        elif found.st is not None:  # always: stat_files=True
-            rows.append((os.fsencode(found.path), found.path, found.st, found.target))
+    fsencode, add = os.fsencode, rows.append
+
+    def found(rel: str, st: StatLike, target: str | None) -> None:
+        add((fsencode(rel), rel, st, target))
+
+    def error(err: WalkError) -> None:
+        problems.append(f"{display(err.path)}: {err.message}")
+
+    if speedups.can_scan():
+        scan.listing(root_real, skipped, excluder, found, error)
+    else:
+        for f in Walk(root_real, excluder, skipped, stat_files=True):
+            if isinstance(f, WalkError):
+                error(f)
+            elif f.st is not None:  # always: stat_files=True
+                found(f.path, f.st, f.target)
     rows.sort(key=lambda r: r[0])
     return rows, problems
 

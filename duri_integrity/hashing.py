@@ -39,7 +39,7 @@ import os
 import stat
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple, cast
+from typing import Any, NamedTuple, Protocol, cast
 
 from blake3 import blake3
 
@@ -51,6 +51,7 @@ from .walk import DirCursor, check_resources, open_problem, open_root
 __all__ = [
     "BuildHash",
     "FileCheck",
+    "StatLike",
     "check_files",
     "default_workers",
     "hash_for_build",
@@ -377,9 +378,20 @@ def _build_result(r: Result, view: memoryview, size: int) -> BuildHash:
     return BuildHash(None, "unstable", _BUILD_UNSTABLE[what])  # a KeyError for a kind no reader returns
 
 
+class StatLike(Protocol):
+    """The lstat fields build reads: an ``os.stat_result``, or the scanner's :class:`scan.Lstat`."""
+
+    @property
+    def st_mode(self) -> int: ...
+    @property
+    def st_ino(self) -> int: ...
+    @property
+    def st_size(self) -> int: ...
+
+
 def hash_for_build(
     root: str,
-    files: Sequence[tuple[str, os.stat_result]],
+    files: Sequence[tuple[str, StatLike]],
     workers: int | None = None,
 ) -> list[BuildHash]:
     """Hash (path relative to ``root``, lstat) pairs under the stability rule; results in the input order.

@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -192,3 +193,16 @@ def assert_one_clear_line(stderr: str) -> None:
     lines = [ln for ln in stderr.splitlines() if ln.strip()]
     assert len(lines) == 1, stderr
     assert lines[0].startswith("duri-integrity: "), stderr
+
+
+def past_the_start(probe: Path) -> None:
+    """Return once file timestamps (the kernel's coarse clock) are past the fine clock's now.
+
+    A run began before this call; a change made after it returns carries a ctime after the
+    run's start on both clocks (settle.py), so it counts as certainly during the run.
+    """
+    now, deadline = time.time_ns(), time.monotonic() + 5
+    probe.write_bytes(b"")
+    while probe.stat().st_ctime_ns <= now:
+        assert time.monotonic() < deadline, "the coarse clock did not advance in 5 s"
+        probe.chmod(0o600 if probe.stat().st_mode & 0o077 else 0o644)

@@ -30,7 +30,7 @@ from duri_integrity.errors import IntegrityError, TreeError
 from duri_integrity.hashing import SMALL_FILE, BuildHash, FileCheck, check_files, hash_for_build
 from duri_integrity.keys import SECRET_KEY_HEAD, generate_keypair
 
-from .conftest import Keys, build_and_sign
+from .conftest import Keys, build_and_sign, past_the_start
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -369,14 +369,15 @@ def test_symlink_swapped_in_is_refused_at_the_open(tmp_path: Path, path: str) ->
     assert build_with(tmp_path, [("f", walked)]) == [BuildHash(None, "unstable", race, False)]
 
 
-def change_listed(root: Path, how: str, walked: os.stat_result) -> None:
+def change_listed(root: Path, how: str) -> None:
     """Change the listed file ``f`` as a writer racing the build between its walk and its open would."""
     if how == "size":
         (root / "f").write_bytes(b"listed, then longer")
     elif how == "mode":
         (root / "f").chmod(0o600)
     elif how == "mtime":
-        os.utime(root / "f", ns=(walked.st_mtime_ns + 10**9, walked.st_mtime_ns + 10**9))
+        later = (root / "f").lstat().st_mtime_ns + 10**9
+        os.utime(root / "f", ns=(later, later))
     else:  # replaced by a file written beside the tree before the run, with the same bytes
         (root.parent / "g").rename(root / "f")
 
@@ -400,7 +401,7 @@ def test_build_refuses_a_file_changed_between_listing_and_opening(
     tree.chmod(0o755)
     if change_ in ("size", "mode"):  # caught by the read itself, before a byte is hashed
         walked = (tree / "f").lstat()
-        change_listed(tree, change_, walked)
+        change_listed(tree, change_)
         assert build_with(tree, [("f", walked)]) == [
             BuildHash(None, "unstable", "changed between listing and opening", False)
         ]
@@ -408,8 +409,8 @@ def test_build_refuses_a_file_changed_between_listing_and_opening(
     real = hashing.hash_for_build  # what build calls
 
     def late_change(root: str, files: Sequence[tuple[str, os.stat_result]], workers: int | None) -> list[BuildHash]:
-        [walked] = [st for rel, st in files if rel == "f"]  # listed by the walk, not yet opened
-        change_listed(tree, change_, walked)
+        past_the_start(tmp_path / "probe")  # the change is certainly during the build, not in its first tick
+        change_listed(tree, change_)  # f is listed by the walk, not yet opened
         return real(root, files, workers)
 
     monkeypatch.setattr(build_mod, "hash_for_build", late_change)

@@ -17,7 +17,7 @@ from blake3 import blake3
 from duri_integrity import hashing, speedups
 from duri_integrity.hashing import FileCheck, check_files
 
-from .conftest import Keys, build_and_sign
+from .conftest import Keys, build_and_sign, make_tree
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -397,3 +397,27 @@ def test_stage_numbers_match_the_extension() -> None:
     ext = importlib.import_module("duri_integrity._speedups")
     for name in ("STAGE_OPEN", "STAGE_FSTAT", "STAGE_READ", "STAGE_ENTRY", "STAGE_LIST", "STAGE_CTIME"):
         assert getattr(speedups, name) == getattr(ext, name), name
+
+
+@pytest.mark.parametrize("exclude", [(), ("data/", "*.txt"), ("app/pkg/*",)])
+def test_build_lists_the_same_tree_through_the_scanner_and_the_python_walk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, exclude: tuple[str, ...]
+) -> None:
+    """build's walk through the C scanner gives the manifest the Python walk gives, byte for byte:
+    nesting, non-UTF-8 names, links, exclusions and the tool's own files."""
+    if not speedups.available():
+        pytest.skip("needs the C extension")
+    from datetime import UTC, datetime
+
+    from duri_integrity.build import build_manifest
+
+    root = make_tree(tmp_path / "tree", outside=tmp_path)
+    (root / "MANIFEST.json").write_text("{}")  # the tool's own file: left out by both
+    when = datetime(2026, 1, 1, tzinfo=UTC)
+
+    def build() -> bytes:
+        return build_manifest(str(root), deployment="svc", exclude=exclude, created=when, serial=1).data
+
+    with_c = build()
+    monkeypatch.setattr(speedups, "_ext", None)
+    assert build() == with_c

@@ -32,7 +32,7 @@ from duri_integrity.report import Report
 from duri_integrity.settle import Mark
 from duri_integrity.verify import Run, ensure_integrity, verify_integrity, verify_settings
 
-from .conftest import Keys, Signed, build_and_sign
+from .conftest import Keys, Signed, build_and_sign, past_the_start
 
 Hook = Callable[[int, bytes], int]
 
@@ -275,17 +275,6 @@ def test_quick_is_off_by_default(small: Signed, tmp_path: Path) -> None:
 
 
 # -- changes during the run ---------------------------------------------------------------------
-
-
-def past_the_start(probe: Path) -> None:
-    """Return once file timestamps (the kernel's coarse clock) are past the fine clock's now.
-
-    The run began before this call; a change made after it returns carries a later ctime.
-    """
-    now = time.time_ns()
-    probe.write_bytes(b"")
-    while probe.stat().st_ctime_ns <= now:
-        probe.chmod(0o600 if probe.stat().st_mode & 0o077 else 0o644)
 
 
 def test_files_changed_after_hashing_are_unstable(small: Signed, walker: str) -> None:
