@@ -103,7 +103,8 @@ def rss(as_json: bool) -> None:
         from duri_integrity.report import make_report
 
         mf, keys = decode_manifest_keys(Path(m).read_bytes())
-        out = compare(mf, keys, os.path.realpath(root), set(), None, None, False, max_problems=None)
+        real = os.path.realpath(root)
+        out = compare(mf, keys, real, set(), None, None, False, max_problems=None, root_path=str(root))
         r = make_report(status="FAILED", root=str(root), problems=out.problems, tally=out.tally)
     else:
         r = _verify(root, m, s, pk, work)

@@ -401,14 +401,20 @@ out:
 /* settle.changed_since's look: each path (relative to the root; "" is the root) looked up again
  * through the directory chain, never following a symlink, and lstat-ed, all with the GIL released.
  * Only what the caller must look at comes back: (position, errno, 0) for a path that could not be
- * reached, (position, 0, ctime_ns) for one whose ctime is at least `since`. */
+ * reached, (position, -1, 0) for one that is another inode than inodes[position] (0: not compared),
+ * (position, 0, ctime_ns) for one whose ctime is at least `since`. */
 static PyObject *Reader_ctimes(Reader *self, PyObject *args) {
-    PyObject *paths;
+    PyObject *paths, *inode_list;
     long long since;
-    if (!PyArg_ParseTuple(args, "O!L", &PyList_Type, &paths, &since)) return NULL;
+    if (!PyArg_ParseTuple(args, "O!LO!", &PyList_Type, &paths, &since, &PyList_Type, &inode_list)) return NULL;
     Py_ssize_t n = PyList_GET_SIZE(paths);
+    if (PyList_GET_SIZE(inode_list) != n) {
+        PyErr_SetString(PyExc_ValueError, "one inode (or 0) per path");
+        return NULL;
+    }
     PyObject *result = NULL, **encoded = NULL;
     long long *ctimes = NULL;
+    unsigned long long *inodes = NULL;
     int *errs = NULL, claimed = 0;
     if (self->busy || self->root_fd < 0) {
         PyErr_SetString(PyExc_RuntimeError, "Reader closed or in use by another thread");
@@ -418,7 +424,8 @@ static PyObject *Reader_ctimes(Reader *self, PyObject *args) {
     encoded = PyMem_Calloc((size_t)(n ? n : 1), sizeof(PyObject *));
     ctimes = PyMem_Calloc((size_t)(n ? n : 1), sizeof(long long));
     errs = PyMem_Calloc((size_t)(n ? n : 1), sizeof(int));
-    if (!encoded || !ctimes || !errs) {
+    inodes = PyMem_Calloc((size_t)(n ? n : 1), sizeof *inodes);
+    if (!encoded || !ctimes || !errs || !inodes) {
         PyErr_NoMemory();
         goto out;
     }
@@ -428,6 +435,8 @@ static PyObject *Reader_ctimes(Reader *self, PyObject *args) {
             PyErr_SetString(PyExc_TypeError, "paths are str");
             goto out;
         }
+        inodes[k] = PyLong_AsUnsignedLongLong(PyList_GET_ITEM(inode_list, k));
+        if (PyErr_Occurred()) goto out;
         if (!(encoded[k] = PyUnicode_EncodeFSDefault(item))) goto out;
         if ((Py_ssize_t)strlen(PyBytes_AS_STRING(encoded[k])) != PyBytes_GET_SIZE(encoded[k])) {
             PyErr_SetString(PyExc_ValueError, "a path has a NUL byte");
@@ -451,6 +460,8 @@ static PyObject *Reader_ctimes(Reader *self, PyObject *args) {
                        : fstat(self->root_fd, &st);
         if (rc < 0)
             errs[k] = errno ? errno : EIO;
+        else if (inodes[k] && (unsigned long long)st.st_ino != inodes[k])
+            errs[k] = -1;
         else
             ctimes[k] = (long long)st.st_ctim.tv_sec * 1000000000LL + st.st_ctim.tv_nsec;
     }
@@ -473,6 +484,7 @@ out:
     PyMem_Free(encoded);
     PyMem_Free(ctimes);
     PyMem_Free(errs);
+    PyMem_Free(inodes);
     return result;
 }
 
@@ -526,7 +538,8 @@ static PyMethodDef Reader_methods[] = {
     {"read", (PyCFunction)Reader_read, METH_VARARGS,
      "read(jobs, batch, buf) -> list: open, check and read the files jobs[i] for i in batch into buf."},
     {"ctimes", (PyCFunction)Reader_ctimes, METH_VARARGS,
-     "ctimes(paths, since) -> list of (position, errno, ctime_ns): paths unreachable or with a ctime >= since."},
+     "ctimes(paths, since, inodes) -> list of (position, errno or -1 for another inode, ctime_ns): paths"
+     " unreachable, replaced or with a ctime >= since."},
     {"close", (PyCFunction)Reader_close, METH_NOARGS, "Close the directory descriptors held."},
     {NULL, NULL, 0, NULL},
 };

@@ -80,7 +80,7 @@ def build_manifest(
         rel = inside_root(root_real, key_path)
         if rel is not None and rel not in skipped:
             raise TreeError(f"the signing key {key_path!r} is inside the tree being built; move it out")
-    read = _TreeReader(root_real, exclude, skipped, workers, secret_key_paths)
+    read = _TreeReader(root, root_real, exclude, skipped, workers, secret_key_paths)
     entries, problems, more_warnings, patterns = settled(read.attempt, root_real)
     warnings += more_warnings
     if problems:
@@ -120,9 +120,16 @@ class _TreeReader:
     """One look at the tree, from a start mark to the end-of-run check (settle.settled may ask twice)."""
 
     def __init__(
-        self, root_real: str, exclude: Sequence[str], skipped: set[str], workers: int | None, keys: Sequence[str]
+        self,
+        root: str,
+        root_real: str,
+        exclude: Sequence[str],
+        skipped: set[str],
+        workers: int | None,
+        keys: Sequence[str],
     ) -> None:
-        self.root_real, self.exclude, self.skipped, self.workers, self.keys = root_real, exclude, skipped, workers, keys
+        self.root, self.root_real, self.exclude, self.skipped = root, root_real, exclude, skipped
+        self.workers, self.keys = workers, keys
 
     def attempt(self, mark: Mark) -> tuple[_Tree, bool]:
         root_real = self.root_real
@@ -132,16 +139,19 @@ class _TreeReader:
         entries = _entries(root_real, rows, self.workers, problems, warnings)
         unplaced = False
         if not problems:
-            changed, unplaced = _changed_during_build(root_real, mark, rows)
+            changed, unplaced = _changed_during_build(self.root, root_real, mark, rows)
             problems += changed
         return _Tree(entries, problems, warnings, excluder.patterns), unplaced
 
 
-def _changed_during_build(root_real: str, mark: Mark, rows: list[_Row]) -> tuple[list[str], bool]:
-    """One instant for the whole tree: the root and everything listed must be unchanged since
-    ``mark``, after the last read (settle.py); a manifest never mixes two moments."""
-    paths = ["", *(rel for _, rel, _, _ in rows)]
-    changed, unplaced = changed_since(root_real, mark, paths)
+def _changed_during_build(root: str, root_real: str, mark: Mark, rows: list[_Row]) -> tuple[list[str], bool]:
+    """One instant for the whole tree: everything listed, each path before the directory holding
+    it, then the root, must be unchanged since ``mark`` (and the same inode), after the last read,
+    and ``root`` must still lead to ``root_real`` (settle.py); a manifest never mixes two moments."""
+    last_first = rows[::-1]  # rows are in path order: a directory before what it holds
+    paths = [*(rel for _, rel, _, _ in last_first), ""]
+    inodes = [*(st.st_ino for _, _, st, _ in last_first), 0]
+    changed, unplaced = changed_since(root_real, mark, paths, inodes, root)
     return [f"{display(paths[pos] or '.')}: unstable: {why}" for pos, why in changed], unplaced
 
 

@@ -173,13 +173,16 @@ class _Comparison:
             self.problem(self.job_index[k], jobs[k][0], kind, expected, actual)
         self.tally.hashed = len(jobs)
 
-    def unchanged_since(self, root_real: str, mark: Mark) -> bool:
-        """Nothing the verdict rests on may have changed since ``mark`` (see settle.py): the root,
-        every directory of the manifest and every file that checked out. Returns whether a
-        stamp could not be placed before or after the start (settle.settled runs again)."""
-        keys = self.keys
-        order = [-1, *scan.directories(self.m), *self.job_index]  # run only when nothing failed: every file checked out
-        changed, unplaced = changed_since(root_real, mark, [keys[i] if i >= 0 else "" for i in order])
+    def unchanged_since(self, root_real: str, mark: Mark, root_path: str) -> bool:
+        """Nothing the verdict rests on may have changed since ``mark`` (see settle.py): every file
+        that checked out (still the inode hashed), every directory of the manifest, deepest first,
+        then the root, and the root's path must still lead to it. Returns whether a stamp could
+        not be placed before or after the start (settle.settled then looks again)."""
+        keys, jobs = self.keys, self.jobs
+        order = [*self.job_index, *reversed(scan.directories(self.m)), -1]
+        inodes = [job[1] for job in jobs] + [0] * (len(order) - len(jobs))
+        paths = [keys[i] if i >= 0 else "" for i in order]
+        changed, unplaced = changed_since(root_real, mark, paths, inodes, root_path)
         for pos, why in changed:
             i = order[pos]
             self.problem(i, keys[i] if i >= 0 else ".", "unstable", actual=why, new=False)
@@ -334,6 +337,7 @@ def compare(
     *,
     max_problems: int | None = DEFAULT_MAX_PROBLEMS,
     anchors: Mapping[int, tuple[int, str]] | None = None,
+    root_path: str,
 ) -> Outcome:
     """Walk the tree and compare it with the manifest, hashing what must be hashed.
 
@@ -342,7 +346,9 @@ def compare(
     decided trust (keys, revocations, config) to its (device, path): finding one in
     the tree raises TrustAnchorInTree, however the tree reaches it (a bind mount, a
     hard link). The comparison is of one moment (settle.py): the root, a directory or
-    a file whose ctime shows a change after the walk began is ``unstable``; a tree
+    a file whose ctime shows a change after the walk began is ``unstable``, and so is
+    a root whose path (``root_path``, as the caller named it) no longer leads to
+    ``root_real`` at the end; a tree
     changed within a clock tick before it is compared once more after a wait (and
     ``progress`` then counts again from zero). Raises TreeError when the check cannot
     be complete (out of descriptors or memory), and whatever a hashing thread raised.
@@ -358,7 +364,7 @@ def compare(
         own = skip | {n for n in OWN_FILES if n not in c.index}
         records = _walk_any(c, m, root_real, own, excluder, anchors, snapshot, quick)
         c.hash(root_real, workers, progress)
-        unplaced = not c.tally.problems and c.unchanged_since(root_real, mark)  # with problems: FAILED anyway
+        unplaced = not c.tally.problems and c.unchanged_since(root_real, mark, root_path)  # else FAILED anyway
         return c.outcome(records), unplaced
 
     return settled(attempt, root_real)

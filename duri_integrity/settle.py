@@ -113,14 +113,25 @@ def settled(attempt: Callable[[Mark], tuple[T, bool]], root: str) -> T:
     return result
 
 
-def changed_since(root_real: str, mark: Mark, paths: Sequence[str]) -> tuple[list[tuple[int, str]], bool]:
+def changed_since(
+    root_real: str,
+    mark: Mark,
+    paths: Sequence[str],
+    inodes: Sequence[int] | None = None,
+    root_path: str | None = None,
+) -> tuple[list[tuple[int, str]], bool]:
     """The positions in ``paths`` (relative to the root; ``""`` is the root) that changed after ``mark``,
     and whether any carries a stamp that cannot be placed before or after it (see the module).
 
     Each path is looked up again from the root, one directory at a time without following
-    symlinks, and its own ctime read with ``lstat``. Paths grouped by directory cost one
-    ``lstat`` each. Returns (position, why) for every path that is gone, cannot be reached
-    or carries a later ctime.
+    symlinks, and its own ctime read with ``lstat``; where ``inodes`` gives one (0: none), it must
+    still be that inode. Give every path before the directories holding it and the root last
+    (reverse path order): a directory swapped while the look goes on then shows on the
+    directory, or on the root, still to be looked at, whose entries changed. With ``root_path``
+    (the root as the caller named it, through symlinks perhaps) it must, after all that, still
+    lead to ``root_real``: a ``current`` link repointed during the run is a root that changed.
+    Returns (position, why) for every path that is gone, replaced, cannot be reached or carries
+    a later ctime.
     """
     root_fd = open_root(root_real)
     try:
@@ -129,13 +140,15 @@ def changed_since(root_real: str, mark: Mark, paths: Sequence[str]) -> tuple[lis
         else:
             step = granularity(os.fstat(root_fd).st_ctime_ns)
             since = mark.coarse // step * step
-        found = _ctimes(root_fd, list(paths), since)
+        found = _ctimes(root_fd, list(paths), since, list(inodes) if inodes is not None else [0] * len(paths))
     finally:
         os.close(root_fd)
     changed: list[tuple[int, str]] = []
     unplaced = False
     for pos, err, ctime in found:
-        if err:
+        if err < 0:
+            changed.append((pos, "replaced during the check"))
+        elif err:
             exc = OSError(err, os.strerror(err))
             check_resources(exc, f"checking {paths[pos] or '.'!r} again")
             changed.append((pos, f"replaced or removed during the check ({exc.strerror})"))
@@ -143,16 +156,26 @@ def changed_since(root_real: str, mark: Mark, paths: Sequence[str]) -> tuple[lis
             changed.append((pos, "changed during the check"))
         else:
             unplaced = True
+    if root_path is not None and _resolve(root_path) != root_real:
+        changed.append((list(paths).index(""), f"the root path {root_path!r} leads elsewhere since the check began"))
     return changed, unplaced
 
 
-def _ctimes(root_fd: int, paths: list[str], since: int) -> list[tuple[int, int, int]]:
-    """(position, errno, 0) for each path that cannot be reached, (position, 0, ctime) for each whose
-    ctime is at least ``since``: the C reader's ``ctimes``, or the same in Python."""
+def _resolve(path: str) -> str | None:
+    try:
+        return os.path.realpath(path, strict=True)
+    except OSError:
+        return None
+
+
+def _ctimes(root_fd: int, paths: list[str], since: int, inodes: list[int]) -> list[tuple[int, int, int]]:
+    """(position, errno, 0) for each path that cannot be reached, (position, -1, 0) for each that is
+    not the inode given (0: any), (position, 0, ctime) for each whose ctime is at least ``since``:
+    the C reader's ``ctimes``, or the same in Python."""
     if speedups.available():
         reader = speedups.new_reader(root_fd)
         try:
-            return reader.ctimes(paths, since)  # type: ignore[no-any-return]
+            return reader.ctimes(paths, since, inodes)  # type: ignore[no-any-return]
         finally:
             reader.close()
     found: list[tuple[int, int, int]] = []
@@ -164,7 +187,8 @@ def _ctimes(root_fd: int, paths: list[str], since: int) -> list[tuple[int, int, 
         for pos, rel in enumerate(paths):
             try:
                 if not rel:
-                    ctime = os.fstat(root_fd).st_ctime_ns
+                    st = os.fstat(root_fd)
+                    ino, ctime = st.st_ino, st.st_ctime_ns
                 else:
                     rel_dir, _, name = rel.rpartition("/")
                     if rel_dir != cur_dir:
@@ -173,11 +197,14 @@ def _ctimes(root_fd: int, paths: list[str], since: int) -> list[tuple[int, int, 
                         cur_dir = rel_dir
                     if name in ("", ".", ".."):  # never up or sideways (the C reader refuses them too)
                         raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
-                    ctime = os_stat(name, dir_fd=dir_fd, follow_symlinks=False).st_ctime_ns
+                    st = os_stat(name, dir_fd=dir_fd, follow_symlinks=False)
+                    ino, ctime = st.st_ino, st.st_ctime_ns
             except OSError as exc:
                 found.append((pos, exc.errno or errno.EIO, 0))
                 continue
-            if ctime >= since:
+            if inodes[pos] and ino != inodes[pos]:
+                found.append((pos, -1, 0))
+            elif ctime >= since:
                 found.append((pos, 0, ctime))
     finally:
         cursor.close()

@@ -116,6 +116,7 @@ def verify_settings(
             progress,
             max_problems=max_problems,
             anchors=inputs.anchors,
+            root_path=run.root,
         )
         if outcome.problems:
             return run.finish("FAILED", outcome=outcome)

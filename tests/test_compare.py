@@ -209,8 +209,8 @@ def test_problem_list_is_bounded_counts_stay_exact(signed: Signed) -> None:
         (signed.root / "data" / f"added-{i:03d}").write_text("x")
     m, keys, root = _compare_args(signed)
     skip = {"MANIFEST.json", "MANIFEST.json.minisig"}
-    capped = compare(m, keys, root, skip, 1, None, False, max_problems=10)
-    full = compare(m, keys, root, skip, 1, None, False, max_problems=None)
+    capped = compare(m, keys, root, skip, 1, None, False, max_problems=10, root_path=root)
+    full = compare(m, keys, root, skip, 1, None, False, max_problems=None, root_path=root)
     assert len(full.problems) == 57 and not full.tally.truncated
     assert full.problems == sorted(full.problems, key=lambda p: (p.path, p.kind))
     assert capped.problems == full.problems[:10] and capped.tally.truncated
@@ -218,7 +218,7 @@ def test_problem_list_is_bounded_counts_stay_exact(signed: Signed) -> None:
     r = make_report(status="FAILED", root=".", problems=capped.problems, tally=capped.tally)
     assert r.problems_truncated and r.counts["problems"] == 57 and len(r.problems) == 10
     with pytest.raises(ValueError, match="max_problems"):
-        compare(m, keys, root, skip, 1, None, False, max_problems=0)
+        compare(m, keys, root, skip, 1, None, False, max_problems=0, root_path=root)
 
 
 def test_verified_with_problems_is_a_programming_error() -> None:

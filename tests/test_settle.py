@@ -6,7 +6,7 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ from duri_integrity.build import build_manifest
 from duri_integrity.errors import TreeError
 from duri_integrity.report import Report
 
-from .conftest import Signed, build_and_sign, make_tree
+from .conftest import Signed, build_and_sign, make_tree, past_the_start
 
 
 @pytest.fixture(params=["scanner", "python"])
@@ -128,8 +128,8 @@ def test_a_change_the_clocks_cannot_place_is_looked_at_again(
 
     checks: list[tuple[list[tuple[int, str]], bool]] = []
 
-    def changed_since(root: str, mark: settle.Mark, paths: Any) -> tuple[list[tuple[int, str]], bool]:
-        checks.append(real_changed(root, mark, paths))
+    def changed_since(root: str, mark: settle.Mark, *rest: Any) -> tuple[list[tuple[int, str]], bool]:
+        checks.append(real_changed(root, mark, *rest))
         return checks[-1]
 
     monkeypatch.setattr(settle, "start_mark", start)
@@ -259,9 +259,9 @@ def test_build_refuses_a_tree_that_changed_after_it_was_read(signed: Signed, mon
     target = signed.root / "app" / "main.py"
     real = settle.changed_since
 
-    def late_write(root_real: str, mark: settle.Mark, paths: Any) -> tuple[list[tuple[int, str]], bool]:
+    def late_write(root_real: str, mark: settle.Mark, *rest: Any) -> tuple[list[tuple[int, str]], bool]:
         target.write_text("print('other')\n")
-        return real(root_real, mark, paths)
+        return real(root_real, mark, *rest)
 
     monkeypatch.setattr(build_mod, "changed_since", late_write)
     with pytest.raises(TreeError, match=r"app/main\.py: unstable: changed during the check"):
@@ -273,9 +273,9 @@ def test_build_refuses_a_directory_swapped_after_it_was_read(signed: Signed, mon
     evil = _evil_copy(signed)
     real = settle.changed_since
 
-    def late_swap(root_real: str, mark: settle.Mark, paths: Any) -> tuple[list[tuple[int, str]], bool]:
+    def late_swap(root_real: str, mark: settle.Mark, *rest: Any) -> tuple[list[tuple[int, str]], bool]:
         _swap(signed.root / "app", evil)
-        return real(root_real, mark, paths)
+        return real(root_real, mark, *rest)
 
     monkeypatch.setattr(build_mod, "changed_since", late_swap)
     with pytest.raises(TreeError, match=r"unstable"):
@@ -403,11 +403,146 @@ def test_the_c_and_python_look_ups_agree(tmp_path: Path, monkeypatch: pytest.Mon
     root_fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         for since in (0, os.stat(tmp_path / "g").st_ctime_ns, 2**62):
-            c_found = settle._ctimes(root_fd, paths, since)
+            inodes = [0] * len(paths)
+            inodes[4] = os.stat(tmp_path / "g").st_ino  # "g" is still that inode
+            inodes[3] = inodes[4]  # "d/e/f" is another
+            c_found = settle._ctimes(root_fd, paths, since, inodes)
             monkeypatch.setattr(speedups, "_ext", None)
-            py_found = settle._ctimes(root_fd, paths, since)
+            py_found = settle._ctimes(root_fd, paths, since, inodes)
             monkeypatch.undo()
             assert c_found == py_found
-        assert {pos for pos, err, _ in c_found if err} == {6, 7, 8, 9, 10, 11, 12}
+        assert {pos for pos, err, _ in c_found if err > 0} == {6, 7, 8, 9, 10, 11, 12}
+        assert [pos for pos, err, _ in c_found if err < 0] == [3]
     finally:
         os.close(root_fd)
+
+
+def _on_first_end_lookup(monkeypatch: pytest.MonkeyPatch, when: Callable[[str], bool], act: Callable[[], None]) -> None:
+    """Run ``act`` once, just before the end-of-run check looks up the first path for which ``when``
+    holds: through the extension's hook (C) or ``os.stat`` (the Python look-up)."""
+    done: list[bool] = []
+
+    def maybe(rel: str) -> None:
+        if not done and when(rel):
+            done.append(True)
+            act()
+
+    def hook(stage: int, path: bytes) -> int:
+        if stage == speedups.STAGE_CTIME:
+            maybe(os.fsdecode(path))
+        return 0
+
+    real_stat = os.stat
+
+    def stat(path: Any, *, dir_fd: int | None = None, follow_symlinks: bool = True) -> os.stat_result:
+        if dir_fd is not None and not follow_symlinks and isinstance(path, str):
+            where = os.readlink(f"/proc/self/fd/{dir_fd}")
+            maybe(os.path.relpath(os.path.join(where, path), settled_root[0]))
+        return real_stat(path, dir_fd=dir_fd, follow_symlinks=follow_symlinks)
+
+    settled_root: list[str] = []
+    real_changed = settle.changed_since
+
+    def changed_since(root: str, *rest: Any) -> tuple[list[tuple[int, str]], bool]:
+        settled_root[:] = [root]
+        with monkeypatch.context() as m:
+            m.setattr(os, "stat", stat)
+            return real_changed(root, *rest)
+
+    monkeypatch.setattr(speedups, "FAULT_HOOK", hook)
+    monkeypatch.setattr(compare_mod, "changed_since", changed_since)
+    monkeypatch.setattr(build_mod, "changed_since", changed_since)
+
+
+def test_a_directory_swapped_while_the_end_check_runs_is_unstable(
+    signed: Signed, walker: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``app`` exchanged for a copy with another main.py (stamped before the run) as the end check
+    reaches the first path in it: that directory and the root are looked up after everything in
+    them, and every file must still be the inode hashed, so the swap shows (no forged VERIFIED)."""
+    evil = _evil_copy(signed)
+    (evil / "main.py").unlink()
+    (evil / "main.py").write_text("print('evil')\n")  # another inode, with a ctime from before the run
+    time.sleep(0.03)
+
+    def swap() -> None:
+        past_the_start(signed.root.parent / "probe")  # stamps certainly after the start: no second look
+        _swap(signed.root / "app", evil)
+
+    _on_first_end_lookup(monkeypatch, lambda rel: rel.startswith("app/"), swap)
+    r = signed.verify()
+    assert (signed.root / "app" / "backdoor.py").exists()  # the swap happened
+    assert r.status == "FAILED" and ("app", "unstable") in kinds(r), r.problems
+
+
+def test_a_file_replaced_by_an_older_inode_during_the_end_check_is_unstable(
+    signed: Signed, walker: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A checked file renamed over by another inode made before the run: another inode than was hashed."""
+    spare = signed.root.parent / "spare.py"
+    spare.write_text("print('evil')\n")
+    time.sleep(0.03)
+    target = signed.root / "app" / "main.py"
+    _on_first_end_lookup(monkeypatch, lambda rel: rel == "app/main.py", lambda: os.rename(spare, target))
+    r = signed.verify()
+    assert target.read_text() == "print('evil')\n"
+    assert r.status == "FAILED" and ("app/main.py", "unstable") in kinds(r), r.problems
+
+
+@pytest.mark.parametrize("moment", ["hashed", "end check"])
+def test_a_root_symlink_repointed_during_the_run_is_unstable(
+    signed: Signed, walker: str, monkeypatch: pytest.MonkeyPatch, moment: str
+) -> None:
+    """Verifying ``current`` (a symlink to the release) while it is repointed to another tree: the root
+    path no longer leads to the tree checked, so not VERIFIED (the report names ``current``)."""
+    release = signed.root
+    evil = release.parent / "evil-release"
+    shutil.copytree(release, evil, symlinks=True)
+    (evil / "app" / "main.py").write_text("print('evil')\n")
+    current = release.parent / "current"
+    current.symlink_to(release.name)
+
+    def repoint() -> None:
+        (release.parent / "next").symlink_to(evil.name)
+        (release.parent / "next").rename(current)
+
+    if moment == "hashed":
+
+        def progress(done: int, total: int) -> None:
+            if done == total and current.resolve() == release:
+                repoint()
+
+        r = verify_at(signed, current, progress=progress)
+    else:
+        _on_first_end_lookup(monkeypatch, lambda rel: True, repoint)
+        r = verify_at(signed, current)
+    assert current.resolve() == evil
+    assert r.status == "FAILED" and (".", "unstable") in kinds(r), r.problems
+    assert any("leads elsewhere" in (p.actual or "") for p in r.problems), r.problems
+
+
+def verify_at(signed: Signed, root: Path, **kw: Any) -> Report:
+    from duri_integrity import verify_integrity
+
+    return verify_integrity(
+        root, manifest=signed.manifest, public_keys=[str(signed.keys.public)], use_config_file=False, **kw
+    )
+
+
+def test_build_of_a_root_symlink_repointed_during_the_build_is_refused(
+    signed: Signed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """build of ``current`` signs nothing when ``current`` is repointed before the build ends."""
+    release = signed.root
+    other = release.parent / "other"
+    shutil.copytree(release, other, symlinks=True)
+    current = release.parent / "current"
+    current.symlink_to(release.name)
+
+    def repoint() -> None:
+        (release.parent / "next").symlink_to(other.name)
+        (release.parent / "next").rename(current)
+
+    _on_first_end_lookup(monkeypatch, lambda rel: True, repoint)
+    with pytest.raises(TreeError, match="leads elsewhere"):
+        build_manifest(str(current), deployment="svc")

@@ -563,13 +563,13 @@ def _compare_from(small: Signed, monkeypatch: pytest.MonkeyPatch, fine: int, coa
     used: list[Mark] = []
     real_changed_since = settle.changed_since
 
-    def changed_since(root: str, mark: Mark, paths: list[str]) -> tuple[list[tuple[int, str]], bool]:
+    def changed_since(root: str, mark: Mark, *rest: Any) -> tuple[list[tuple[int, str]], bool]:
         used.append(mark)
-        return real_changed_since(root, mark, paths)
+        return real_changed_since(root, mark, *rest)
 
     monkeypatch.setattr(settle, "start_mark", lambda: Mark(fine, coarse))
     monkeypatch.setattr(compare_mod, "changed_since", changed_since)
-    return compare(m, keys, os.path.realpath(small.root), set(), 1, None, False), used
+    return compare(m, keys, os.path.realpath(small.root), set(), 1, None, False, root_path=str(small.root)), used
 
 
 # The files, and the directories holding them (the root included): the re-check covers both.
