@@ -129,7 +129,9 @@ def changed_since(
     (reverse path order): a directory swapped while the look goes on then shows on the
     directory, or on the root, still to be looked at, whose entries changed. With ``root_path``
     (the root as the caller named it, through symlinks perhaps) it must, after all that, still
-    lead to ``root_real``: a ``current`` link repointed during the run is a root that changed.
+    lead to ``root_real`` (a ``current`` link repointed during the run is a root that changed),
+    and the root's own ctime is read once more, last. What changes after the look has passed
+    a directory is a change after the check, as one after the answer would be.
     Returns (position, why) for every path that is gone, replaced, cannot be reached or carries
     a later ctime.
     """
@@ -156,16 +158,28 @@ def changed_since(
             changed.append((pos, "changed during the check"))
         else:
             unplaced = True
-    if root_path is not None and _resolve(root_path) != root_real:
-        changed.append((list(paths).index(""), f"the root path {root_path!r} leads elsewhere since the check began"))
+    if root_path is not None:
+        why = _root_now(root_path, root_real, mark, since)
+        if why == "":
+            unplaced = True
+        elif why is not None:
+            changed.append((list(paths).index(""), why))
     return changed, unplaced
 
 
-def _resolve(path: str) -> str | None:
+def _root_now(root_path: str, root_real: str, mark: Mark, since: int) -> str | None:
+    """The last look: ``root_path`` must still lead to ``root_real``, whose own ctime is read once
+    more (an entry swapped since the first look at the root). Why not, "" for a stamp that cannot
+    be placed, None when all is well."""
     try:
-        return os.path.realpath(path, strict=True)
-    except OSError:
-        return None
+        if os.path.realpath(root_path, strict=True) != root_real:
+            return f"the root path {root_path!r} leads elsewhere since the check began"
+        ctime = os.lstat(root_real).st_ctime_ns
+    except OSError as exc:
+        return f"the root path {root_path!r} cannot be resolved any more ({exc.strerror or exc})"
+    if ctime > mark.fine:
+        return "changed during the check"
+    return "" if ctime >= since else None
 
 
 def _ctimes(root_fd: int, paths: list[str], since: int, inodes: list[int]) -> list[tuple[int, int, int]]:

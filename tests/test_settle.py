@@ -546,3 +546,22 @@ def test_build_of_a_root_symlink_repointed_during_the_build_is_refused(
     _on_first_end_lookup(monkeypatch, lambda rel: True, repoint)
     with pytest.raises(TreeError, match="leads elsewhere"):
         build_manifest(str(current), deployment="svc")
+
+
+def test_an_entry_swapped_after_the_root_was_looked_at_shows_on_its_last_look(
+    signed: Signed, walker: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``app`` swapped after the end check's look at the root, before it resolves the root's path
+    again: the root's own ctime is read once more, last, so the swap shows."""
+    evil = _evil_copy(signed)
+    real = settle._root_now
+
+    def swap_first(*args: Any) -> str | None:
+        past_the_start(signed.root.parent / "probe")
+        _swap(signed.root / "app", evil)
+        return real(*args)
+
+    monkeypatch.setattr(settle, "_root_now", swap_first)
+    r = signed.verify()
+    assert (signed.root / "app" / "backdoor.py").exists()
+    assert r.status == "FAILED" and kinds(r) == {(".", "unstable")}, r.problems
