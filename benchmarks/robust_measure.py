@@ -101,10 +101,13 @@ def rss(as_json: bool) -> None:
         from duri_integrity.compare import compare
         from duri_integrity.manifest import decode_manifest_keys
         from duri_integrity.report import make_report
+        from duri_integrity.settle import start_mark
 
         mf, keys = decode_manifest_keys(Path(m).read_bytes())
         real = os.path.realpath(root)
-        out = compare(mf, keys, real, set(), None, None, False, max_problems=None, root_path=str(root))
+        out = compare(
+            mf, keys, real, set(), None, None, False, max_problems=None, root_path=str(root), started=start_mark()
+        )
         r = make_report(status="FAILED", root=str(root), problems=out.problems, tally=out.tally)
     else:
         r = _verify(root, m, s, pk, work)

@@ -31,7 +31,7 @@ from .manifest import (
     make_entry_path,
     utc_now,
 )
-from .settle import Mark, changed_since, settled
+from .settle import Mark, changed_since, settled, start_mark
 from .walk import Walk, WalkError, check_root, inside_root, kind_of, relative_inside
 
 __all__ = [
@@ -73,6 +73,7 @@ def build_manifest(
     minisign secret key; ManifestError if a label is not one the verifier accepts.
     """
     check_labels(deployment, release)
+    begun = start_mark()  # a change to the tree from here on counts as during the build (settle.py)
     root_real = check_root(root)
     warnings = code_exclusion_warnings(RecordingExcluder(exclude))
     skipped = relative_inside(root_real, skip) | set(OWN_FILES)
@@ -81,7 +82,7 @@ def build_manifest(
         if rel is not None and rel not in skipped:
             raise TreeError(f"the signing key {key_path!r} is inside the tree being built; move it out")
     read = _TreeReader(root, root_real, exclude, skipped, workers, secret_key_paths)
-    entries, problems, more_warnings, patterns = settled(read.attempt, root_real)
+    entries, problems, more_warnings, patterns = settled(read.attempt, root_real, begun)
     warnings += more_warnings
     if problems:
         more = f" (and {len(problems) - _MAX_LISTED} more)" if len(problems) > _MAX_LISTED else ""

@@ -338,6 +338,7 @@ def compare(
     max_problems: int | None = DEFAULT_MAX_PROBLEMS,
     anchors: Mapping[int, tuple[int, str]] | None = None,
     root_path: str,
+    started: Mark,
 ) -> Outcome:
     """Walk the tree and compare it with the manifest, hashing what must be hashed.
 
@@ -346,7 +347,8 @@ def compare(
     decided trust (keys, revocations, config) to its (device, path): finding one in
     the tree raises TrustAnchorInTree, however the tree reaches it (a bind mount, a
     hard link). The comparison is of one moment (settle.py): the root, a directory or
-    a file whose ctime shows a change after the walk began is ``unstable``, and so is
+    a file whose ctime shows a change after ``started`` (settle.start_mark(), taken when
+    the run began) is ``unstable``, and so is
     a root whose path (``root_path``, as the caller named it) no longer leads to
     ``root_real`` at the end; a tree
     changed within a clock tick before it is compared once more after a wait (and
@@ -367,7 +369,7 @@ def compare(
         unplaced = not c.tally.problems and c.unchanged_since(root_real, mark, root_path)  # else FAILED anyway
         return c.outcome(records), unplaced
 
-    return settled(attempt, root_real)
+    return settled(attempt, root_real, started)
 
 
 def _walk_any(

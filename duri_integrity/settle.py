@@ -99,15 +99,17 @@ def wait_past(mark: Mark, root: str | None = None) -> Mark:
     return mark._replace(waited=True)
 
 
-def settled(attempt: Callable[[Mark], tuple[T, bool]], root: str) -> T:
+def settled(attempt: Callable[[Mark], tuple[T, bool]], root: str, started: Mark) -> T:
     """``attempt(mark)``'s result, from a run whose end-of-run check could place every stamp.
 
     ``attempt`` looks at the tree from ``mark`` on and ends with :func:`changed_since`; it
-    returns its result and whether that check found a stamp it could not place. Then the
-    tree changed within a tick of the start, and the attempt is made once more after
-    :func:`wait_past`, where every stamp can be placed.
+    returns its result and whether that check found a stamp it could not place. The first
+    attempt counts from ``started``, taken when the run began (before the keys and the
+    manifest were read: a change to the tree from then on counts). When a stamp could not be
+    placed, the tree changed within a tick of that start, and the attempt is made once more
+    after :func:`wait_past`, where every stamp can be placed.
     """
-    result, unplaced = attempt(start_mark())
+    result, unplaced = attempt(started)
     if unplaced:
         result, _ = attempt(wait_past(start_mark(), root))
     return result

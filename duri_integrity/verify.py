@@ -15,6 +15,7 @@ from .errors import IntegrityError, NotVerifiedError, TrustAnchorInTree, Untrust
 from .logs import log_report
 from .manifest import Manifest
 from .report import ManifestInfo, Mode, Report, Status, make_report
+from .settle import start_mark
 from .snapshot import Snapshot, default_cache_dir, load_snapshot, save_snapshot
 from .trust import TrustedManifest, TrustInputs, anchor_inodes, evaluate, load_inputs, now_utc, record_verified
 from .walk import check_root, inside_root, relative_inside
@@ -98,6 +99,7 @@ def verify_settings(
     mark and the quick-mode snapshot untouched (``doctor`` checks; it does not deploy).
     ``started_ns`` (the quick-mode snapshot's time) defaults to when ``run`` began."""
     run.root = settings.root or "."
+    begun = start_mark()  # a change to the tree from here on counts as during the run (settle.py)
     try:
         root_real = check_root(run.root)
         inputs, tm = _trusted(settings, run, root_real)
@@ -117,6 +119,7 @@ def verify_settings(
             max_problems=max_problems,
             anchors=inputs.anchors,
             root_path=run.root,
+            started=begun,
         )
         if outcome.problems:
             return run.finish("FAILED", outcome=outcome)

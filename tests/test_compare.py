@@ -16,6 +16,7 @@ from duri_integrity.build import build_manifest, sign_manifest, write_atomic
 from duri_integrity.compare import compare
 from duri_integrity.manifest import decode_manifest_keys
 from duri_integrity.report import Problem, Tally, make_report
+from duri_integrity.settle import start_mark
 
 from .conftest import Keys, Signed, build_and_sign
 
@@ -209,8 +210,8 @@ def test_problem_list_is_bounded_counts_stay_exact(signed: Signed) -> None:
         (signed.root / "data" / f"added-{i:03d}").write_text("x")
     m, keys, root = _compare_args(signed)
     skip = {"MANIFEST.json", "MANIFEST.json.minisig"}
-    capped = compare(m, keys, root, skip, 1, None, False, max_problems=10, root_path=root)
-    full = compare(m, keys, root, skip, 1, None, False, max_problems=None, root_path=root)
+    capped = compare(m, keys, root, skip, 1, None, False, max_problems=10, root_path=root, started=start_mark())
+    full = compare(m, keys, root, skip, 1, None, False, max_problems=None, root_path=root, started=start_mark())
     assert len(full.problems) == 57 and not full.tally.truncated
     assert full.problems == sorted(full.problems, key=lambda p: (p.path, p.kind))
     assert capped.problems == full.problems[:10] and capped.tally.truncated
@@ -218,7 +219,7 @@ def test_problem_list_is_bounded_counts_stay_exact(signed: Signed) -> None:
     r = make_report(status="FAILED", root=".", problems=capped.problems, tally=capped.tally)
     assert r.problems_truncated and r.counts["problems"] == 57 and len(r.problems) == 10
     with pytest.raises(ValueError, match="max_problems"):
-        compare(m, keys, root, skip, 1, None, False, max_problems=0, root_path=root)
+        compare(m, keys, root, skip, 1, None, False, max_problems=0, root_path=root, started=start_mark())
 
 
 def test_verified_with_problems_is_a_programming_error() -> None:

@@ -569,7 +569,8 @@ def _compare_from(small: Signed, monkeypatch: pytest.MonkeyPatch, fine: int, coa
 
     monkeypatch.setattr(settle, "start_mark", lambda: Mark(fine, coarse))
     monkeypatch.setattr(compare_mod, "changed_since", changed_since)
-    return compare(m, keys, os.path.realpath(small.root), set(), 1, None, False, root_path=str(small.root)), used
+    root = os.path.realpath(small.root)
+    return compare(m, keys, root, set(), 1, None, False, root_path=str(small.root), started=Mark(fine, coarse)), used
 
 
 # The files, and the directories holding them (the root included): the re-check covers both.
