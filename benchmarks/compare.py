@@ -106,14 +106,15 @@ def machine() -> str:
     )
 
 
-def build_floor(work: Path) -> str | None:
-    """Compile benchmarks/floor.c (the open/fstat/read/close floor, no hashing); None without gcc."""
+def build_floor(work: Path, name: str = "floor") -> str | None:
+    """Compile benchmarks/NAME.c (floor.c: the open/fstat/read/close floor, no hashing; walk_floor.c:
+    quick mode's walk and lstat, no comparing); None without gcc."""
     gcc = shutil.which("gcc") or shutil.which("cc")
     if not gcc:
-        print("C floor: skipped (no C compiler)", file=sys.stderr)
+        print(f"C floor ({name}): skipped (no C compiler)", file=sys.stderr)
         return None
-    exe = work / "floor"
-    subprocess.run([gcc, "-O2", "-o", str(exe), str(HERE / "floor.c")], check=True)
+    exe = work / name
+    subprocess.run([gcc, "-O2", "-o", str(exe), str(HERE / f"{name}.c")], check=True)
     return str(exe)
 
 
@@ -211,6 +212,9 @@ def main() -> None:
     floor = build_floor(work)
     if floor:
         commands["C floor: open/fstat/read/close, no hash"] = lambda: timed_stdin([floor], work / "files.txt", tree)
+    walk_floor = build_floor(work, "walk_floor")
+    if walk_floor:
+        commands["C floor: walk + lstat (quick mode's)"] = lambda: timed([walk_floor, str(tree)])
     git_status = git_peer(tree, work)
     if git_status:
         commands["git status (stat cache, quick-mode peer)"] = lambda: timed(git_status)
