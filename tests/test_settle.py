@@ -246,7 +246,7 @@ def test_missing_path_is_reported_with_its_position(tmp_path: Path) -> None:
     assert {why for _, why in got} == {"replaced or removed during the check (No such file or directory)"}
 
 
-def test_changed_since_leaves_no_descriptor_open(tmp_path: Path) -> None:
+def test_changed_since_leaves_no_descriptor_open(tmp_path: Path, walker: str) -> None:
     """The lookups close every directory they opened, the root included, also when paths are gone."""
     (tmp_path / "a" / "b").mkdir(parents=True)
     (tmp_path / "a" / "b" / "f").write_text("f")
@@ -490,6 +490,7 @@ def test_a_file_replaced_by_an_older_inode_during_the_end_check_is_unstable(
     r = signed.verify()
     assert target.read_text() == "print('evil')\n"
     assert r.status == "FAILED" and ("app/main.py", "unstable") in kinds(r), r.problems
+    assert [p.actual for p in r.problems if p.path == "app/main.py"] == ["replaced during the check"]
 
 
 @pytest.mark.parametrize("moment", ["hashed", "end check"])
@@ -568,3 +569,37 @@ def test_an_entry_swapped_after_the_root_was_looked_at_shows_on_its_last_look(
     r = signed.verify()
     assert (signed.root / "app" / "backdoor.py").exists()
     assert r.status == "FAILED" and kinds(r) == {(".", "unstable")}, r.problems
+
+
+def test_a_stamp_between_the_clocks_is_unplaced_on_a_file_or_on_the_root_alone(tmp_path: Path, walker: str) -> None:
+    """Either a checked path or the root's last look alone, stamped between the start's coarse and fine
+    clocks, makes the check unable to place it (a second look follows); older stamps do not."""
+    (tmp_path / "old").write_text("old")
+    time.sleep(0.03)
+    (tmp_path / "new").write_text("new")
+    new = (tmp_path / "new").stat().st_ctime_ns
+    root_ctime = tmp_path.stat().st_ctime_ns  # set when "new" was created: both 30 ms after "old"
+    latest = max(new, root_ctime)
+    root = str(tmp_path)
+    file_between = settle.Mark(fine=latest + 10**9, coarse=new - 1000)
+    assert settle.changed_since(root, file_between, ["new"]) == ([], True)  # the file, no root path
+    assert settle.changed_since(root, file_between, ["old"]) == ([], False)  # an older file alone
+    root_between = settle.Mark(fine=latest + 10**9, coarse=root_ctime - 1000)
+    assert settle.changed_since(root, root_between, ["old"], root_path=root) == ([], True)  # the root's last look
+    after = settle.Mark(fine=latest + 10**9, coarse=latest + 1000)
+    assert settle.changed_since(root, after, ["old", "new"], root_path=root) == ([], False)
+
+
+def test_the_roots_last_look(tmp_path: Path) -> None:
+    """The root's last look: its path must still resolve (else why), and its ctime is placed from
+    ``since`` on (the boundary included) and counted as a change after the fine clock."""
+    root = str(tmp_path)
+    ctime = os.lstat(root).st_ctime_ns
+    mark = settle.Mark(fine=ctime, coarse=0)
+    assert settle._root_now(root, root, mark, ctime) == ""  # exactly at since: cannot be placed
+    assert settle._root_now(root, root, mark, ctime + 1) is None
+    assert settle._root_now(root, root, mark._replace(fine=ctime - 1), 0) == "changed during the check"
+    gone = str(tmp_path / "current")
+    assert settle._root_now(gone, root, mark, 0) == (
+        f"the root path {gone!r} cannot be resolved any more (No such file or directory)"
+    )
