@@ -410,6 +410,8 @@ def test_the_c_and_python_look_ups_agree(tmp_path: Path, monkeypatch: pytest.Mon
             inodes[4] = os.stat(tmp_path / "g").st_ino  # "g" is still that inode
             inodes[3] = inodes[4]  # "d/e/f" is another
             c_found = settle._ctimes(root_fd, paths, since, inodes)
+            monkeypatch.setattr(settle, "LOOKUP_BATCH", 3)  # the positions of later batches too
+            assert settle._ctimes(root_fd, paths, since, inodes) == c_found
             monkeypatch.setattr(speedups, "_ext", None)
             py_found = settle._ctimes(root_fd, paths, since, inodes)
             monkeypatch.undo()
