@@ -166,10 +166,11 @@ def changed_since(
             unplaced = True
     if root_path is not None:
         why = _root_now(root_path, root_real, mark, since)
+        root_pos = list(paths).index("")
         if why == "":
             unplaced = True
-        elif why is not None:
-            changed.append((list(paths).index(""), why))
+        elif why is not None and all(pos != root_pos for pos, _ in changed):  # the root once in a report
+            changed.append((root_pos, why))
     return changed, unplaced
 
 
