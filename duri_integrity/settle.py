@@ -166,11 +166,10 @@ def changed_since(
             unplaced = True
     if root_path is not None:
         why = _root_now(root_path, root_real, mark, since)
-        root_pos = list(paths).index("")
         if why == "":
             unplaced = True
-        elif why is not None and all(pos != root_pos for pos, _ in changed):  # the root once in a report
-            changed.append((root_pos, why))
+        elif why is not None and all(paths[pos] for pos, _ in changed):  # the root once in a report
+            changed.append((list(paths).index(""), why))
     return changed, unplaced
 
 
