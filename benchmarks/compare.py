@@ -114,7 +114,7 @@ def build_floor(work: Path, name: str = "floor") -> str | None:
         print(f"C floor ({name}): skipped (no C compiler)", file=sys.stderr)
         return None
     exe = work / name
-    subprocess.run([gcc, "-O2", "-o", str(exe), str(HERE / f"{name}.c")], check=True)
+    subprocess.run([gcc, "-O2", "-pthread", "-o", str(exe), str(HERE / f"{name}.c")], check=True)
     return str(exe)
 
 
@@ -215,6 +215,8 @@ def main() -> None:
     walk_floor = build_floor(work, "walk_floor")
     if walk_floor:
         commands["C floor: walk + lstat (quick mode's)"] = lambda: timed([walk_floor, str(tree)])
+        # What a scanner on both cores could reach (quick mode's own scanner uses one thread).
+        commands["C floor: walk + lstat, 2 threads"] = lambda: timed([walk_floor, "-j", "2", str(tree)])
     git_status = git_peer(tree, work)
     if git_status:
         commands["git status (stat cache, quick-mode peer)"] = lambda: timed(git_status)
@@ -299,6 +301,10 @@ def main() -> None:
             }
             if floor:
                 cold_cmds["C floor: open/fstat/read/close, cold"] = commands["C floor: open/fstat/read/close, no hash"]
+                # What many readers win from a disk (the verifier's readers join up to 16 from a cold cache).
+                cold_cmds["C floor, 16 threads, cold"] = lambda: timed_stdin(
+                    [floor, "-j", "16"], work / "files.txt", tree
+                )
             cold = {k: [] for k in cold_cmds}
             for _ in range(args.cold_rounds):
                 for name in random.sample(list(cold_cmds), len(cold_cmds)):

@@ -141,6 +141,7 @@ def changed_since(
     Returns (position, why) for every path that is gone, replaced, cannot be reached or carries
     a later ctime.
     """
+    paths = list(paths)  # one list for the look-up and the root's position (a large tree's is long)
     root_fd = open_root(root_real)
     try:
         if mark.waited:
@@ -148,7 +149,7 @@ def changed_since(
         else:
             step = granularity(os.fstat(root_fd).st_ctime_ns)
             since = mark.coarse // step * step
-        found = _ctimes(root_fd, list(paths), since, list(inodes) if inodes is not None else [0] * len(paths))
+        found = _ctimes(root_fd, paths, since, list(inodes) if inodes is not None else [0] * len(paths))
     finally:
         os.close(root_fd)
     changed: list[tuple[int, str]] = []
@@ -169,7 +170,7 @@ def changed_since(
         if why == "":
             unplaced = True
         elif why is not None and all(paths[pos] for pos, _ in changed):  # the root once in a report
-            changed.append((list(paths).index(""), why))
+            changed.append((paths.index(""), why))
     return changed, unplaced
 
 
