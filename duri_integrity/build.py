@@ -106,7 +106,7 @@ def build_manifest(
     return BuildResult(manifest, encode_manifest(manifest), warnings)
 
 
-_Row = tuple[bytes, str, "StatLike", str | None]
+_Row = tuple[bytes, str, StatLike, str | None]
 
 
 class _Tree(NamedTuple):
@@ -158,7 +158,7 @@ def _changed_during_build(root: str, root_real: str, mark: Mark, rows: list[_Row
 
 def _walk(root_real: str, excluder: Excluder, skipped: set[str]) -> tuple[list[_Row], list[str]]:
     """Every object with its lstat (and link target), in canonical order (by path bytes); problems.
-    Through the C scanner when there is one (7 of 17 ms for 3,229 entries), else the Python walk."""
+    Through the C scanner when there is one (10 against 17 ms for 3,229 entries), else the Python walk."""
     problems: list[str] = []
     rows: list[_Row] = []
     fsencode, add = os.fsencode, rows.append

@@ -348,12 +348,11 @@ def compare(
     the tree raises TrustAnchorInTree, however the tree reaches it (a bind mount, a
     hard link). The comparison is of one moment (settle.py): the root, a directory or
     a file whose ctime shows a change after ``started`` (settle.start_mark(), taken when
-    the run began) is ``unstable``, and so is
-    a root whose path (``root_path``, as the caller named it) no longer leads to
-    ``root_real`` at the end; a tree
-    changed within a clock tick before it is compared once more after a wait (and
-    ``progress`` then counts again from zero). Raises TreeError when the check cannot
-    be complete (out of descriptors or memory), and whatever a hashing thread raised.
+    the run began) is ``unstable``, and so is a root whose path (``root_path``, as the
+    caller named it) no longer leads to ``root_real`` at the end; a tree changed within
+    a clock tick of ``started`` is compared once more after a wait (``progress`` then
+    counts again from zero). Raises TreeError when the check cannot be complete (out
+    of descriptors or memory), and whatever a hashing thread raised.
     """
     if max_problems is not None and max_problems < 1:
         raise ValueError("max_problems must be at least 1 (or None for all)")

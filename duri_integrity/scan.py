@@ -56,7 +56,7 @@ _dirs_cache: list[tuple[Manifest, list[int]]] = []
 
 def directories(m: Manifest) -> list[int]:
     """The entry numbers of ``m``'s directories (the end-of-run check looks them up again), kept
-    for the last manifest: a warm quick-mode call spent 0.5 ms of its 10 finding them."""
+    for the last manifest: a warm quick-mode call spent about 0.15 ms of its 10 finding them."""
     if _dirs_cache and _dirs_cache[0][0] is m:
         return _dirs_cache[0][1]
     dirs = [i for i, e in enumerate(m.entries) if type(e) is Dir]
