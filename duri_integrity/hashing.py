@@ -45,6 +45,7 @@ from blake3 import blake3
 
 from . import readahead, speedups
 from .keys import SECRET_KEY_HEAD, looks_like_secret_key
+from .readahead import ReadBuffer
 from .schedule import Worker, schedule, split
 from .walk import DirCursor, check_resources, open_problem, open_root
 
@@ -100,7 +101,7 @@ def _workers(workers: int | None) -> int:
     return workers
 
 
-def read_file(dir_fd: int, name: str, ino: int, size: int, mode: int, buf: bytearray, view: memoryview) -> Result:
+def read_file(dir_fd: int, name: str, ino: int, size: int, mode: int, buf: ReadBuffer, view: memoryview) -> Result:
     """Open ``name`` beneath ``dir_fd`` and read it under the stability rule (what the C reader does).
 
     A file up to :data:`SMALL_FILE` is read into ``buf`` (``view`` is a view of it) at offset 0.
@@ -125,7 +126,7 @@ def read_file(dir_fd: int, name: str, ino: int, size: int, mode: int, buf: bytea
         os.close(fd)
 
 
-def _read_stable(fd: int, opened: os.stat_result, size: int, buf: bytearray, view: memoryview) -> Result:
+def _read_stable(fd: int, opened: os.stat_result, size: int, buf: ReadBuffer, view: memoryview) -> Result:
     """Rules 2 and 3 for a file whose open descriptor's fstat is ``opened``."""
     if opened.st_size != size:
         return ("size", opened.st_size)
@@ -143,7 +144,7 @@ def _read_stable(fd: int, opened: os.stat_result, size: int, buf: bytearray, vie
     return r
 
 
-def _read_small(fd: int, size: int, buf: bytearray, view: memoryview) -> int:
+def _read_small(fd: int, size: int, buf: ReadBuffer, view: memoryview) -> int:
     """Read a file of ``size`` bytes into ``buf``; return the bytes read (more means it grew)."""
     n = os.readv(fd, [buf])
     while 0 < n < size:  # a short read is legal (signals, network filesystems)
@@ -154,7 +155,7 @@ def _read_small(fd: int, size: int, buf: bytearray, view: memoryview) -> int:
     return n
 
 
-def _hash_chunks(fd: int, size: int, buf: bytearray) -> tuple[str | None, int]:
+def _hash_chunks(fd: int, size: int, buf: ReadBuffer) -> tuple[str | None, int]:
     """Hash a large file in chunks; return (hex digest, bytes read) or (None, bytes read) if it grew."""
     hasher = blake3(max_threads=blake3.AUTO if size >= HUGE_FILE else 1)
     view = memoryview(buf)
@@ -186,7 +187,7 @@ def _same_file(name: str, dir_fd: int, opened: os.stat_result) -> bool:
     return (now.st_ino, now.st_dev) == (opened.st_ino, opened.st_dev)
 
 
-def _read_job(cursor: DirCursor, job: tuple[Any, ...], buf: bytearray, view: memoryview) -> Result:
+def _read_job(cursor: DirCursor, job: tuple[Any, ...], buf: ReadBuffer, view: memoryview) -> Result:
     rel_dir, _, name = job[0].rpartition("/")
     try:
         dir_fd = cursor.enter(rel_dir)  # files come grouped by directory: usually the one held

@@ -11,6 +11,7 @@ be hashed, one more per reader is being read, each in a buffer of ``BATCH_BYTES`
 
 from __future__ import annotations
 
+import mmap
 import resource
 import threading
 import time
@@ -20,7 +21,7 @@ from typing import Any
 
 from . import speedups
 
-__all__ = ["BATCH_BYTES", "BATCH_FILES", "plan_batches", "run"]
+__all__ = ["BATCH_BYTES", "BATCH_FILES", "ReadBuffer", "page_buffer", "plan_batches", "run"]
 
 BATCH_BYTES = (1 << 20) + 1
 """One buffer: the largest file read whole (1 MiB) plus the byte that notices growth."""
@@ -29,10 +30,25 @@ DEPTH = 3
 """Batches read and waiting to be hashed: enough to ride out a slow one, few enough to bound memory."""
 
 
+ReadBuffer = mmap.mmap | bytearray
+"""A buffer files are read into: :func:`page_buffer`'s, or (tests) any bytearray."""
 Jobs = Sequence[tuple[Any, ...]]
 """(path relative to the root, inode, size, mode, ...) per file: hashing.FileCheck, or build's job."""
 Consume = Callable[[list[int], list[Any], memoryview], None]
 """consume(batch, results, view): what the caller does with a batch the reader read into ``view``."""
+
+
+def page_buffer(size: int) -> mmap.mmap:
+    """A zeroed buffer of ``size`` bytes that starts on a page boundary, for reading files into.
+
+    Where it starts decides how fast the kernel copies from the page cache. On the AMD EPYC
+    this was measured on, reading 62 MiB in 1 MiB chunks took 4.4 ms into a page-aligned
+    buffer and 23 ms into one that starts 16 bytes past a page boundary, which is where
+    glibc puts the data of a malloc as large as these (a bytearray's): the copy is slow when
+    its destination sits just past its source within a page. An anonymous mapping starts on
+    a page, is zero without a memset, and returns its memory when it is dropped.
+    """
+    return mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
 
 
 def plan_batches(jobs: Jobs, small: list[int]) -> list[list[int]]:
@@ -52,7 +68,7 @@ def plan_batches(jobs: Jobs, small: list[int]) -> list[list[int]]:
     return batches
 
 
-def read_batch(reader: Any, jobs: Jobs, batch: list[int], buf: bytearray) -> list[Any]:
+def read_batch(reader: Any, jobs: Jobs, batch: list[int], buf: ReadBuffer) -> list[Any]:
     """One call into the extension (the GIL is released inside); a seam for fault-injection tests."""
     return reader.read(jobs, batch, buf)  # type: ignore[no-any-return]
 
@@ -61,14 +77,14 @@ class _State:
     def __init__(self, batches: list[list[int]]) -> None:
         self.batches = batches
         self.next = 0
-        self.ready: deque[tuple[list[int], list[Any], bytearray]] = deque()
-        self.free: list[bytearray] = []
+        self.ready: deque[tuple[list[int], list[Any], ReadBuffer]] = deque()
+        self.free: list[ReadBuffer] = []
         self.cond = threading.Condition()
         self.stop = False
         self.errors: list[BaseException] = []
         self.threads: list[threading.Thread] = []
 
-    def claim(self) -> tuple[list[int], bytearray] | None:
+    def claim(self) -> tuple[list[int], ReadBuffer] | None:
         """The next batch to read and a buffer for it; None when all are claimed or on stop."""
         with self.cond:
             while len(self.ready) >= DEPTH and not self.stop:
@@ -76,7 +92,7 @@ class _State:
             if self.stop or self.next >= len(self.batches):
                 return None
             self.next += 1
-            return self.batches[self.next - 1], self.free.pop() if self.free else bytearray(BATCH_BYTES)
+            return self.batches[self.next - 1], self.free.pop() if self.free else page_buffer(BATCH_BYTES)
 
     def stopped(self) -> bool:
         return self.stop
@@ -224,7 +240,7 @@ def _read_and_hash(
     st: _State, root_fd: int, jobs: Jobs, progress: Callable[[int], None] | None, consume: Consume
 ) -> None:
     reader = speedups.new_reader(root_fd)
-    buf = bytearray(BATCH_BYTES)
+    buf = page_buffer(BATCH_BYTES)
     try:
         with memoryview(buf) as view:
             for batch in st.batches:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Sequence
 
-from .readahead import from_disk, io_clock
+from .readahead import from_disk, io_clock, page_buffer
 from .walk import DirCursor
 
 __all__ = ["BATCH", "Worker", "schedule", "split"]
@@ -25,7 +25,7 @@ class Worker:
     __slots__ = ("buf", "cursor")
 
     def __init__(self, root_fd: int, buf_size: int) -> None:
-        self.buf = bytearray(buf_size)
+        self.buf = page_buffer(buf_size)
         self.cursor = DirCursor(root_fd)
 
 
