@@ -1003,7 +1003,40 @@ done_noold:
     return result;
 }
 
+/* key_start(buffer) -> bool: whether "RW" followed by 209 base64 characters ([A-Za-z0-9+/]) occurs
+ * anywhere in buffer, which is exactly when keys._KEY_START finds a match. Build asks it of each
+ * file's head before that regular expression: a vectorised memchr for "R" takes ~0.1 us for 4 KiB,
+ * the expression's literal-prefix search ~1.5 us, on the thread that hashes. */
+static int is_b64(unsigned char c) {
+    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '+' || c == '/';
+}
+
+#define KEY_START_LEN 211 /* "RW" and 209 more */
+
+static PyObject *key_start(PyObject *Py_UNUSED(module), PyObject *arg) {
+    Py_buffer view;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) return NULL;
+    const unsigned char *p = view.buf, *end = p + view.len;
+    int found = 0;
+    while (!found && end - p >= KEY_START_LEN) {
+        const unsigned char *r = memchr(p, 'R', (size_t)(end - p - KEY_START_LEN + 1)); /* a start that fits */
+        if (!r) break;
+        Py_ssize_t k = 1;
+        if (r[1] == 'W') {
+            for (k = 2; k < KEY_START_LEN && is_b64(r[k]); k++) {
+            }
+            found = k == KEY_START_LEN;
+        }
+        /* No match starts inside r[0..k): it would cover r[k], which is not base64 (or r[1] is not "W"). */
+        p = r + k;
+    }
+    PyBuffer_Release(&view);
+    return PyBool_FromLong(found);
+}
+
 static PyMethodDef module_methods[] = {
+    {"key_start", key_start, METH_O,
+     "key_start(buffer) -> bool: whether \"RW\" and 209 base64 characters occur in buffer (keys.py)."},
     {"quick_scan", quick_scan, METH_VARARGS,
      "quick_scan(root_fd, index, expect, old, settled_before, records, seen, skip, excluded, anchors, found, error,"
      " full, hook)"

@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import NamedTuple
 
+from . import speedups
 from .errors import BadSignature, IntegrityError, KeyFileError, UnknownKey
 from .files import check_file_dirs, check_owner_and_mode, read_file
 from .signing import SigningKey, load_secret_key, sign_bytes
@@ -173,7 +174,10 @@ def looks_like_secret_key(head: bytes) -> bool:
     """
     head = head[:SECRET_KEY_HEAD]
     # Build asks this of every file it hashes: one compiled search (about 1.5 us for 4 KiB,
-    # text or binary) finds the few places a key line could start.
+    # text or binary) finds the few places a key line could start; the extension's key_start
+    # answers the usual "none" in about 0.1 us.
+    if speedups.key_start is not None and not speedups.key_start(head):
+        return False
     for m in _KEY_START.finditer(head):
         i = m.start()
         if (i == 0 or head[i - 1] not in _B64_CHARS) and _is_key_line(_candidate(head, i)):

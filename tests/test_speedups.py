@@ -421,3 +421,59 @@ def test_build_lists_the_same_tree_through_the_scanner_and_the_python_walk(
     with_c = build()
     monkeypatch.setattr(speedups, "_ext", None)
     assert build() == with_c
+
+
+_B64 = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+
+
+def _regex_finds(head: bytes) -> bool:
+    from duri_integrity.keys import _KEY_START
+
+    return _KEY_START.search(head) is not None
+
+
+@needs_ext
+def test_key_start_agrees_with_the_regular_expression_at_the_edges() -> None:
+    """key_start says "no key line could start here" only where keys._KEY_START finds none."""
+    run = b"RW" + b"A" * 209  # the shortest match
+    cases = [
+        b"",
+        run,
+        run[:-1],
+        b"x" + run,
+        b"\n" + run[:-1],
+        run[:-1] + b"=",
+        b"RRW" + b"A" * 209,  # the "R" before is not the start
+        b"RW" + b"A" * 100 + b"=" + b"RW" + b"B" * 209,  # a broken run, then a whole one
+        b"RW" + b"A" * 100 + b"=" + b"RW" + b"B" * 208,
+        b"RW" * 106,  # RW...RW is base64 throughout: 212 characters
+        b"RW" * 105 + b"R",  # 211
+        b"RW" * 105,  # 210
+        b"R" * 300,
+        b"W" + b"R" * 210,
+        bytes(range(256)) * 16,
+        b"RW" + b"A" * 208 + b"\x00" + b"A" * 300,
+    ]
+    for head in cases:
+        assert speedups.key_start is not None
+        assert speedups.key_start(head) is _regex_finds(head), head[:20]
+        assert speedups.key_start(bytearray(head)) is _regex_finds(head)
+        assert speedups.key_start(memoryview(head)[:]) is _regex_finds(head)
+
+
+@needs_ext
+def test_key_start_agrees_with_the_regular_expression_on_random_heads() -> None:
+    """Heads mostly of "R", "W" and base64 with a few other bytes: runs start, break and fit at random."""
+    rng = random.Random(11)
+    alphabet = b"RRRRWWWW" + _B64 + b"=\n\x00\xff"
+    agree = {True: 0, False: 0}
+    for _ in range(6_000):
+        n = rng.choice((rng.randrange(0, 260), rng.randrange(200, 1200)))
+        head = bytes(rng.choice(alphabet) if rng.random() < 0.6 else rng.choice(_B64) for _ in range(n))
+        if rng.random() < 0.3:  # plant a run that may be cut short
+            at = rng.randrange(0, n + 1)
+            head = head[:at] + b"RW" + bytes(rng.choice(_B64) for _ in range(rng.randrange(200, 215))) + head[at:]
+        found = _regex_finds(head)
+        assert speedups.key_start is not None and speedups.key_start(head) is found, head
+        agree[found] += 1
+    assert min(agree.values()) > 500, agree  # both answers were asked for often
