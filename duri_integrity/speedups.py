@@ -38,7 +38,7 @@ def _load() -> ModuleType | None:
 
 _ext = _load()
 
-key_start: Callable[[bytes], bool] | None = None if _ext is None else _ext.key_start
+key_start: Callable[[bytes | bytearray | memoryview], bool] | None = None if _ext is None else _ext.key_start
 """``key_start(head)``: whether keys._KEY_START would find a match in ``head`` (a quick "no" for
 keys.looks_like_secret_key); None without the extension."""
 
