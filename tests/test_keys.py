@@ -191,5 +191,26 @@ def test_secret_key_found_anywhere_in_the_first_4_kib(keys: Keys) -> None:
     ):
         assert looks_like_secret_key(text), text[:40]
     assert not looks_like_secret_key(b"x" * (SECRET_KEY_HEAD - 100) + b"\n" + line)  # past the 4 KiB looked at
-    assert not looks_like_secret_key(b"ab" + line)  # inside a longer base64 token: not a key line
     assert not looks_like_secret_key(bytes(range(256)) * 16)
+
+
+def test_secret_key_found_glued_to_base64_text(keys: Keys) -> None:
+    """A key line right after a letter, digit, "+" or "/" (a URL, a name without "="), after a decoy
+    "RW..." that runs into it, or with more base64 after it, is found (an outside attack shipped those)."""
+    from duri_integrity.keys import looks_like_secret_key
+
+    line = keys.secret.read_bytes().splitlines()[1]
+    bare = line.rstrip(b"=")
+    for text in (
+        b"ab" + line,
+        b"https://vault.example/keys/" + line + b"\n",
+        b"MINISIGN_KEY" + bare + b"\n",
+        b"a+" + line,
+        b"9" + bare,
+        b"KEY=RW" + b"A" * 50 + line,  # the decoy's 211 characters cover the key's start
+        b"RW" * 30 + line,
+        bare + b"QUFBQUFB",  # no "=", more base64 after it
+    ):
+        assert looks_like_secret_key(text), text[:40]
+    assert not looks_like_secret_key(b"RW" * 2048)  # the worst case for the search: no key in it
+    assert not looks_like_secret_key(line[:100] + line[101:])  # a character short
