@@ -89,9 +89,10 @@ def read_file(
         os.close(fd)
 
 
-def read_head(path: str, limit: int, what: str) -> bytes:
-    """The first ``limit`` bytes of a regular file, however large it is (a symlink is refused)."""
-    fd = _open(path, what, False, None)
+def read_head(path: str, limit: int, what: str, dir_fd: int | None = None) -> bytes:
+    """The first ``limit`` bytes of a regular file (``path`` beneath ``dir_fd`` when given), however
+    large it is (a symlink is refused)."""
+    fd = _open(path, what, False, dir_fd)
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise UnreadableFile(f"{what} {path!r} is not a regular file")

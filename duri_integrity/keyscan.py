@@ -22,6 +22,7 @@ from typing import NamedTuple
 from .exclude import Excluder
 from .files import UnreadableFile, read_head
 from .keys import SECRET_KEY_HEAD, looks_like_secret_key
+from .walk import DirCursor, open_root
 
 __all__ = ["CODE_SUFFIXES", "ENTRY_LIMIT", "KeyScan", "RecordingExcluder", "excluded_secret_keys", "is_code"]
 
@@ -71,27 +72,41 @@ def excluded_secret_keys(
 ) -> KeyScan:
     """The excluded regular files (and files in excluded directories) that look like a minisign
     secret key or are one of ``signing_keys`` (same device and inode: a hard link, whatever its name),
-    and the excluded entries named as code."""
+    and the excluded entries named as code. Directories are reached from the root one component at
+    a time (walk.DirCursor), as the walk reaches them: a path longer than PATH_MAX is no reason to
+    leave an excluded directory unread (an outside attack shipped a key 41 levels down so)."""
     identities = _identities(signing_keys)
     found: list[str] = []
     code: list[str] = []
     unlisted: list[str] = []
     budget = ENTRY_LIMIT
-    for rel, is_dir in excluded:
-        if budget <= 0 or len(found) >= _SHOWN:
-            break
-        budget -= 1
-        if is_code(rel.rpartition("/")[2]) and len(code) <= _SHOWN_CODE:
-            code.append(rel)
-        if not is_dir:
-            _look_at(os.path.join(root_real, rel), rel, None, identities, found, unlisted)
-            continue
-        budget = _scan_dir(root_real, rel, identities, (found, code, unlisted), budget)
+    root_fd = open_root(root_real)
+    cursor = DirCursor(root_fd)
+    try:
+        for rel, is_dir in excluded:
+            if budget <= 0 or len(found) >= _SHOWN:
+                break
+            budget -= 1
+            if is_code(rel.rpartition("/")[2]) and len(code) <= _SHOWN_CODE:
+                code.append(rel)
+            if not is_dir:
+                parent, _, name = rel.rpartition("/")
+                try:
+                    dir_fd = cursor.enter(parent)
+                except OSError:
+                    unlisted.append(parent or ".")
+                    continue
+                _look_at(dir_fd, name, rel, None, identities, found, unlisted)
+                continue
+            budget = _scan_dir(cursor, rel, identities, (found, code, unlisted), budget)
+    finally:
+        cursor.close()
+        os.close(root_fd)
     return KeyScan(found, (budget > 0 and not unlisted) or len(found) >= _SHOWN, code)
 
 
 def _scan_dir(
-    root_real: str,
+    cursor: DirCursor,
     rel: str,
     identities: set[tuple[int, int]],
     out: tuple[list[str], list[str], list[str]],
@@ -104,7 +119,8 @@ def _scan_dir(
     while pending and budget > 0 and len(found) < _SHOWN:
         current = pending.pop()
         try:
-            with os.scandir(os.path.join(root_real, current)) as it:
+            dir_fd = cursor.enter(current)
+            with os.scandir(dir_fd) as it:
                 for entry in it:
                     budget -= 1
                     if budget <= 0:
@@ -115,7 +131,7 @@ def _scan_dir(
                     if entry.is_dir(follow_symlinks=False):
                         pending.append(child)
                     elif entry.is_file(follow_symlinks=False):
-                        _look_at(entry.path, child, entry, identities, found, unlisted)
+                        _look_at(dir_fd, entry.name, child, entry, identities, found, unlisted)
         except OSError:
             unlisted.append(current)  # what cannot be listed cannot be said to hold no key
     return budget if not pending else min(budget, 0)
@@ -133,27 +149,28 @@ def _identities(paths: Sequence[str]) -> set[tuple[int, int]]:
 
 
 def _look_at(
-    path: str,
+    dir_fd: int,
+    name: str,
     rel: str,
     entry: os.DirEntry[str] | None,
     identities: set[tuple[int, int]],
     found: list[str],
     unread: list[str],
 ) -> None:
-    """Add ``rel`` to ``found`` if it is a secret key, to ``unread`` if it could not be read
-    (what cannot be read cannot be said to be no key: the look is then incomplete)."""
-    key = _is_key(path, entry, identities)
+    """Add ``rel`` (``name`` beneath ``dir_fd``) to ``found`` if it is a secret key, to ``unread`` if
+    it could not be read (what cannot be read cannot be said to be no key: the look is then incomplete)."""
+    key = _is_key(dir_fd, name, entry, identities)
     if key is None:
         unread.append(rel)
     elif key:
         found.append(rel)
 
 
-def _is_key(path: str, entry: os.DirEntry[str] | None, identities: set[tuple[int, int]]) -> bool | None:
+def _is_key(dir_fd: int, name: str, entry: os.DirEntry[str] | None, identities: set[tuple[int, int]]) -> bool | None:
     """Whether a regular file is the signing key (by inode) or reads as a secret key (its start
     only); None if it is a regular file that cannot be read."""
     try:
-        st = entry.stat(follow_symlinks=False) if entry is not None else os.lstat(path)
+        st = entry.stat(follow_symlinks=False) if entry is not None else os.lstat(name, dir_fd=dir_fd)
     except OSError:
         return False  # gone since the listing: nothing to ship
     if not stat.S_ISREG(st.st_mode):
@@ -161,7 +178,7 @@ def _is_key(path: str, entry: os.DirEntry[str] | None, identities: set[tuple[int
     if (st.st_dev, st.st_ino) in identities:
         return True
     try:
-        head = read_head(path, SECRET_KEY_HEAD, "excluded file")
+        head = read_head(name, SECRET_KEY_HEAD, "excluded file", dir_fd=dir_fd)
     except UnreadableFile as exc:
         return False if exc.missing else None  # removed since the listing is nothing to ship
     return looks_like_secret_key(head)

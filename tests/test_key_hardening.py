@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from duri_integrity.build import build_manifest
+from duri_integrity.errors import TreeError
 from duri_integrity.keyscan import excluded_secret_keys
 from duri_integrity.signing import MEMLIMIT_MAX, OPSLIMIT_MAX
 
@@ -364,10 +365,10 @@ def test_an_excluded_file_that_cannot_be_read_makes_the_look_incomplete(
     (tree / "a.txt").write_text("a\n")
     (tree / "ex" / "locked").write_text("unreadable\n")
 
-    def read_head(path: str, limit: int, what: str) -> bytes:
+    def read_head(path: str, limit: int, what: str, dir_fd: int | None = None) -> bytes:
         if path.endswith("locked"):
             raise UnreadableFile(f"cannot read {what} {path!r}: Permission denied")
-        return real(path, limit, what)
+        return real(path, limit, what, dir_fd)
 
     monkeypatch.setattr(keyscan, "read_head", read_head)
     warnings = build_manifest(str(tree), deployment="svc", exclude=["ex/"]).warnings
@@ -375,3 +376,27 @@ def test_an_excluded_file_that_cannot_be_read_makes_the_look_incomplete(
     (tree / "ex" / "locked").unlink()
     warnings = build_manifest(str(tree), deployment="svc", exclude=["ex/"]).warnings
     assert not any("could not be checked fully" in w for w in warnings), warnings
+
+
+def test_a_key_deep_in_an_excluded_directory_is_found_past_path_max(tmp_path: Path, keys: Keys) -> None:
+    """A secret key in an excluded directory whose path is longer than PATH_MAX (4,096 bytes) stops the
+    build: the excluded part is read from the root one directory at a time, as the walk reads (an outside
+    attack shipped a key 41 levels of 100 characters down, with only a warning)."""
+    tree = tmp_path / "t"
+    deep = tree / "ex"
+    deep.mkdir(parents=True)
+    (tree / "a.txt").write_text("a\n")
+    fd = os.open(deep, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for _ in range(45):  # 45 x 101 bytes: past PATH_MAX however short tmp_path is
+            os.mkdir("d" * 100, dir_fd=fd)
+            inner = os.open("d" * 100, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = inner
+        key = os.open("deploy.key", os.O_WRONLY | os.O_CREAT, 0o600, dir_fd=fd)
+        os.write(key, keys.secret.read_bytes())
+        os.close(key)
+    finally:
+        os.close(fd)
+    with pytest.raises(TreeError, match="excluded from the manifest but a minisign secret key"):
+        build_manifest(str(tree), deployment="svc", exclude=["ex/"])
