@@ -477,3 +477,77 @@ def test_key_start_agrees_with_the_regular_expression_on_random_heads() -> None:
         assert speedups.key_start is not None and speedups.key_start(head) is found, head
         agree[found] += 1
     assert min(agree.values()) > 500, agree  # both answers were asked for often
+
+
+def _chunky_tree(root: Path) -> None:
+    """Directories holding around one, two and several of the scanner's chunks of 128 entries."""
+    for count in (0, 1, 2, 127, 128, 129, 257, 600):
+        d = root / f"d{count}"
+        d.mkdir(parents=True)
+        for k in range(count):
+            p = d / f"e{k:04d}"
+            if k % 50 == 7:
+                p.mkdir()
+                (p / "inner").write_bytes(b"i" * k)
+            elif k % 50 == 9:
+                p.symlink_to(f"e{k - 1:04d}")
+            else:
+                p.write_bytes(b"x" * k)  # each size its own: another entry's lstat would show
+                p.chmod(0o600 + k % 64)
+
+
+@needs_ext
+@pytest.mark.parametrize("cpus", ["all", "one"])
+def test_scanner_lstat_of_every_entry_is_its_own(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cpus: str) -> None:
+    """Entries are lstat-ed a chunk at a time on two threads (one when the process may use one CPU): every
+    entry of directories around the chunk size gets its own lstat, round after round."""
+    from duri_integrity import scan
+
+    root = tmp_path / "t"
+    _chunky_tree(root)
+    if cpus == "one":
+        allowed = os.sched_getaffinity(0)
+        os.sched_setaffinity(0, {min(allowed)})
+        monkeypatch.setattr(os, "_test_affinity", allowed, raising=False)
+    seen: dict[str, tuple[int, int, int]] = {}
+
+    def found(rel: str, st: scan.Lstat, target: str | None) -> None:
+        seen[rel] = (st.st_mode, st.st_ino, st.st_size)
+
+    try:
+        for _ in range(25):
+            seen.clear()
+            scan.listing(str(root), set(), None, found, lambda err: pytest.fail(str(err)))  # type: ignore[arg-type]
+            expect = {}
+            for p in root.rglob("*"):
+                st = p.lstat()
+                expect[str(p.relative_to(root))] = (st.st_mode, st.st_ino, st.st_size)
+            assert seen == expect
+    finally:
+        if cpus == "one":
+            os.sched_setaffinity(0, os._test_affinity)  # type: ignore[attr-defined]
+
+
+@needs_ext
+def test_quick_mode_over_chunk_sized_directories_matches_the_python_walk(
+    tmp_path: Path, keys: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Quick mode through the scanner's chunks and through the Python walk: the same reports, clean and
+    after a change in the middle of a chunk, at a chunk's end and in the chunk after it."""
+    root = tmp_path / "t"
+    _chunky_tree(root)
+    s = build_and_sign(root, keys)
+    ext = speedups._ext
+    reports: dict[str, list[Any]] = {"c": [], "py": []}
+    for label in ("c", "py"):
+        monkeypatch.setattr(speedups, "_ext", ext if label == "c" else None)
+        reports[label].append(s.verify(quick=True, cache_dir=str(tmp_path / label)))
+    for k in (60, 127, 128):
+        (root / "d257" / f"e{k:04d}").write_bytes(b"y" * k)
+    for label in ("c", "py"):
+        monkeypatch.setattr(speedups, "_ext", ext if label == "c" else None)
+        reports[label].append(s.verify(quick=True, cache_dir=str(tmp_path / label)))
+    for fast, pure in zip(reports["c"], reports["py"], strict=True):
+        assert (fast.status, fast.counts, fast.problems) == (pure.status, pure.counts, pure.problems)
+    assert [r.status for r in reports["c"]] == ["VERIFIED", "FAILED"]
+    assert {p.path for p in reports["c"][1].problems} == {f"d257/e{k:04d}" for k in (60, 127, 128)}
