@@ -149,10 +149,14 @@ def _changed_during_build(root: str, root_real: str, mark: Mark, rows: list[_Row
     """One instant for the whole tree: everything listed, each path before the directory holding
     it, then the root, must be unchanged since ``mark`` (and the same inode), after the last read,
     and ``root`` must still lead to ``root_real`` (settle.py); a manifest never mixes two moments."""
-    last_first = rows[::-1]  # rows are in path order: a directory before what it holds
-    paths = [*(rel for _, rel, _, _ in last_first), ""]
-    inodes = [*(st.st_ino for _, _, st, _ in last_first), 0]
-    changed, unplaced = changed_since(root_real, mark, paths, inodes, root)
+    # Rows are in path order, a directory before what it holds: every other entry first, then
+    # the directories deepest first, then the root.
+    last_first = rows[::-1]
+    leaves = [(rel, st.st_ino) for _, rel, st, _ in last_first if not stat.S_ISDIR(st.st_mode)]
+    dirs = [(rel, st.st_ino) for _, rel, st, _ in last_first if stat.S_ISDIR(st.st_mode)]
+    paths = [*(rel for rel, _ in leaves), *(rel for rel, _ in dirs), ""]
+    inodes = [*(ino for _, ino in leaves), *(ino for _, ino in dirs), 0]
+    changed, unplaced = changed_since(root_real, mark, paths, inodes, root, leaves=len(leaves))
     return [f"{display(paths[pos] or '.')}: unstable: {why}" for pos, why in changed], unplaced
 
 

@@ -182,7 +182,7 @@ class _Comparison:
         order = [*self.job_index, *reversed(scan.directories(self.m)), -1]
         inodes = [job[1] for job in jobs] + [0] * (len(order) - len(jobs))
         paths = [keys[i] if i >= 0 else "" for i in order]
-        changed, unplaced = changed_since(root_real, mark, paths, inodes, root_path)
+        changed, unplaced = changed_since(root_real, mark, paths, inodes, root_path, leaves=len(jobs))
         for pos, why in changed:
             i = order[pos]
             self.problem(i, keys[i] if i >= 0 else ".", "unstable", actual=why, new=False)

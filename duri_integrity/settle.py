@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import errno
 import os
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import NamedTuple, TypeVar
@@ -125,6 +126,7 @@ def changed_since(
     paths: Sequence[str],
     inodes: Sequence[int] | None = None,
     root_path: str | None = None,
+    leaves: int = 0,
 ) -> tuple[list[tuple[int, str]], bool]:
     """The positions in ``paths`` (relative to the root; ``""`` is the root) that changed after ``mark``,
     and whether any carries a stamp that cannot be placed before or after it (see the module).
@@ -138,6 +140,8 @@ def changed_since(
     lead to ``root_real`` (a ``current`` link repointed during the run is a root that changed),
     and the root's own ctime is read once more, last. What changes after the look has passed
     a directory is a change after the check, as one after the answer would be.
+    The first ``leaves`` paths name no directory: they are looked at before all the others, in
+    any order among themselves (with the extension, on two threads when there are many).
     Returns (position, why) for every path that is gone, replaced, cannot be reached or carries
     a later ctime.
     """
@@ -149,7 +153,7 @@ def changed_since(
         else:
             step = granularity(os.fstat(root_fd).st_ctime_ns)
             since = mark.coarse // step * step
-        found = _ctimes(root_fd, paths, since, list(inodes) if inodes is not None else [0] * len(paths))
+        found = _ctimes(root_fd, paths, since, list(inodes) if inodes is not None else [0] * len(paths), leaves)
     finally:
         os.close(root_fd)
     changed: list[tuple[int, str]] = []
@@ -189,21 +193,71 @@ def _root_now(root_path: str, root_real: str, mark: Mark, since: int) -> str | N
     return "" if ctime >= since else None
 
 
-def _ctimes(root_fd: int, paths: list[str], since: int, inodes: list[int]) -> list[tuple[int, int, int]]:
+def _ctimes(
+    root_fd: int, paths: list[str], since: int, inodes: list[int], leaves: int = 0
+) -> list[tuple[int, int, int]]:
     """(position, errno, 0) for each path that cannot be reached, (position, -1, 0) for each that is
     not the inode given (0: any), (position, 0, ctime) for each whose ctime is at least ``since``:
-    the C reader's ``ctimes``, or the same in Python."""
-    if speedups.available():
-        reader = speedups.new_reader(root_fd)
+    the C reader's ``ctimes``, or the same in Python. With the extension, the first half of the
+    ``leaves`` (paths naming no directory) is looked up on a second thread beside the second half
+    (the look-ups release the GIL), and the rest after both: 4.5 to ~2.5 ms for 3,000 files."""
+    if not speedups.available():
+        return _ctimes_python(root_fd, paths, since, inodes)
+    split = leaves // 2 if leaves >= SPLIT_LEAVES and _cpus() > 1 else 0
+    if not split:
+        return _lookup(root_fd, paths, since, inodes, 0, len(paths))
+    other: list[list[tuple[int, int, int]]] = []
+    failed: list[BaseException] = []
+
+    def first_half() -> None:
         try:
-            found: list[tuple[int, int, int]] = []
-            for at in range(0, len(paths), LOOKUP_BATCH):  # the paths' bytes are made a batch at a time
-                part = reader.ctimes(paths[at : at + LOOKUP_BATCH], since, inodes[at : at + LOOKUP_BATCH])
-                found += [(at + pos, err, ctime) for pos, err, ctime in part]
-            return found
-        finally:
-            reader.close()
-    found = []
+            other.append(_lookup(root_fd, paths, since, inodes, 0, split))
+        except BaseException as exc:  # raised again below, in the caller's thread
+            failed.append(exc)
+
+    helper = threading.Thread(target=first_half, name="end-of-run look-up")
+    helper.start()
+    try:
+        mine = _lookup(root_fd, paths, since, inodes, split, leaves)
+    finally:
+        helper.join()  # every leaf is looked at before any directory
+    if failed:
+        raise failed[0]
+    return [*other[0], *mine, *_lookup(root_fd, paths, since, inodes, leaves, len(paths))]
+
+
+SPLIT_LEAVES = 512
+"""From this many leaves the look-up runs on two threads (a thread costs ~0.1 ms to start)."""
+
+
+def _cpus() -> int:
+    """The CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _lookup(
+    root_fd: int, paths: list[str], since: int, inodes: list[int], start: int, end: int
+) -> list[tuple[int, int, int]]:
+    """The C reader's ``ctimes`` for ``paths[start:end]``, positions counted from 0, through a
+    reader of its own (its own chain of directory descriptors)."""
+    reader = speedups.new_reader(root_fd)
+    try:
+        found: list[tuple[int, int, int]] = []
+        for at in range(start, end, LOOKUP_BATCH):  # the paths' bytes are made a batch at a time
+            stop = min(at + LOOKUP_BATCH, end)
+            part = reader.ctimes(paths[at:stop], since, inodes[at:stop])
+            found += [(at + pos, err, ctime) for pos, err, ctime in part]
+        return found
+    finally:
+        reader.close()
+
+
+def _ctimes_python(root_fd: int, paths: list[str], since: int, inodes: list[int]) -> list[tuple[int, int, int]]:
+    """:func:`_ctimes` without the extension, in order."""
+    found: list[tuple[int, int, int]] = []
     os_stat = os.stat
     cursor = DirCursor(root_fd)
     cur_dir: str | None = None

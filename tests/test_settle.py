@@ -130,8 +130,8 @@ def test_a_change_the_clocks_cannot_place_is_looked_at_again(
 
     checks: list[tuple[list[tuple[int, str]], bool]] = []
 
-    def changed_since(root: str, mark: settle.Mark, *rest: Any) -> tuple[list[tuple[int, str]], bool]:
-        checks.append(real_changed(root, mark, *rest))
+    def changed_since(root: str, mark: settle.Mark, *rest: Any, **kw: Any) -> tuple[list[tuple[int, str]], bool]:
+        checks.append(real_changed(root, mark, *rest, **kw))
         return checks[-1]
 
     monkeypatch.setattr(verify_mod, "start_mark", start)
@@ -263,9 +263,9 @@ def test_build_refuses_a_tree_that_changed_after_it_was_read(signed: Signed, mon
     target = signed.root / "app" / "main.py"
     real = settle.changed_since
 
-    def late_write(root_real: str, mark: settle.Mark, *rest: Any) -> tuple[list[tuple[int, str]], bool]:
+    def late_write(root_real: str, mark: settle.Mark, *rest: Any, **kw: Any) -> tuple[list[tuple[int, str]], bool]:
         target.write_text("print('other')\n")
-        return real(root_real, mark, *rest)
+        return real(root_real, mark, *rest, **kw)
 
     monkeypatch.setattr(build_mod, "changed_since", late_write)
     with pytest.raises(TreeError, match=r"app/main\.py: unstable: changed during the check"):
@@ -277,9 +277,9 @@ def test_build_refuses_a_directory_swapped_after_it_was_read(signed: Signed, mon
     evil = _evil_copy(signed)
     real = settle.changed_since
 
-    def late_swap(root_real: str, mark: settle.Mark, *rest: Any) -> tuple[list[tuple[int, str]], bool]:
+    def late_swap(root_real: str, mark: settle.Mark, *rest: Any, **kw: Any) -> tuple[list[tuple[int, str]], bool]:
         _swap(signed.root / "app", evil)
-        return real(root_real, mark, *rest)
+        return real(root_real, mark, *rest, **kw)
 
     monkeypatch.setattr(build_mod, "changed_since", late_swap)
     with pytest.raises(TreeError, match=r"unstable"):
@@ -449,11 +449,11 @@ def _on_first_end_lookup(monkeypatch: pytest.MonkeyPatch, when: Callable[[str], 
     settled_root: list[str] = []
     real_changed = settle.changed_since
 
-    def changed_since(root: str, *rest: Any) -> tuple[list[tuple[int, str]], bool]:
+    def changed_since(root: str, *rest: Any, **kw: Any) -> tuple[list[tuple[int, str]], bool]:
         settled_root[:] = [root]
         with monkeypatch.context() as m:
             m.setattr(os, "stat", stat)
-            return real_changed(root, *rest)
+            return real_changed(root, *rest, **kw)
 
     monkeypatch.setattr(speedups, "FAULT_HOOK", hook)
     monkeypatch.setattr(compare_mod, "changed_since", changed_since)
@@ -606,3 +606,78 @@ def test_the_roots_last_look(tmp_path: Path) -> None:
     assert settle._root_now(gone, root, mark, 0) == (
         f"the root path {gone!r} cannot be resolved any more (No such file or directory)"
     )
+
+
+def _many_leaves(root: Path) -> tuple[list[str], list[int]]:
+    """600 files in 6 directories, then the directories deepest first, then the root: the order
+    changed_since is given, with every file's inode (one wrong) and a gone file in each half."""
+    files = []
+    for d in range(6):
+        (root / f"d{d}").mkdir()
+        for k in range(100):
+            (root / f"d{d}" / f"f{k:03d}").write_bytes(b"%d" % k)
+            files.append(f"d{d}/f{k:03d}")
+    inodes = [(root / rel).stat().st_ino for rel in files]
+    inodes[450] = inodes[451]  # another inode than the one there
+    files[20], files[520] = "d0/gone", "d5/gone"
+    return [*files, *(f"d{d}" for d in reversed(range(6))), ""], [*inodes, *[0] * 7]
+
+
+def test_many_leaves_are_looked_up_on_two_threads_with_the_same_answer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """From SPLIT_LEAVES files the look-up runs on two threads: the same answer as on one, in both
+    halves, and every file is looked at before the first directory, the root last."""
+    if not speedups.available():
+        pytest.skip("needs the C extension")
+    paths, inodes = _many_leaves(tmp_path)
+    leaves = len(paths) - 7
+    assert leaves >= settle.SPLIT_LEAVES
+    (tmp_path / "d3" / "f007").write_bytes(b"changed")  # a ctime after `since` in the second half
+    since = (tmp_path / "d3" / "f007").stat().st_ctime_ns
+    root_fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    order: list[bytes] = []
+
+    def hook(stage: int, path: bytes) -> int:
+        if stage == speedups.STAGE_CTIME:
+            order.append(path)
+        return 0
+
+    try:
+        one = settle._ctimes(root_fd, paths, since, inodes)
+        monkeypatch.setattr(speedups, "FAULT_HOOK", hook)
+        two = settle._ctimes(root_fd, paths, since, inodes, leaves)
+    finally:
+        os.close(root_fd)
+    assert sorted(two) == one
+    assert {pos for pos, err, _ in one if err > 0} == {20, 520}
+    assert [pos for pos, err, _ in one if err < 0] == [450]
+    assert [pos for pos, err, _ in one if err == 0] == [307]  # d3/f007
+    assert sorted(order[:leaves]) == sorted(os.fsencode(p) for p in paths[:leaves])
+    assert order[leaves:] == [os.fsencode(p) for p in paths[leaves:]]
+
+
+def test_a_failure_on_the_second_look_up_thread_is_raised(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An exception on the thread that looks up the first half of the files reaches the caller, after
+    the other half has stopped, and no directory is looked at."""
+    if not speedups.available():
+        pytest.skip("needs the C extension")
+    paths, inodes = _many_leaves(tmp_path)
+    leaves = len(paths) - 7
+    real = settle._lookup
+    calls: list[tuple[int, int]] = []
+
+    def lookup(root_fd: int, paths: list[str], since: int, inodes: list[int], start: int, end: int) -> Any:
+        calls.append((start, end))
+        if start == 0:
+            raise MemoryError("injected")
+        return real(root_fd, paths, since, inodes, start, end)
+
+    monkeypatch.setattr(settle, "_lookup", lookup)
+    root_fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with pytest.raises(MemoryError, match="injected"):
+            settle._ctimes(root_fd, paths, 0, inodes, leaves)
+    finally:
+        os.close(root_fd)
+    assert sorted(calls) == [(0, leaves // 2), (leaves // 2, leaves)]  # never (leaves, len(paths))

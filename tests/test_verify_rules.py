@@ -563,9 +563,9 @@ def _compare_from(small: Signed, monkeypatch: pytest.MonkeyPatch, fine: int, coa
     used: list[Mark] = []
     real_changed_since = settle.changed_since
 
-    def changed_since(root: str, mark: Mark, *rest: Any) -> tuple[list[tuple[int, str]], bool]:
+    def changed_since(root: str, mark: Mark, *rest: Any, **kw: Any) -> tuple[list[tuple[int, str]], bool]:
         used.append(mark)
-        return real_changed_since(root, mark, *rest)
+        return real_changed_since(root, mark, *rest, **kw)
 
     monkeypatch.setattr(settle, "start_mark", lambda: Mark(fine, coarse))
     monkeypatch.setattr(compare_mod, "changed_since", changed_since)
