@@ -738,16 +738,24 @@ static int scan_hook(Scan *s, int stage, const char *rel, size_t len) {
     return e == -1 && PyErr_Occurred() ? -1 : (int)e;
 }
 
-static int frame_add_sub(Frame *f, const char *name, unsigned long long ino) {
-    size_t len = strlen(name) + 1;
-    if (f->names_len + len > f->names_cap) {
-        size_t cap = f->names_cap ? f->names_cap * 2 : 256;
-        while (cap < f->names_len + len) cap *= 2;
-        char *p = PyMem_Realloc(f->names, cap);
+/* Append name and its NUL to a growing buffer of names; where it starts, or -1 (no memory). */
+static Py_ssize_t names_append(char **names, size_t *len, size_t *cap, const char *name) {
+    size_t need = strlen(name) + 1;
+    if (*len + need > *cap) {
+        size_t grown = *cap ? *cap * 2 : 256;
+        while (grown < *len + need) grown *= 2;
+        char *p = PyMem_Realloc(*names, grown);
         if (!p) return -1;
-        f->names = p;
-        f->names_cap = cap;
+        *names = p;
+        *cap = grown;
     }
+    memcpy(*names + *len, name, need);
+    *len += need;
+    return (Py_ssize_t)(*len - need);
+}
+
+static int frame_add_sub(Frame *f, const char *name, unsigned long long ino) {
+    if (names_append(&f->names, &f->names_len, &f->names_cap, name) < 0) return -1;
     if (f->n == f->cap) {
         size_t cap = f->cap ? f->cap * 2 : 16;
         unsigned long long *p = PyMem_Realloc(f->inos, cap * sizeof *p);
@@ -755,8 +763,6 @@ static int frame_add_sub(Frame *f, const char *name, unsigned long long ino) {
         f->inos = p;
         f->cap = cap;
     }
-    memcpy(f->names + f->names_len, name, len);
-    f->names_len += len;
     f->inos[f->n++] = ino;
     return 0;
 }
@@ -972,18 +978,9 @@ static int list_dir(Scan *s, Frame *f) {
 }
 
 static int chunk_add(Chunk *c, const char *name) {
-    size_t len = strlen(name) + 1;
-    if (c->names_len + len > c->names_cap) {
-        size_t cap = c->names_cap ? c->names_cap * 2 : 4096;
-        while (cap < c->names_len + len) cap *= 2;
-        char *p = PyMem_Realloc(c->names, cap);
-        if (!p) return -1;
-        c->names = p;
-        c->names_cap = cap;
-    }
-    memcpy(c->names + c->names_len, name, len);
-    c->off[c->n++] = c->names_len;
-    c->names_len += len;
+    Py_ssize_t at = names_append(&c->names, &c->names_len, &c->names_cap, name);
+    if (at < 0) return -1;
+    c->off[c->n++] = (size_t)at;
     return 0;
 }
 
