@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -637,10 +638,14 @@ def test_many_leaves_are_looked_up_on_two_threads_with_the_same_answer(
     since = (tmp_path / "d3" / "f007").stat().st_ctime_ns
     root_fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
     order: list[bytes] = []
+    threads: set[int] = set()
 
     def hook(stage: int, path: bytes) -> int:
         if stage == speedups.STAGE_CTIME:
+            if path == os.fsencode(paths[0]):
+                time.sleep(0.2)  # the first half's thread falls behind: the directories must still wait
             order.append(path)
+            threads.add(threading.get_ident())
         return 0
 
     try:
@@ -655,6 +660,7 @@ def test_many_leaves_are_looked_up_on_two_threads_with_the_same_answer(
     assert [pos for pos, err, _ in one if err == 0] == [307]  # d3/f007
     assert sorted(order[:leaves]) == sorted(os.fsencode(p) for p in paths[:leaves])
     assert order[leaves:] == [os.fsencode(p) for p in paths[leaves:]]
+    assert len(threads) == 2
 
 
 def test_a_failure_on_the_second_look_up_thread_is_raised(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
