@@ -216,7 +216,10 @@ def _ctimes(
             failed.append(exc)
 
     helper = threading.Thread(target=first_half, name="end-of-run look-up")
-    helper.start()
+    try:
+        helper.start()
+    except RuntimeError:  # no thread to be had (a process at its limit): one thread does it all
+        return _lookup(root_fd, paths, since, inodes, 0, len(paths))
     try:
         mine = _lookup(root_fd, paths, since, inodes, split, leaves)
     finally:

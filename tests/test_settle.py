@@ -687,3 +687,21 @@ def test_a_failure_on_the_second_look_up_thread_is_raised(tmp_path: Path, monkey
     finally:
         os.close(root_fd)
     assert sorted(calls) == [(0, leaves // 2), (leaves // 2, leaves)]  # never (leaves, len(paths))
+
+
+def test_no_second_thread_means_one_look_up_in_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """When no thread can be started for the first half, one thread looks everything up, in order."""
+    if not speedups.available():
+        pytest.skip("needs the C extension")
+    paths, inodes = _many_leaves(tmp_path)
+
+    def refuse(self: threading.Thread) -> None:
+        raise RuntimeError("can't start new thread")
+
+    root_fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        expected = settle._ctimes(root_fd, paths, 0, inodes)
+        monkeypatch.setattr(threading.Thread, "start", refuse)
+        assert settle._ctimes(root_fd, paths, 0, inodes, len(paths) - 7) == expected
+    finally:
+        os.close(root_fd)
