@@ -7,17 +7,32 @@ build about 5 ms, and what they would free is returned at exit anyway. Memory st
 by reference counting, which frees everything the hot paths allocate. ``serve`` runs for
 days and switches it back on. Embedding programs and tests import :mod:`duri_integrity.cli`
 and keep their own collector settings.
+
+Ctrl-C while the interface loads, or anywhere the commands do not handle it themselves, is
+``duri-integrity: interrupted`` and exit 130, never a traceback and exit 1 (which means FAILED).
 """
 
 from __future__ import annotations
 
 import gc
+import os
+import sys
 
 __all__ = ["run"]
+
+EXIT_INTERRUPTED = 130
 
 
 def run() -> None:
     gc.disable()
-    from .cli import run as run_command
+    try:
+        from .cli import run as run_command
 
-    run_command()
+        run_command()
+    except KeyboardInterrupt:
+        try:
+            sys.stderr.write("duri-integrity: interrupted\n")
+            sys.stderr.flush()
+        except (OSError, ValueError):  # stderr closed: the exit code still says it
+            pass
+        os._exit(EXIT_INTERRUPTED)

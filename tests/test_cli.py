@@ -349,3 +349,25 @@ def test_serve_switches_the_cycle_collector_back_on(tmp_path: Path, monkeypatch:
     finally:
         gc.enable()
     assert res.exit_code != 0
+
+
+@pytest.mark.parametrize("where", ["import", "run"])
+def test_ctrl_c_anywhere_is_interrupted_and_130_never_a_traceback(where: str) -> None:
+    """Ctrl-C while the command line interface loads, or where no command handles it, is one line and exit 130
+    (an outside attack saw a traceback and exit 1, which means FAILED, when it landed in the imports)."""
+    child = (
+        "import sys\n"
+        "class Stop:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'duri_integrity.cli': raise KeyboardInterrupt\n"
+        f"if {where!r} == 'import': sys.meta_path.insert(0, Stop())\n"
+        "else:\n"
+        "    import duri_integrity.cli as cli\n"
+        "    def run(): raise KeyboardInterrupt\n"
+        "    cli.run = run\n"
+        "from duri_integrity import _console\n"
+        "_console.run()\n"
+    )
+    done = subprocess.run([sys.executable, "-P", "-c", child], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 130, done.stderr
+    assert done.stderr == "duri-integrity: interrupted\n"
