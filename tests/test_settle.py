@@ -705,3 +705,32 @@ def test_no_second_thread_means_one_look_up_in_order(tmp_path: Path, monkeypatch
         assert settle._ctimes(root_fd, paths, 0, inodes, len(paths) - 7) == expected
     finally:
         os.close(root_fd)
+
+
+@pytest.mark.parametrize(("files", "cpus", "threads"), [(511, 2, 0), (512, 2, 1), (600, 1, 0)])
+def test_when_the_look_up_takes_a_second_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, files: int, cpus: int, threads: int
+) -> None:
+    """A second thread only from SPLIT_LEAVES files and with two CPUs to run on; the answer is the same."""
+    if not speedups.available():
+        pytest.skip("needs the C extension")
+    for k in range(files):
+        (tmp_path / f"f{k:04d}").write_bytes(b"")
+    paths = [*(f"f{k:04d}" for k in range(files)), ""]
+    inodes = [0] * len(paths)
+    started: list[threading.Thread] = []
+    real_start = threading.Thread.start
+
+    def start(self: threading.Thread) -> None:
+        started.append(self)
+        real_start(self)
+
+    root_fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        expected = settle._ctimes(root_fd, paths, 0, inodes)
+        monkeypatch.setattr(settle, "_cpus", lambda: cpus)
+        monkeypatch.setattr(threading.Thread, "start", start)
+        assert settle._ctimes(root_fd, paths, 0, inodes, files) == expected
+    finally:
+        os.close(root_fd)
+    assert len(started) == threads
