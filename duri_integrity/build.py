@@ -76,12 +76,16 @@ def build_manifest(
     begun = start_mark()  # a change to the tree from here on counts as during the build (settle.py)
     root_real = check_root(root)
     warnings = code_exclusion_warnings(RecordingExcluder(exclude))
-    skipped = relative_inside(root_real, skip) | set(OWN_FILES)
+    written = relative_inside(root_real, skip)
+    skipped = written | set(OWN_FILES)
     for key_path in secret_key_paths:
         rel = inside_root(root_real, key_path)
         if rel is not None and rel not in skipped:
             raise TreeError(f"the signing key {key_path!r} is inside the tree being built; move it out")
-    read = _TreeReader(root, root_real, exclude, skipped, workers, secret_key_paths)
+    # MANIFEST.json and its signature at the root are left out whatever manifest this build
+    # writes; those it does not overwrite ship as they are, so they are looked at for keys too.
+    shipped = sorted(set(OWN_FILES) - written)
+    read = _TreeReader(root, root_real, exclude, (skipped, shipped), workers, secret_key_paths)
     entries, problems, more_warnings, patterns = settled(read.attempt, root_real, begun)
     warnings += more_warnings
     if problems:
@@ -125,18 +129,20 @@ class _TreeReader:
         root: str,
         root_real: str,
         exclude: Sequence[str],
-        skipped: set[str],
+        left_out: tuple[set[str], list[str]],
         workers: int | None,
         keys: Sequence[str],
     ) -> None:
-        self.root, self.root_real, self.exclude, self.skipped = root, root_real, exclude, skipped
+        """``left_out``: what the walk skips (the tool's own files), and which of them ship unchanged."""
+        self.root, self.root_real, self.exclude = root, root_real, exclude
+        self.skipped, self.shipped = left_out
         self.workers, self.keys = workers, keys
 
     def attempt(self, mark: Mark) -> tuple[_Tree, bool]:
         root_real = self.root_real
         excluder = RecordingExcluder(self.exclude)
         rows, problems = _walk(root_real, excluder, self.skipped)
-        warnings = _excluded_part(root_real, excluder, self.keys)
+        warnings = _excluded_part(root_real, excluder, self.keys, self.shipped)
         entries = _entries(root_real, rows, self.workers, problems, warnings)
         unplaced = False
         if not problems:
@@ -261,11 +267,15 @@ def code_exclusion_warnings(excluder: Excluder) -> list[str]:
     ]
 
 
-def _excluded_part(root_real: str, excluder: RecordingExcluder, secret_key_paths: Sequence[str]) -> list[str]:
+def _excluded_part(
+    root_real: str, excluder: RecordingExcluder, secret_key_paths: Sequence[str], shipped: Sequence[str] = ()
+) -> list[str]:
     """Refuse a tree whose excluded part holds a secret key or the signing key itself: excluded files
-    are not hashed, but they ship with the release all the same. Warn about code left out (an
-    attacker can change or add it and the tree still verifies), and when the look was cut short."""
-    scan = excluded_secret_keys(root_real, excluder.seen, secret_key_paths)
+    are not hashed, but they ship with the release all the same, as do the tool's own files at the
+    root that this build does not overwrite (``shipped``). Warn about code left out (an attacker
+    can change or add it and the tree still verifies), and when the look was cut short."""
+    left_out = [*excluder.seen, *((rel, False) for rel in shipped)]
+    scan = excluded_secret_keys(root_real, left_out, secret_key_paths)
     if scan.found:
         raise TreeError(
             f"excluded from the manifest but a minisign secret key (or the signing key itself): "

@@ -400,3 +400,25 @@ def test_a_key_deep_in_an_excluded_directory_is_found_past_path_max(tmp_path: Pa
         os.close(fd)
     with pytest.raises(TreeError, match="excluded from the manifest but a minisign secret key"):
         build_manifest(str(tree), deployment="svc", exclude=["ex/"])
+
+
+@pytest.mark.parametrize("name", ["MANIFEST.json", "MANIFEST.json.minisig"])
+@pytest.mark.parametrize("how", ["a key", "the signing key hard-linked"])
+def test_a_key_in_the_tools_own_file_names_stops_a_build_written_elsewhere(
+    tmp_path: Path, keys: Keys, name: str, how: str
+) -> None:
+    """MANIFEST.json and its signature at the root are left out of every manifest; when the build writes
+    its manifest elsewhere they ship as they are, so a key there stops it (an outside attack shipped one)."""
+    tree = _small_tree(tmp_path / "T")
+    if how == "a key":
+        shutil.copy(keys.secret, tree / name)
+    else:
+        os.link(keys.secret, tree / name)
+    r = _cli("build", str(tree), "-s", str(keys.secret), "-m", str(tmp_path / "out.json"))
+    assert r.returncode == 4, r.stderr
+    assert_one_clear_line(r.stderr)
+    assert "excluded from the manifest but a minisign secret key" in r.stderr and name in r.stderr
+    assert not (tmp_path / "out.json").exists()
+    (tree / name).unlink()
+    (tree / name).write_text("{}\n")  # an old manifest there, not a key: the build goes ahead
+    assert _cli("build", str(tree), "-s", str(keys.secret), "-m", str(tmp_path / "out.json")).returncode == 0
