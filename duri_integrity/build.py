@@ -290,9 +290,15 @@ def _excluded_part(
             + "; an attacker can change or add such files and the tree still verifies (docs/threat-model.md)"
         )
     if not (scan.complete and not excluder.missed):
+        if scan.unread:
+            why = f"{display(scan.unread[0])} could not be listed or read" + (" (and more)" if scan.unread[1:] else "")
+        elif excluder.missed:
+            why = f"over {excluder.LIMIT:,} paths were excluded"
+        else:
+            why = f"it holds over {ENTRY_LIMIT:,} entries"
         warnings.append(
-            "the excluded part of the tree could not be checked fully for minisign secret keys (it is over "
-            f"{ENTRY_LIMIT:,} entries, or has a directory that cannot be listed); make sure no signing key is in it"
+            "the excluded part of the tree could not be checked fully for minisign secret keys or links to "
+            f"the signing key ({why}); make sure no signing key is in it"
         )
     return warnings
 

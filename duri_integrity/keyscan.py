@@ -65,6 +65,9 @@ class KeyScan(NamedTuple):
     """False when the bound stopped the look before every excluded entry was seen."""
     code: list[str]
     """Relative paths (at most four) of excluded entries whose names are code."""
+    unread: tuple[str, ...] = ()
+    """Relative paths of excluded directories that could not be listed and files that could not be
+    read (what the look missed besides the entries past the bound)."""
 
 
 def excluded_secret_keys(
@@ -102,7 +105,7 @@ def excluded_secret_keys(
     finally:
         cursor.close()
         os.close(root_fd)
-    return KeyScan(found, (budget > 0 and not unlisted) or len(found) >= _SHOWN, code)
+    return KeyScan(found, (budget > 0 and not unlisted) or len(found) >= _SHOWN, code, tuple(unlisted))
 
 
 def _scan_dir(

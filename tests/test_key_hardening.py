@@ -231,11 +231,13 @@ def test_a_look_cut_short_by_the_bound_is_a_warning(tmp_path: Path, monkeypatch:
     )
     monkeypatch.setattr("duri_integrity.keyscan.ENTRY_LIMIT", 10)
     warnings = build_manifest(str(tree), deployment="svc", exclude=["cache/"]).warnings
-    assert any("could not be checked fully for minisign secret keys" in w for w in warnings)
+    assert any("could not be checked fully for minisign secret keys or links to the signing key" in w for w in warnings)
+    assert any("it holds over" in w for w in warnings), warnings
     monkeypatch.undo()
     monkeypatch.setattr("duri_integrity.keyscan.RecordingExcluder.LIMIT", 5)
     warnings = build_manifest(str(tree), deployment="svc", exclude=["cache/*.dat"]).warnings
     assert any("could not be checked fully for minisign secret keys" in w for w in warnings)
+    assert any("over 5 paths were excluded" in w for w in warnings), warnings
 
 
 def test_doctor_flags_a_secret_key_in_the_excluded_part(tmp_path: Path) -> None:
@@ -372,7 +374,7 @@ def test_an_excluded_file_that_cannot_be_read_makes_the_look_incomplete(
 
     monkeypatch.setattr(keyscan, "read_head", read_head)
     warnings = build_manifest(str(tree), deployment="svc", exclude=["ex/"]).warnings
-    assert any("could not be checked fully" in w for w in warnings), warnings
+    assert any("could not be checked fully" in w and "ex/locked could not be listed or read" in w for w in warnings)
     (tree / "ex" / "locked").unlink()
     warnings = build_manifest(str(tree), deployment="svc", exclude=["ex/"]).warnings
     assert not any("could not be checked fully" in w for w in warnings), warnings
