@@ -1187,40 +1187,53 @@ done_noold:
     return result;
 }
 
-/* key_start(buffer) -> bool: whether "RW" followed by 209 base64 characters ([A-Za-z0-9+/]) occurs
- * anywhere in buffer, which is exactly when keys._KEY_START finds a match. Build asks it of each
- * file's head before that regular expression: a vectorised memchr for "R" takes ~0.1 us for 4 KiB,
- * the expression's literal-prefix search ~1.5 us, on the thread that hashes. */
+/* find_key_line(buffer, start) -> int: the first offset from `start` where a minisign secret key's
+ * base64 line starts, or -1: "RW", one of "QRST", two base64 characters, one of "EUk0", "Iy",
+ * then 203 more base64 characters. That is keys._KEY_LINE, exactly the 211 characters that, with
+ * an "=", decode to 158 bytes starting "Ed" with "B2" at bytes 4 and 5 (keys._is_key_line).
+ * Build asks it of every file's head: a vectorised memchr for "R" takes ~0.1 us for 4 KiB, the
+ * regular expression ~1.5 us, on the thread that hashes; both are linear in the head. */
 static int is_b64(unsigned char c) {
     return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '+' || c == '/';
 }
 
-#define KEY_START_LEN 211 /* "RW" and 209 more */
+#define KEY_LINE_LEN 211 /* the line without its "=" */
 
-static PyObject *key_start(PyObject *Py_UNUSED(module), PyObject *arg) {
+/* How many characters from r (at most KEY_LINE_LEN) fit a key line's start. */
+static Py_ssize_t key_line_fit(const unsigned char *r) {
+    if (r[1] != 'W' || !memchr("QRST", r[2], 4) || !memchr("EUk0", r[5], 4) || r[6] != 'I' || r[7] != 'y')
+        return 1;
+    Py_ssize_t k = 2;
+    while (k < KEY_LINE_LEN && is_b64(r[k])) k++;
+    return k;
+}
+
+static PyObject *find_key_line(PyObject *Py_UNUSED(module), PyObject *args) {
     Py_buffer view;
-    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) return NULL;
-    const unsigned char *p = view.buf, *end = p + view.len;
-    int found = 0;
-    while (!found && end - p >= KEY_START_LEN) {
-        const unsigned char *r = memchr(p, 'R', (size_t)(end - p - KEY_START_LEN + 1)); /* a start that fits */
+    Py_ssize_t start;
+    if (!PyArg_ParseTuple(args, "y*n", &view, &start)) return NULL;
+    const unsigned char *base = view.buf, *end = base + view.len;
+    const unsigned char *p = base + (start < 0 ? 0 : start > view.len ? view.len : start);
+    Py_ssize_t found = -1;
+    while (found < 0 && end - p >= KEY_LINE_LEN) {
+        const unsigned char *r = memchr(p, 'R', (size_t)(end - p - KEY_LINE_LEN + 1)); /* a start that fits */
         if (!r) break;
-        Py_ssize_t k = 1;
-        if (r[1] == 'W') {
-            for (k = 2; k < KEY_START_LEN && is_b64(r[k]); k++) {
-            }
-            found = k == KEY_START_LEN;
+        Py_ssize_t k = key_line_fit(r);
+        if (k == KEY_LINE_LEN) {
+            found = r - base;
+        } else {
+            /* A run of base64 broken at r[k] holds no line starting before r + k (it would cover
+             * r[k]); a prefix that does not fit rules out r alone. */
+            p = r + (k > 8 ? k : 1);
         }
-        /* No match starts inside r[0..k): it would cover r[k], which is not base64 (or r[1] is not "W"). */
-        p = r + k;
     }
     PyBuffer_Release(&view);
-    return PyBool_FromLong(found);
+    return PyLong_FromSsize_t(found);
 }
 
 static PyMethodDef module_methods[] = {
-    {"key_start", key_start, METH_O,
-     "key_start(buffer) -> bool: whether \"RW\" and 209 base64 characters occur in buffer (keys.py)."},
+    {"find_key_line", find_key_line, METH_VARARGS,
+     "find_key_line(buffer, start) -> int: where a minisign secret key's base64 line starts, or -1 (keys.py)."},
     {"quick_scan", quick_scan, METH_VARARGS,
      "quick_scan(root_fd, index, expect, old, settled_before, records, seen, skip, excluded, anchors, found, error,"
      " full, hook)"

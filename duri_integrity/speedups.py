@@ -21,7 +21,7 @@ __all__ = [
     "STAGE_READ",
     "available",
     "can_scan",
-    "key_start",
+    "find_key_line",
     "new_reader",
     "quick_scan",
 ]
@@ -38,9 +38,11 @@ def _load() -> ModuleType | None:
 
 _ext = _load()
 
-key_start: Callable[[bytes | bytearray | memoryview], bool] | None = None if _ext is None else _ext.key_start
-"""``key_start(head)``: whether keys._KEY_START would find a match in ``head`` (a quick "no" for
-keys.looks_like_secret_key); None without the extension."""
+find_key_line: Callable[[bytes | bytearray | memoryview, int], int] | None = (
+    None if _ext is None else _ext.find_key_line
+)
+"""``find_key_line(head, start)``: where keys._KEY_LINE first matches in ``head`` from ``start``, or -1
+(the same search in C); None without the extension."""
 
 STAGE_OPEN, STAGE_FSTAT, STAGE_READ, STAGE_ENTRY, STAGE_LIST, STAGE_CTIME = 0, 1, 2, 3, 4, 5
 """Where :data:`FAULT_HOOK` is called (the extension's constants of the same names): before a

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import errno
 import importlib
 import os
@@ -426,57 +427,77 @@ def test_build_lists_the_same_tree_through_the_scanner_and_the_python_walk(
 _B64 = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 
 
-def _regex_finds(head: bytes) -> bool:
-    from duri_integrity.keys import _KEY_START
+def _regex_finds(head: bytes, start: int = 0) -> int:
+    from duri_integrity.keys import _find_key_line
 
-    return _KEY_START.search(head) is not None
+    return _find_key_line(head, start)
+
+
+def _key_line(rng: random.Random) -> bytes:
+    """A random secret key's base64 line without its "=": "Ed", any two bytes, "B2", 152 more."""
+    raw = b"Ed" + bytes(rng.randrange(256) for _ in range(2)) + b"B2" + bytes(rng.randrange(256) for _ in range(152))
+    return base64.b64encode(raw)[:-1]
 
 
 @needs_ext
-def test_key_start_agrees_with_the_regular_expression_at_the_edges() -> None:
-    """key_start says "no key line could start here" only where keys._KEY_START finds none."""
-    run = b"RW" + b"A" * 209  # the shortest match
+def test_find_key_line_agrees_with_the_regular_expression_at_the_edges() -> None:
+    """The extension's search finds a key line where keys._KEY_LINE does, from any start, in any buffer."""
+    line = _key_line(random.Random(3))
     cases = [
         b"",
-        run,
-        run[:-1],
-        b"x" + run,
-        b"\n" + run[:-1],
-        run[:-1] + b"=",
-        b"RRW" + b"A" * 209,  # the "R" before is not the start
-        b"RW" + b"A" * 100 + b"=" + b"RW" + b"B" * 209,  # a broken run, then a whole one
-        b"RW" + b"A" * 100 + b"=" + b"RW" + b"B" * 208,
-        b"RW" * 106,  # RW...RW is base64 throughout: 212 characters
-        b"RW" * 105 + b"R",  # 211
-        b"RW" * 105,  # 210
+        line,
+        line[:-1],
+        b"x" + line,
+        b"RW" + line,
+        b"RWQAAEIy" * 600,  # every 8 characters the start of a key line
+        b"RW" * 2048,
         b"R" * 300,
-        b"W" + b"R" * 210,
+        line[:100] + b"!" + line,  # a broken run, then a whole line
+        line[:100] + b"!" + line[:-1],
+        b"RWQAAEIy" + b"A" * 202 + b"\x00" + line,  # one character short of a line, then one
         bytes(range(256)) * 16,
-        b"RW" + b"A" * 208 + b"\x00" + b"A" * 300,
     ]
+    find = speedups.find_key_line
+    assert find is not None
     for head in cases:
-        assert speedups.key_start is not None
-        assert speedups.key_start(head) is _regex_finds(head), head[:20]
-        assert speedups.key_start(bytearray(head)) is _regex_finds(head)
-        assert speedups.key_start(memoryview(head)[:]) is _regex_finds(head)
+        for start in (0, 1, 7, 8, 200, len(head), len(head) + 5, -3):
+            assert find(head, start) == _regex_finds(head, max(start, 0)), (head[:24], start)
+        assert find(bytearray(head), 0) == find(memoryview(head), 0) == _regex_finds(head)
 
 
 @needs_ext
-def test_key_start_agrees_with_the_regular_expression_on_random_heads() -> None:
-    """Heads mostly of "R", "W" and base64 with a few other bytes: runs start, break and fit at random."""
+def test_find_key_line_agrees_with_the_regular_expression_on_random_heads() -> None:
+    """Heads of "R", "W", the line's fixed characters, base64 and a few other bytes, with real lines
+    planted whole or cut short: the same first match, from the start and from just after it."""
     rng = random.Random(11)
-    alphabet = b"RRRRWWWW" + _B64 + b"=\n\x00\xff"
-    agree = {True: 0, False: 0}
-    for _ in range(6_000):
+    alphabet = b"RRWWQEIyUk0" + _B64 + b"=\n\x00\xff"
+    answers = {True: 0, False: 0}
+    for _ in range(4_000):
         n = rng.choice((rng.randrange(0, 260), rng.randrange(200, 1200)))
-        head = bytes(rng.choice(alphabet) if rng.random() < 0.6 else rng.choice(_B64) for _ in range(n))
-        if rng.random() < 0.3:  # plant a run that may be cut short
+        head = bytes(rng.choice(alphabet) if rng.random() < 0.5 else rng.choice(_B64) for _ in range(n))
+        if rng.random() < 0.4:  # a key line, whole or cut short, somewhere
             at = rng.randrange(0, n + 1)
-            head = head[:at] + b"RW" + bytes(rng.choice(_B64) for _ in range(rng.randrange(200, 215))) + head[at:]
-        found = _regex_finds(head)
-        assert speedups.key_start is not None and speedups.key_start(head) is found, head
-        agree[found] += 1
-    assert min(agree.values()) > 500, agree  # both answers were asked for often
+            head = head[:at] + _key_line(rng)[: rng.choice((211, 211, 210, 150))] + head[at:]
+        first = _regex_finds(head)
+        assert speedups.find_key_line is not None and speedups.find_key_line(head, 0) == first, head
+        if first >= 0:
+            assert speedups.find_key_line(head, first + 1) == _regex_finds(head, first + 1)
+        answers[first >= 0] += 1
+    assert min(answers.values()) > 500, answers
+
+
+def test_the_key_line_pattern_is_exactly_the_lines_that_decode_to_a_key() -> None:
+    """keys._KEY_LINE matches a 211-character line exactly when it and an "=" decode to a secret key's
+    layout: every random key's line, and no line that differs from one in a fixed character."""
+    from duri_integrity.keys import _KEY_LINE, _is_key_line
+
+    rng = random.Random(5)
+    for _ in range(2_000):
+        line = _key_line(rng)
+        assert _KEY_LINE.fullmatch(line) and _is_key_line(line + b"=")
+        k = rng.randrange(211)
+        other = line[:k] + bytes([rng.choice(_B64)]) + line[k + 1 :]
+        assert bool(_KEY_LINE.fullmatch(other)) == _is_key_line(other + b"="), (k, other[:10])
 
 
 def _chunky_tree(root: Path) -> None:
