@@ -320,19 +320,34 @@ static PyObject *result_of(const Item *it) {
     return res;
 }
 
+/* A path as the file system takes it (bytes, filesystem encoding), or NULL with an exception set:
+ * one with a NUL byte would name a shorter path to every system call. */
+static PyObject *encode_path(PyObject *path) {
+    PyObject *encoded = PyUnicode_EncodeFSDefault(path);
+    if (encoded && (Py_ssize_t)strlen(PyBytes_AS_STRING(encoded)) != PyBytes_GET_SIZE(encoded)) {
+        Py_DECREF(encoded);
+        PyErr_SetString(PyExc_ValueError, "a path has a NUL byte");
+        return NULL;
+    }
+    return encoded;
+}
+
+/* Drop the first n encoded paths of an array (NULL entries skipped) and the array itself. */
+static void drop_encoded(PyObject **encoded, Py_ssize_t n) {
+    if (encoded)
+        for (Py_ssize_t k = 0; k < n; k++) Py_XDECREF(encoded[k]);
+    PyMem_Free(encoded);
+}
+
 static int parse_job(PyObject *job, Item *it, PyObject **encoded) {
     if (!PyTuple_Check(job) || PyTuple_GET_SIZE(job) < 4) {
         PyErr_SetString(PyExc_TypeError, "a job is a (path, inode, size, mode, ...) tuple");
         return -1;
     }
-    *encoded = PyUnicode_EncodeFSDefault(PyTuple_GET_ITEM(job, 0));
+    *encoded = encode_path(PyTuple_GET_ITEM(job, 0));
     if (!*encoded) return -1;
     it->path = PyBytes_AS_STRING(*encoded);
     it->len = PyBytes_GET_SIZE(*encoded);
-    if ((Py_ssize_t)strlen(it->path) != it->len) {
-        PyErr_SetString(PyExc_ValueError, "a path has a NUL byte");
-        return -1;
-    }
     it->ino = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(job, 1));
     it->size = PyLong_AsLongLong(PyTuple_GET_ITEM(job, 2));
     it->mode = (unsigned int)PyLong_AsUnsignedLong(PyTuple_GET_ITEM(job, 3));
@@ -395,9 +410,7 @@ static PyObject *Reader_read(Reader *self, PyObject *args) {
     }
 out:
     if (claimed) self->busy = 0;
-    if (encoded)
-        for (Py_ssize_t k = 0; k < n; k++) Py_XDECREF(encoded[k]);
-    PyMem_Free(encoded);
+    drop_encoded(encoded, n);
     PyMem_Free(items);
     PyBuffer_Release(&view);
     return result;
@@ -442,11 +455,7 @@ static PyObject *Reader_ctimes(Reader *self, PyObject *args) {
         }
         inodes[k] = PyLong_AsUnsignedLongLong(PyList_GET_ITEM(inode_list, k));
         if (PyErr_Occurred()) goto out;
-        if (!(encoded[k] = PyUnicode_EncodeFSDefault(item))) goto out;
-        if ((Py_ssize_t)strlen(PyBytes_AS_STRING(encoded[k])) != PyBytes_GET_SIZE(encoded[k])) {
-            PyErr_SetString(PyExc_ValueError, "a path has a NUL byte");
-            goto out;
-        }
+        if (!(encoded[k] = encode_path(item))) goto out;
     }
     PyThreadState *save = PyEval_SaveThread();
     for (Py_ssize_t k = 0; k < n; k++) {
@@ -484,9 +493,7 @@ static PyObject *Reader_ctimes(Reader *self, PyObject *args) {
     }
 out:
     if (claimed) self->busy = 0;
-    if (encoded)
-        for (Py_ssize_t k = 0; k < n; k++) Py_XDECREF(encoded[k]);
-    PyMem_Free(encoded);
+    drop_encoded(encoded, n);
     PyMem_Free(ctimes);
     PyMem_Free(errs);
     PyMem_Free(inodes);

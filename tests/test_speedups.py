@@ -572,3 +572,20 @@ def test_quick_mode_over_chunk_sized_directories_matches_the_python_walk(
         assert (fast.status, fast.counts, fast.problems) == (pure.status, pure.counts, pure.problems)
     assert [r.status for r in reports["c"]] == ["VERIFIED", "FAILED"]
     assert {p.path for p in reports["c"][1].problems} == {f"d257/e{k:04d}" for k in (60, 127, 128)}
+
+
+@needs_ext
+def test_reader_refuses_a_path_with_a_nul_byte(tmp_path: Path) -> None:
+    """A NUL byte would cut a path short at every system call: both reader calls refuse it."""
+    (tmp_path / "a").write_bytes(b"x")
+    root_fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    reader = speedups.new_reader(root_fd)
+    try:
+        with pytest.raises(ValueError, match="NUL byte"):
+            reader.read([("a\0b", 0, 1, 0o644, "")], [0], bytearray(2))
+        with pytest.raises(ValueError, match="NUL byte"):
+            reader.ctimes(["a", "a\0b"], 0, [0, 0])
+        assert reader.ctimes(["a"], 0, [0])  # the reader is usable again
+    finally:
+        reader.close()
+        os.close(root_fd)
