@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import pytest
+
 from duri_integrity import verify_integrity
 from duri_integrity.build import build_manifest
-from duri_integrity.keys import load_trusted_keys, verify_signature
+from duri_integrity.keys import load_trusted_keys, looks_like_secret_key, verify_signature
 from duri_integrity.manifest import decode_manifest
 
 from .conftest import Bench
@@ -55,3 +57,11 @@ def test_signature_check(benchmark: BenchmarkFixture, bench: Bench) -> None:
     sig = (bench.manifest.parent / "MANIFEST.json.minisig").read_bytes()
     keys = load_trusted_keys([str(bench.public)])
     benchmark(verify_signature, data, sig, keys)
+
+
+@pytest.mark.parametrize("head", ["text", "RW repeated"])
+def test_secret_key_check(benchmark: BenchmarkFixture, head: str) -> None:
+    """build's secret-key check of one file's first 4 KiB: ordinary text, and the worst case for the
+    search (4 KiB of "RW", a key line's first two characters, over and over)."""
+    data = {"text": b"import os\n" * 410, "RW repeated": b"RW" * 2048}[head]
+    assert benchmark(looks_like_secret_key, data) is False

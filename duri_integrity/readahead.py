@@ -42,8 +42,8 @@ def page_buffer(size: int) -> mmap.mmap:
     """A zeroed buffer of ``size`` bytes that starts on a page boundary, for reading files into.
 
     Where it starts decides how fast the kernel copies from the page cache. On the AMD EPYC
-    this was measured on, reading 62 MiB in 1 MiB chunks took 4.4 ms into a page-aligned
-    buffer and 23 ms into one that starts 16 bytes past a page boundary, which is where
+    this was measured on (benchmarks/buffer_alignment.py), reading 62 MiB in 1 MiB chunks took
+    4.6 ms into a page-aligned buffer and 24 ms into one that starts 16 bytes past a page boundary, which is where
     glibc puts the data of a malloc as large as these (a bytearray's): the copy is slow when
     its destination sits just past its source within a page. An anonymous mapping starts on
     a page, is zero without a memset, and returns its memory when it is dropped.
