@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-SOURCE = HERE / "duri_integrity" / "_speedups.c"
+SOURCES = [HERE / "duri_integrity" / name for name in ("_speedups.c", "_warming.c")]
 FLAGS = ["-O2", "-std=c11", "-Wall", "-Wextra", "-fPIC", "-shared", "-fvisibility=hidden"]
 
 
@@ -41,7 +41,7 @@ def compile_extension(out_dir: Path, extra_flags: tuple[str, ...] = ()) -> tuple
     if not cc or not shutil.which(cc[0]):
         return None, f"no C compiler ({' '.join(cc) or 'none configured'})"
     target = out_dir / ext_name()
-    cmd = [*cc, *FLAGS, *extra_flags, f"-I{include}", str(SOURCE), "-o", str(target)]
+    cmd = [*cc, *FLAGS, *extra_flags, f"-I{include}", *map(str, SOURCES), "-o", str(target)]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
     except (OSError, subprocess.SubprocessError) as exc:

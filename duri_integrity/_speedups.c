@@ -40,6 +40,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "_speedups.h"
+
 #define MAX_HELD 16 /* directory descriptors one Reader keeps open (see walk.MAX_HELD_DIRS) */
 #define FILE_FLAGS (O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC | O_NOCTTY)
 #define DIR_FLAGS (O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
@@ -1261,7 +1263,7 @@ PyMODINIT_FUNC PyInit__speedups(void) {
     if (!str_size || !str_mode || !str_blake3) return NULL;
     PyObject *m = PyModule_Create(&module);
     if (!m) return NULL;
-    if (PyModule_AddObjectRef(m, "Reader", (PyObject *)&ReaderType) < 0 ||
+    if (PyModule_AddObjectRef(m, "Reader", (PyObject *)&ReaderType) < 0 || add_warming(m) < 0 ||
         PyModule_AddIntConstant(m, "MAX_HELD", MAX_HELD) < 0 ||
         PyModule_AddIntConstant(m, "STAGE_OPEN", STAGE_OPEN) < 0 ||
         PyModule_AddIntConstant(m, "STAGE_FSTAT", STAGE_FSTAT) < 0 ||

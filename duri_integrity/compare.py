@@ -339,6 +339,7 @@ def compare(
     anchors: Mapping[int, tuple[int, str]] | None = None,
     root_path: str,
     started: Mark,
+    walked: Callable[[], None] | None = None,
 ) -> Outcome:
     """Walk the tree and compare it with the manifest, hashing what must be hashed.
 
@@ -351,8 +352,9 @@ def compare(
     the run began) is ``unstable``, and so is a root whose path (``root_path``, as the
     caller named it) no longer leads to ``root_real`` at the end; a tree changed within
     a clock tick of ``started`` is compared once more after a wait (``progress`` then
-    counts again from zero). Raises TreeError when the check cannot be complete (out
-    of descriptors or memory), and whatever a hashing thread raised.
+    counts again from zero). ``walked`` is called once each walk is over. Raises TreeError
+    when the check cannot be complete (out of descriptors or memory), and whatever a hashing
+    thread raised.
     """
     if max_problems is not None and max_problems < 1:
         raise ValueError("max_problems must be at least 1 (or None for all)")
@@ -364,6 +366,8 @@ def compare(
         # this run uses a copy kept elsewhere (unless the manifest itself lists them).
         own = skip | {n for n in OWN_FILES if n not in c.index}
         records = _walk_any(c, m, root_real, own, excluder, anchors, snapshot, quick)
+        if walked is not None:
+            walked()
         c.hash(root_real, workers, progress)
         unplaced = not c.tally.problems and c.unchanged_since(root_real, mark, root_path)  # else FAILED anyway
         return c.outcome(records), unplaced

@@ -16,12 +16,42 @@ from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 from . import speedups
+from .errors import TreeError
 from .exclude import Excluder
 from .manifest import Dir, File, Manifest
 from .walk import Found, WalkError, kind_of, open_root
 from .walk import error as walk_error
 
-__all__ = ["INDEX_CACHE_ENTRIES", "Lstat", "directories", "expected", "index_of", "listing", "run"]
+__all__ = ["INDEX_CACHE_ENTRIES", "Lstat", "directories", "expected", "index_of", "listing", "run", "warm_metadata"]
+
+WARM_THREADS = 2
+"""Threads warming the metadata (``_speedups.Warming``): two listed this VM's cold 3,000-file tree in
+19 ms, one in 30, four in 16 (while the signature is checked on the calling thread)."""
+WARM_BUDGET = 1 << 20
+"""Entries they look at, at most, whatever the tree holds (the walk's end stops them first)."""
+
+
+def _nothing() -> None:
+    pass
+
+
+def warm_metadata(root_real: str) -> Callable[[], None]:
+    """Start warming the kernel's caches of the tree's directories and inodes on threads of the
+    extension, and return what stops them (not waiting): a full walk from a cold cache then
+    finds them cached. Nothing is learnt from it; without the extension, when the cache is warm,
+    or under a fault-injection hook (whose calls must all be the run's own), it does nothing."""
+    if not speedups.available() or speedups.FAULT_HOOK is not None:
+        return _nothing
+    try:
+        fd = open_root(root_real)
+    except TreeError:  # the run's own look at the root reports it
+        return _nothing
+    try:
+        warming = speedups.warming(fd, WARM_THREADS, WARM_BUDGET)
+    finally:
+        os.close(fd)
+    return warming.stop  # type: ignore[no-any-return]
+
 
 _EXPECT = struct.Struct("<QHB5x")
 """What the scanner compares per manifest entry: size, mode, kind (0 file, 1 directory, 2 other)."""

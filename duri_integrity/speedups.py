@@ -24,6 +24,7 @@ __all__ = [
     "find_key_line",
     "new_reader",
     "quick_scan",
+    "warming",
 ]
 
 
@@ -75,3 +76,10 @@ def new_reader(root_fd: int) -> Any:
     """A ``_speedups.Reader`` holding its own chain of directory descriptors beneath ``root_fd``."""
     assert _ext is not None
     return _ext.Reader(root_fd, FAULT_HOOK)
+
+
+def warming(root_fd: int, threads: int, budget: int) -> Any:
+    """A ``_speedups.Warming``: ``threads`` threads warming the metadata beneath ``root_fd``, at most
+    ``budget`` entries, ending early when the cache turns out warm (see _warming.c)."""
+    assert _ext is not None
+    return _ext.Warming(root_fd, threads, budget, True)

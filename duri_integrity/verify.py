@@ -15,6 +15,7 @@ from .errors import IntegrityError, NotVerifiedError, TrustAnchorInTree, Untrust
 from .logs import log_report
 from .manifest import Manifest
 from .report import ManifestInfo, Mode, Report, Status, make_report
+from .scan import warm_metadata
 from .settle import start_mark
 from .snapshot import Snapshot, default_cache_dir, load_snapshot, save_snapshot
 from .trust import TrustedManifest, TrustInputs, anchor_inodes, evaluate, load_inputs, now_utc, record_verified
@@ -100,8 +101,11 @@ def verify_settings(
     ``started_ns`` (the quick-mode snapshot's time) defaults to when ``run`` began."""
     run.root = settings.root or "."
     begun = start_mark()  # a change to the tree from here on counts as during the run (settle.py)
+    stop_warming = _nothing
     try:
         root_real = check_root(run.root)
+        # From a cold cache the tree's metadata is read while the signature is checked (scan.py).
+        stop_warming = warm_metadata(root_real)
         inputs, tm = _trusted(settings, run, root_real)
         skip = relative_inside(root_real, (inputs.manifest_path, inputs.signature_path))
         cache = settings.cache_dir or default_cache_dir()
@@ -120,6 +124,7 @@ def verify_settings(
             anchors=inputs.anchors,
             root_path=run.root,
             started=begun,
+            walked=stop_warming,
         )
         if outcome.problems:
             return run.finish("FAILED", outcome=outcome)
@@ -132,12 +137,18 @@ def verify_settings(
     except OSError as exc:  # anything the layers below did not already turn into a message
         where = f" {exc.filename!r}" if exc.filename else ""
         return run.finish("ERROR", f"{exc.strerror or exc}{where}", "os_error")
+    finally:
+        stop_warming()
     if record and quick and outcome.hashed and outcome.records is not None:
         # Every file now checks out: remember their stat so the next quick run can skip them.
         when = started_ns or run.started_ns
         if note := save_snapshot(cache, Snapshot(root_real, tm.manifest.root_digest, when, outcome.records)):
             run.notes.append(note)
     return run.finish("VERIFIED", outcome=outcome)
+
+
+def _nothing() -> None:
+    pass
 
 
 def _trusted(settings: Settings, run: Run, root_real: str) -> tuple[TrustInputs, TrustedManifest]:

@@ -1,0 +1,215 @@
+"""The metadata warming (``_speedups.Warming``): what it looks at, what it never touches, and its bounds.
+
+It only ever makes a cold run faster, so what is tested is what it must not do: follow a
+symlink, open anything but a directory, leave its device, run past its budget, keep
+descriptors, outlive stop(), change a verdict, or run under the fault-injection hook.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from duri_integrity import scan, speedups, verify_integrity
+
+from .conftest import Keys, build_and_sign, make_tree
+
+pytestmark = pytest.mark.skipif(not speedups.available(), reason="C extension not built or turned off")
+
+
+def _ext() -> Any:
+    return importlib.import_module("duri_integrity._speedups")  # by name: mypy needs no compiled module
+
+
+def _warm(root: Path, *, threads: int = 2, budget: int = 1 << 20, watch: bool = False) -> Any:
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        return _ext().Warming(fd, threads, budget, watch)
+    finally:
+        os.close(fd)
+
+
+def _finish(w: Any, deadline: float = 10.0) -> None:
+    """Wait (bounded) for every thread of ``w`` to end; earlier Warmings' threads too."""
+    end = time.monotonic() + deadline
+    while w.running():
+        assert time.monotonic() < end, "warming threads did not end"
+        time.sleep(0.001)
+
+
+@pytest.fixture(autouse=True)
+def _quiet() -> Iterator[None]:
+    """No test starts while threads of an earlier Warming (a verification's) still run: none would start."""
+    end = time.monotonic() + 10
+    while _ext().Warming.live():
+        assert time.monotonic() < end, "warming threads of an earlier test did not end"
+        time.sleep(0.001)
+    yield
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    """An empty directory of its own (``tmp_path`` also holds the suite's working directory)."""
+    (tmp_path / "t").mkdir()
+    return tmp_path / "t"
+
+
+def _tree(root: Path, dirs: int, files: int) -> int:
+    """``dirs`` nested and sibling directories with ``files`` files each; returns the entries."""
+    for d in range(dirs):
+        sub = root / f"d{d % 7}" / f"e{d}"
+        sub.mkdir(parents=True, exist_ok=True)
+        for f in range(files):
+            (sub / f"f{f}").write_bytes(b"x")
+    return sum(1 for _ in root.rglob("*"))
+
+
+def test_every_entry_is_looked_at_once(root: Path) -> None:
+    total = _tree(root, 40, 30)
+    w = _warm(root)
+    _finish(w)
+    assert w.visited() == total
+
+
+@pytest.mark.parametrize("threads", [1, 3, 8])
+def test_any_thread_count_covers_the_tree(root: Path, threads: int) -> None:
+    total = _tree(root, 60, 5)
+    w = _warm(root, threads=threads)
+    _finish(w)
+    assert w.visited() == total
+
+
+def test_deep_and_wide_trees_are_bounded_in_descriptors(root: Path) -> None:
+    """A chain 60 deep and 200 siblings: no descriptor is left behind, however the stack filled."""
+    deep = root / "deep"
+    p = deep
+    for k in range(60):
+        p = p / f"l{k}"
+    p.mkdir(parents=True)
+    for k in range(200):
+        (root / "wide" / f"s{k}").mkdir(parents=True)
+    before = len(os.listdir("/proc/self/fd"))
+    w = _warm(root)
+    _finish(w)
+    assert len(os.listdir("/proc/self/fd")) == before
+    assert 0 < w.visited() <= 60 + 1 + 200 + 1
+
+
+def test_symlinks_and_special_files_are_not_followed_or_opened(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    _tree(outside, 5, 20)
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "link").symlink_to(outside)
+    os.mkfifo(tree / "fifo")  # opening it for reading would block; it is only lstat-ed
+    (tree / "f").write_bytes(b"x")
+    w = _warm(tree)
+    _finish(w)
+    assert w.visited() == 3
+
+
+def test_the_budget_bounds_the_entries(root: Path) -> None:
+    _tree(root, 20, 50)
+    w = _warm(root, budget=100)
+    _finish(w)
+    assert w.visited() == 100
+    w = _warm(root, budget=0)
+    _finish(w)
+    assert w.visited() == 0
+
+
+def test_stop_ends_the_threads_early(root: Path) -> None:
+    total = _tree(root, 40, 250)
+    w = _warm(root)
+    w.stop()
+    _finish(w, deadline=5.0)
+    assert w.visited() < total
+
+
+def test_a_warm_cache_stops_it_early_when_watched(root: Path) -> None:
+    total = _tree(root, 40, 50)
+    _finish(_warm(root))  # everything is cached now
+    w = _warm(root, watch=True)
+    _finish(w)
+    assert w.visited() < total
+
+
+def test_bad_arguments_and_non_directories(tmp_path: Path) -> None:
+    (tmp_path / "f").write_bytes(b"x")
+    fd = os.open(tmp_path / "f", os.O_RDONLY)
+    try:
+        w = _ext().Warming(fd, 2, 10, False)
+        assert (w.running(), w.visited()) == (0, 0)
+    finally:
+        os.close(fd)
+    for threads, budget in ((0, 1), (9, 1), (2, -1)):
+        with pytest.raises(ValueError):
+            _warm(tmp_path, threads=threads, budget=budget)
+
+
+def test_another_filesystem_inside_the_tree_is_not_entered(root: Path) -> None:
+    (root / "mnt").mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(root / "mnt")], capture_output=True).returncode:
+        pytest.skip("mounting a tmpfs is not permitted here")
+    try:
+        _tree(root / "mnt", 5, 20)
+        w = _warm(root)
+        _finish(w)
+        assert w.visited() == 1
+    finally:
+        subprocess.run(["umount", str(root / "mnt")], check=False)
+
+
+def test_access_times_of_the_tree_are_left_alone(root: Path) -> None:
+    """Listing with O_NOATIME (as the owner): an excluded directory's atime stays as it was."""
+    _tree(root, 10, 3)
+    old = 1_000_000_000
+    dirs = [root, *(p for p in root.rglob("*") if p.is_dir())]
+    for d in dirs:
+        os.utime(d, (old, old))
+    w = _warm(root)
+    _finish(w)
+    assert [d.stat().st_atime for d in dirs] == [old] * len(dirs)
+
+
+def test_verify_warms_then_stops_at_the_end_of_the_walk(
+    tmp_path: Path, keys: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A verification starts one warming and stops it: every verdict is the same without it."""
+    tree = make_tree(tmp_path / "tree")
+    build_and_sign(tree, keys)
+    made: list[Any] = []
+    real = speedups.warming
+
+    def spy(root_fd: int, threads: int, budget: int) -> Any:
+        made.append(real(root_fd, threads, budget))
+        return made[-1]
+
+    monkeypatch.setattr(speedups, "warming", spy)
+    monkeypatch.setenv("DURI_INTEGRITY_STATE_DIR", str(tmp_path / "state"))
+    r = verify_integrity(tree, public_keys=str(keys.public), deployment="svc", use_config_file=False)
+    assert r.status == "VERIFIED", r.summary
+    assert len(made) == 1
+    _finish(made[0])
+    (tree / "added").write_bytes(b"x")
+    r = verify_integrity(tree, public_keys=str(keys.public), deployment="svc", use_config_file=False)
+    assert r.status == "FAILED" and [p.kind for p in r.problems] == ["added"]
+
+
+def test_no_warming_under_the_fault_hook_or_without_the_extension(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(speedups, "FAULT_HOOK", lambda stage, path: 0)
+    assert scan.warm_metadata(str(tmp_path)) is scan._nothing
+    monkeypatch.setattr(speedups, "FAULT_HOOK", None)
+    monkeypatch.setattr(speedups, "available", lambda: False)
+    assert scan.warm_metadata(str(tmp_path)) is scan._nothing
+    monkeypatch.setattr(speedups, "available", lambda: True)
+    assert scan.warm_metadata(str(tmp_path / "missing")) is scan._nothing
