@@ -104,8 +104,10 @@ def verify_settings(
     stop_warming = _nothing
     try:
         root_real = check_root(run.root)
-        # From a cold cache the tree's metadata is read while the signature is checked (scan.py).
-        stop_warming = warm_metadata(root_real)
+        # From a cold cache the tree's metadata is read while the signature is checked (scan.py);
+        # not when the caller chose the thread count (as no extra readers join then).
+        if settings.workers is None:
+            stop_warming = warm_metadata(root_real)
         inputs, tm = _trusted(settings, run, root_real)
         skip = relative_inside(root_real, (inputs.manifest_path, inputs.signature_path))
         cache = settings.cache_dir or default_cache_dir()

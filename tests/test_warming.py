@@ -213,3 +213,16 @@ def test_no_warming_under_the_fault_hook_or_without_the_extension(
     assert scan.warm_metadata(str(tmp_path)) is scan._nothing
     monkeypatch.setattr(speedups, "available", lambda: True)
     assert scan.warm_metadata(str(tmp_path / "missing")) is scan._nothing
+
+
+def test_no_warming_when_the_caller_chose_the_thread_count(
+    tmp_path: Path, keys: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tree = make_tree(tmp_path / "tree")
+    build_and_sign(tree, keys)
+    made: list[int] = []
+    monkeypatch.setattr(speedups, "warming", lambda *args: made.append(1))
+    monkeypatch.setenv("DURI_INTEGRITY_STATE_DIR", str(tmp_path / "state"))
+    r = verify_integrity(tree, public_keys=str(keys.public), deployment="svc", use_config_file=False, workers=2)
+    assert r.status == "VERIFIED", r.summary
+    assert made == []
