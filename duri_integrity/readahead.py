@@ -208,6 +208,7 @@ def run(
         with st.cond:
             st.stop = st.stop or bool(st.errors)
             st.cond.notify_all()
+        _let_go(st.cond)
         while True:
             with st.cond:
                 alive = [t for t in st.threads if t.is_alive()]
@@ -217,6 +218,17 @@ def run(
                 t.join()
     if st.errors:
         raise st.errors[0]
+
+
+def _let_go(cond: threading.Condition) -> None:
+    """Release every level of ``cond``'s lock this thread still holds. A KeyboardInterrupt that lands
+    as ``Condition.__exit__`` starts (Python code, where signals are handled) leaves the lock held
+    by the interrupted thread; the readers would then wait for it, and this thread for them, forever."""
+    while True:
+        try:
+            cond.release()
+        except RuntimeError:  # not held by this thread (any more): the usual case
+            return
 
 
 def _hash_ready(st: _State, progress: Callable[[int], None] | None, consume: Consume) -> None:

@@ -175,3 +175,34 @@ def test_files_are_read_into_page_aligned_buffers(tmp_path: Path, monkeypatch: p
         assert [r.problem for r in built] == [None] * len(files), built
     assert len(seen) >= 6  # the large files at least, on each of the four runs' first
     assert [a % mmap.PAGESIZE for a in seen] == [0] * len(seen)
+
+
+def test_an_interrupt_that_leaves_the_lock_held_does_not_hang(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A KeyboardInterrupt can land as Condition.__exit__ starts, before it releases the lock: the
+    interrupted thread still holds it. The run must still stop its readers and raise, not wait forever."""
+    if not speedups.available():
+        pytest.skip("C extension not built or turned off")
+    names = [f"f{k:04d}" for k in range(BATCH_FILES * 6)]
+    for n in names:
+        (tmp_path / n).write_bytes(n.encode())
+    jobs = [(n, (tmp_path / n).lstat().st_ino, len(n), 0o644, "") for n in names]
+    states: list[Any] = []
+    real = readahead._State
+
+    def capture(batches: list[list[int]]) -> Any:
+        states.append(real(batches))
+        return states[-1]
+
+    def consume(batch: list[int], results: list[Any], view: memoryview) -> None:
+        states[0].cond.acquire()  # what an interrupted __exit__ leaves behind
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(readahead, "_State", capture)
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        batches = plan_batches(jobs, list(range(len(jobs))))
+        with pytest.raises(KeyboardInterrupt):
+            within_deadline(lambda: readahead.run(fd, jobs, batches, 3, 0, lambda stopped: None, None, consume))
+    finally:
+        os.close(fd)
+    assert all(not t.is_alive() for t in states[0].threads)
