@@ -160,7 +160,7 @@ _SECRET_KEY_LINE = 212
 """Its base64 line: 158 bytes are 212 characters with their one "=" of padding."""
 
 
-def looks_like_secret_key(head: bytes) -> bool:
+def looks_like_secret_key(head: bytes | bytearray | memoryview) -> bool:
     """True if ``head`` (a file's first bytes) holds a minisign secret key's base64 line.
 
     minisign 0.11 loads any first line (not only "untrusted comment:", and after a UTF-8
@@ -181,7 +181,7 @@ def looks_like_secret_key(head: bytes) -> bool:
     find = speedups.find_key_line
     at = find(head, 0) if find is not None else _find_key_line(head, 0)
     while at >= 0:
-        if _is_key_line(head[at : at + _SECRET_KEY_LINE - 1] + b"="):  # always, for a match: checked all the same
+        if _is_key_line(bytes(head[at : at + _SECRET_KEY_LINE - 1]) + b"="):  # every match is checked
             return True
         at = find(head, at + 1) if find is not None else _find_key_line(head, at + 1)
     return False
@@ -193,7 +193,7 @@ _KEY_LINE = re.compile(rb"RW[QRST][A-Za-z0-9+/]{2}[EUk0]Iy[A-Za-z0-9+/]{203}")
 in all. Exactly the lines :func:`_is_key_line` accepts once an "=" is added."""
 
 
-def _find_key_line(head: bytes, start: int) -> int:
+def _find_key_line(head: bytes | bytearray | memoryview, start: int) -> int:
     m = _KEY_LINE.search(head, start)
     return -1 if m is None else m.start()
 
