@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import os
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -226,3 +227,67 @@ def test_no_warming_when_the_caller_chose_the_thread_count(
     r = verify_integrity(tree, public_keys=str(keys.public), deployment="svc", use_config_file=False, workers=2)
     assert r.status == "VERIFIED", r.summary
     assert made == []
+
+
+def test_stopped_threads_close_what_waited_to_be_listed(root: Path) -> None:
+    """Stopped early, the threads close every descriptor they held, even while the object lives on
+    (an interrupted run's traceback may keep it for as long as the caller keeps the exception)."""
+    for k in range(300):
+        (root / f"d{k}" / "e").mkdir(parents=True)
+    before = sorted(os.listdir("/proc/self/fd"))
+    w = _warm(root)
+    w.stop()
+    _finish(w)
+    assert sorted(os.listdir("/proc/self/fd")) == before
+    assert w.visited() < 600
+
+
+def test_a_child_forked_while_threads_run_warms_afresh(root: Path, tmp_path: Path) -> None:
+    """The threads do not survive fork(): a child must not wait for them to end, and never warm."""
+    _tree(root, 40, 250)
+    small = tmp_path / "small"
+    total = _tree(small, 3, 3)
+    w = _warm(root)
+    if not _ext().Warming.live():
+        pytest.skip("the warming ended before the fork")
+    pid = os.fork()
+    if pid == 0:  # the child: report through the exit status only
+        ok = _ext().Warming.live() == 0
+        child = _warm(small)
+        end = time.monotonic() + 10
+        while child.running() and time.monotonic() < end:
+            time.sleep(0.001)
+        os._exit(0 if ok and child.visited() == total else 1)
+    _, status = os.waitpid(pid, 0)
+    _finish(w)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_the_threads_run_below_the_caller(root: Path) -> None:
+    """Ten nice levels below the caller (19 at most), whatever the caller's own."""
+    _tree(root, 40, 250)
+    code = (
+        "import os, sys, time, importlib\n"
+        "ext = importlib.import_module('duri_integrity._speedups')\n"
+        "fd = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY)\n"
+        "w = ext.Warming(fd, 2, 1 << 20, False)\n"
+        "seen = set()\n"
+        "while w.running():\n"
+        "    for tid in os.listdir('/proc/self/task'):\n"
+        "        if int(tid) != os.getpid():\n"
+        "            try:\n"
+        "                seen.add(int(open(f'/proc/self/task/{tid}/stat').read().rsplit(')', 1)[1].split()[16]))\n"
+        "            except (OSError, IndexError):\n"
+        "                pass\n"
+        "print(' '.join(map(str, sorted(seen))))\n"
+    )
+    for caller, want in ((0, 10), (15, 19)):
+        out = subprocess.run(
+            ["nice", "-n", str(caller), sys.executable, "-c", code, str(root)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        seen = {int(v) for v in out.split()}
+        # A thread may be seen at the caller's level just before it lowers its own.
+        assert want in seen and seen <= {caller, want}, out
