@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import os
 import re
 import time
@@ -187,14 +188,21 @@ def looks_like_secret_key(head: bytes | bytearray | memoryview) -> bool:
     return False
 
 
-_KEY_LINE = re.compile(rb"RW[QRST][A-Za-z0-9+/]{2}[EUk0]Iy[A-Za-z0-9+/]{203}")
+_KEY_LINE = rb"RW[QRST][A-Za-z0-9+/]{2}[EUk0]Iy[A-Za-z0-9+/]{203}"
 """A secret key's base64 line without its "=": "Ed" is "RW" and one of "QRST" (the low bits of
 "d"), "B2" at bytes 4 and 5 is one of "EUk0" and then "Iy" at characters 5 to 7; 211 characters
 in all. Exactly the lines :func:`_is_key_line` accepts once an "=" is added."""
 
 
+@functools.cache
+def _key_line_pattern() -> re.Pattern[bytes]:
+    """:data:`_KEY_LINE` compiled on first use: with the extension only the tests need it, and
+    compiling it cost every start-up 0.2 ms."""
+    return re.compile(_KEY_LINE)
+
+
 def _find_key_line(head: bytes | bytearray | memoryview, start: int) -> int:
-    m = _KEY_LINE.search(head, start)
+    m = _key_line_pattern().search(head, start)
     return -1 if m is None else m.start()
 
 
