@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from duri_integrity import scan, speedups, verify_integrity
+from duri_integrity import compare, scan, speedups, verify_integrity
 
 from .conftest import Keys, build_and_sign, make_tree
 
@@ -180,24 +180,47 @@ def test_access_times_of_the_tree_are_left_alone(root: Path) -> None:
     assert [d.stat().st_atime for d in dirs] == [old] * len(dirs)
 
 
+def _signed_tree(tmp_path: Path, keys: Keys, monkeypatch: pytest.MonkeyPatch) -> Path:
+    tree = make_tree(tmp_path / "tree")
+    build_and_sign(tree, keys)
+    monkeypatch.setenv("DURI_INTEGRITY_STATE_DIR", str(tmp_path / "state"))
+    return tree
+
+
 def test_verify_warms_then_stops_at_the_end_of_the_walk(
     tmp_path: Path, keys: Keys, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A verification starts one warming and stops it: every verdict is the same without it."""
-    tree = make_tree(tmp_path / "tree")
-    build_and_sign(tree, keys)
+    """A verification starts one warming and stops it once the walk is over: the verdicts are its own."""
+    tree = _signed_tree(tmp_path, keys, monkeypatch)
+    events: list[str] = []
     made: list[Any] = []
-    real = speedups.warming
+    real_warming, real_walk = speedups.warming, compare._walk_any
 
-    def spy(root_fd: int, threads: int, budget: int) -> Any:
-        made.append(real(root_fd, threads, budget))
-        return made[-1]
+    class Spy:
+        def __init__(self, *args: int) -> None:
+            made.append(real_warming(*args))
+            events.append("started")
 
-    monkeypatch.setattr(speedups, "warming", spy)
-    monkeypatch.setenv("DURI_INTEGRITY_STATE_DIR", str(tmp_path / "state"))
+        def stop(self) -> None:
+            events.append("stopped")
+            made[-1].stop()
+
+    def walk(*args: Any) -> Any:
+        records = real_walk(*args)
+        events.append("walked")
+        return records
+
+    def hashing(self: Any, *args: Any) -> None:
+        events.append("hashing")
+        real_hash(self, *args)
+
+    real_hash = compare._Comparison.hash
+    monkeypatch.setattr(speedups, "warming", Spy)
+    monkeypatch.setattr(compare, "_walk_any", walk)
+    monkeypatch.setattr(compare._Comparison, "hash", hashing)
     r = verify_integrity(tree, public_keys=str(keys.public), deployment="svc", use_config_file=False)
     assert r.status == "VERIFIED", r.summary
-    assert len(made) == 1
+    assert events[:4] == ["started", "walked", "stopped", "hashing"] and len(made) == 1
     _finish(made[0])
     (tree / "added").write_bytes(b"x")
     r = verify_integrity(tree, public_keys=str(keys.public), deployment="svc", use_config_file=False)
@@ -219,11 +242,9 @@ def test_no_warming_under_the_fault_hook_or_without_the_extension(
 def test_no_warming_when_the_caller_chose_the_thread_count(
     tmp_path: Path, keys: Keys, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    tree = make_tree(tmp_path / "tree")
-    build_and_sign(tree, keys)
+    tree = _signed_tree(tmp_path, keys, monkeypatch)
     made: list[int] = []
     monkeypatch.setattr(speedups, "warming", lambda *args: made.append(1))
-    monkeypatch.setenv("DURI_INTEGRITY_STATE_DIR", str(tmp_path / "state"))
     r = verify_integrity(tree, public_keys=str(keys.public), deployment="svc", use_config_file=False, workers=2)
     assert r.status == "VERIFIED", r.summary
     assert made == []
