@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from . import speedups
+from .errors import interrupt_behind
 
 __all__ = ["BATCH_BYTES", "BATCH_FILES", "ReadBuffer", "page_buffer", "plan_batches", "run"]
 
@@ -203,7 +204,7 @@ def run(
         if not st.stop:
             big(st.stopped)
     except BaseException as exc:
-        st.fail(exc)
+        st.fail(interrupt_behind(exc))
     finally:
         with st.cond:
             st.stop = st.stop or bool(st.errors)
@@ -216,6 +217,9 @@ def run(
                 break
             for t in alive:
                 t.join()
+    # Drop the buffers now: an interrupted run's traceback keeps this frame, and ``st``, alive.
+    st.free.clear()
+    st.ready.clear()
     if st.errors:
         raise st.errors[0]
 

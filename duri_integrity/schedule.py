@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Sequence
 
+from .errors import interrupt_behind
 from .readahead import from_disk, io_clock, page_buffer
 from .walk import DirCursor
 
@@ -78,7 +79,7 @@ def schedule(
         worker = Worker(root_fd, buf_size)
         watch = not front and extra_when_io_bound > 0
         try:
-            while (batch := take(front)) is not None:
+            while not errors and (batch := take(front)) is not None:  # an error or interrupt stops all
                 before = io_clock() if watch else (0.0, 0)
                 run_batch(batch, worker)
                 if watch:
@@ -92,8 +93,12 @@ def schedule(
         finally:
             worker.cursor.close()
 
-    start_helpers(workers - 1)
-    loop(not helpers)
+    try:
+        start_helpers(workers - 1)
+    except BaseException as exc:  # an interrupt while a helper started: stop the ones that did
+        errors.append(interrupt_behind(exc))
+    if not errors:
+        loop(not helpers)
     for t in list(helpers):
         t.join()
     if errors:

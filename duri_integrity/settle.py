@@ -33,6 +33,7 @@ from collections.abc import Callable, Sequence
 from typing import NamedTuple, TypeVar
 
 from . import speedups
+from .errors import interrupt_behind
 from .walk import DirCursor, check_resources, open_root
 
 __all__ = ["Mark", "changed_since", "granularity", "settled", "start_mark", "wait_past"]
@@ -218,8 +219,10 @@ def _ctimes(
     helper = threading.Thread(target=first_half, name="end-of-run look-up")
     try:
         helper.start()
-    except RuntimeError:  # no thread to be had (a process at its limit): one thread does it all
-        return _lookup(root_fd, paths, since, inodes, 0, len(paths))
+    except RuntimeError as exc:
+        if (interrupt := interrupt_behind(exc)) is not exc:  # an interrupt inside start(): not a lack of threads
+            raise interrupt from None
+        return _lookup(root_fd, paths, since, inodes, 0, len(paths))  # no thread to be had: one thread does it all
     try:
         mine = _lookup(root_fd, paths, since, inodes, split, leaves)
     finally:

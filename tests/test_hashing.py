@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import threading
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from blake3 import blake3
@@ -301,3 +304,26 @@ def test_secret_key_variants_minisign_loads_are_flagged(tmp_path: Path, minisign
         "k.pub": False,
         "notes.txt": False,
     }
+
+
+def test_the_pure_path_helpers_stop_when_the_caller_is_interrupted() -> None:
+    """An interrupt (or error) on the calling thread stops the helpers after the batch they hold,
+    instead of letting them hash everything left before the caller hears of it."""
+    from duri_integrity.schedule import schedule
+
+    done: list[int] = []
+    main = threading.get_ident()
+
+    def run_batch(batch: list[int], worker: Any) -> None:
+        if threading.get_ident() == main:
+            raise KeyboardInterrupt
+        time.sleep(0.002)
+        done.extend(batch)
+
+    fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            schedule([], list(range(500)), run_batch, fd, 4096, 3, None)  # 500 one-file batches
+    finally:
+        os.close(fd)
+    assert len(done) < 100

@@ -206,3 +206,45 @@ def test_an_interrupt_that_leaves_the_lock_held_does_not_hang(tmp_path: Path, mo
     finally:
         os.close(fd)
     assert all(not t.is_alive() for t in states[0].threads)
+
+
+def test_an_interrupt_turned_lock_error_reaches_the_caller_as_the_interrupt(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C landing inside Condition.wait after it let go of the lock makes the ``with`` around it
+    raise a RuntimeError about that lock: the caller (a deploy script's ``except KeyboardInterrupt``,
+    the console's exit 130) must get the KeyboardInterrupt, and the readers must stop."""
+    if not speedups.available():
+        pytest.skip("C extension not built or turned off")
+    names = [f"f{k:04d}" for k in range(BATCH_FILES * 6)]
+    for n in names:
+        (tmp_path / n).write_bytes(n.encode())
+    jobs = [(n, (tmp_path / n).lstat().st_ino, len(n), 0o644, "") for n in names]
+    states: list[Any] = []
+    real = readahead._State
+
+    def capture(batches: list[list[int]]) -> Any:
+        states.append(real(batches))
+        return states[-1]
+
+    calls: list[int] = []
+
+    def consume(batch: list[int], results: list[Any], view: memoryview) -> None:
+        calls.append(1)
+        if len(calls) < 2:  # one batch done first: its buffer goes back to the free list
+            return
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise RuntimeError("cannot release un-acquired lock")  # noqa: B904 - as threading's own
+
+    monkeypatch.setattr(readahead, "_State", capture)
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        batches = plan_batches(jobs, list(range(len(jobs))))
+        with pytest.raises(KeyboardInterrupt):
+            within_deadline(lambda: readahead.run(fd, jobs, batches, 3, 0, lambda stopped: None, None, consume))
+    finally:
+        os.close(fd)
+    assert all(not t.is_alive() for t in states[0].threads)
+    assert not states[0].free and not states[0].ready  # the buffers are let go of, whoever keeps the state

@@ -734,3 +734,29 @@ def test_when_the_look_up_takes_a_second_thread(
     finally:
         os.close(root_fd)
     assert len(started) == threads
+
+
+def test_an_interrupt_inside_thread_start_is_raised_not_taken_for_a_lack_of_threads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C landing in Thread.start()'s wait surfaces as a RuntimeError about a lock: it is the
+    interrupt, and must reach the caller instead of the one-thread fallback swallowing it."""
+    if not speedups.available():
+        pytest.skip("needs the C extension")
+    paths, inodes = _many_leaves(tmp_path)
+    real_start = threading.Thread.start
+
+    def interrupted(self: threading.Thread) -> None:
+        real_start(self)  # the thread is started; the interrupt lands in the wait that follows
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise RuntimeError("release unlocked lock")  # noqa: B904 - as threading's own, the interrupt its context
+
+    monkeypatch.setattr(threading.Thread, "start", interrupted)
+    root_fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            settle._ctimes(root_fd, paths, 0, inodes, len(paths) - 7)
+    finally:
+        os.close(root_fd)
