@@ -9,13 +9,14 @@ batch shows the files coming from disk, more helpers join.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Sequence
 
 from .errors import interrupt_behind
 from .readahead import from_disk, io_clock, page_buffer
 from .walk import DirCursor
 
-__all__ = ["BATCH", "Worker", "schedule", "split"]
+__all__ = ["BATCH", "Worker", "join_started", "schedule", "split"]
 
 BATCH = 48
 
@@ -72,7 +73,12 @@ def schedule(
     def start_helpers(n: int) -> None:
         for _ in range(n):
             t = threading.Thread(target=loop, args=(True,), daemon=True)
-            t.start()
+            try:
+                t.start()
+            except RuntimeError as exc:
+                if interrupt_behind(exc) is not exc:  # interrupted in start(): it runs, and is waited for
+                    helpers.append(t)
+                raise
             helpers.append(t)
 
     def loop(front: bool) -> None:
@@ -100,9 +106,23 @@ def schedule(
     if not errors:
         loop(not helpers)
     for t in list(helpers):
-        t.join()
+        join_started(t)
     if errors:
         raise errors[0]
+
+
+def join_started(t: threading.Thread, patience: float = 5.0) -> None:
+    """Join ``t``, which was started, even when ``start()`` was interrupted before the thread said so
+    (``join()`` then refuses for a moment: "cannot join thread before it is started")."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            t.join()
+            return
+        except RuntimeError:
+            if time.monotonic() > deadline:  # it never said so: nothing left to wait for
+                return
+            time.sleep(0.001)
 
 
 def split(sizes: Sequence[int], route: int) -> tuple[list[int], list[int]]:

@@ -34,6 +34,7 @@ from typing import NamedTuple, TypeVar
 
 from . import speedups
 from .errors import interrupt_behind
+from .schedule import join_started
 from .walk import DirCursor, check_resources, open_root
 
 __all__ = ["Mark", "changed_since", "granularity", "settled", "start_mark", "wait_past"]
@@ -221,6 +222,7 @@ def _ctimes(
         helper.start()
     except RuntimeError as exc:
         if (interrupt := interrupt_behind(exc)) is not exc:  # an interrupt inside start(): not a lack of threads
+            join_started(helper)  # it runs, on the caller's descriptor
             raise interrupt from None
         return _lookup(root_fd, paths, since, inodes, 0, len(paths))  # no thread to be had: one thread does it all
     try:

@@ -327,3 +327,48 @@ def test_the_pure_path_helpers_stop_when_the_caller_is_interrupted() -> None:
     finally:
         os.close(fd)
     assert len(done) < 100
+
+
+def test_an_interrupt_while_a_pure_path_helper_starts_reaches_the_caller(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C inside Thread.start()'s wait surfaces as a RuntimeError about a lock: the caller gets the
+    interrupt instead of going on to hash, and the helper that did start is waited for."""
+    from duri_integrity import schedule as sched
+
+    started: list[threading.Thread] = []
+    real_start = threading.Thread.start
+
+    def interrupted(self: threading.Thread) -> None:
+        real_start(self)
+        started.append(self)
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise RuntimeError("release unlocked lock")  # noqa: B904 - as threading's own, the interrupt its context
+
+    hashed_by: set[int] = set()
+
+    def run_batch(batch: list[int], worker: Any) -> None:
+        hashed_by.add(threading.get_ident())
+        time.sleep(0.02)  # the helper is still at work when the caller would return without waiting
+
+    monkeypatch.setattr(threading.Thread, "start", interrupted)
+    fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            sched.schedule([], list(range(50)), run_batch, fd, 4096, 2, None)
+    finally:
+        os.close(fd)
+    assert started and not started[0].is_alive()
+    assert threading.get_ident() not in hashed_by
+
+
+def test_join_started_waits_for_a_started_thread_and_gives_up_on_one_never_started() -> None:
+    from duri_integrity.schedule import join_started
+
+    t = threading.Thread(target=time.sleep, args=(0.05,))
+    t.start()
+    join_started(t)
+    assert not t.is_alive()
+    began = time.monotonic()
+    join_started(threading.Thread(target=time.sleep, args=(0,)), patience=0.05)  # never started
+    assert time.monotonic() - began < 1

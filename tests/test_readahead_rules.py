@@ -216,7 +216,9 @@ def test_an_interrupt_turned_lock_error_reaches_the_caller_as_the_interrupt(
     the console's exit 130) must get the KeyboardInterrupt, and the readers must stop."""
     if not speedups.available():
         pytest.skip("C extension not built or turned off")
-    names = [f"f{k:04d}" for k in range(BATCH_FILES * 6)]
+    # Three batches for three readers: each claims one at once, so when the second is hashed the
+    # first's buffer is back on the free list and the third waits, read, in the ready queue.
+    names = [f"f{k:04d}" for k in range(BATCH_FILES * 3)]
     for n in names:
         (tmp_path / n).write_bytes(n.encode())
     jobs = [(n, (tmp_path / n).lstat().st_ino, len(n), 0o644, "") for n in names]
