@@ -7,6 +7,7 @@ import mmap
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -177,12 +178,14 @@ def test_files_are_read_into_page_aligned_buffers(tmp_path: Path, monkeypatch: p
     assert [a % mmap.PAGESIZE for a in seen] == [0] * len(seen)
 
 
-def test_an_interrupt_that_leaves_the_lock_held_does_not_hang(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A KeyboardInterrupt can land as Condition.__exit__ starts, before it releases the lock: the
-    interrupted thread still holds it. The run must still stop its readers and raise, not wait forever."""
+def _interrupted_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, batches: int, consume: Callable[[Any], readahead.Consume]
+) -> Any:
+    """readahead.run on three readers over ``batches`` full batches, hashing with ``consume(state)``,
+    which must interrupt it: returns the run's state once KeyboardInterrupt came out (a hang fails)."""
     if not speedups.available():
         pytest.skip("C extension not built or turned off")
-    names = [f"f{k:04d}" for k in range(BATCH_FILES * 6)]
+    names = [f"f{k:04d}" for k in range(BATCH_FILES * batches)]
     for n in names:
         (tmp_path / n).write_bytes(n.encode())
     jobs = [(n, (tmp_path / n).lstat().st_ino, len(n), 0o644, "") for n in names]
@@ -193,19 +196,30 @@ def test_an_interrupt_that_leaves_the_lock_held_does_not_hang(tmp_path: Path, mo
         states.append(real(batches))
         return states[-1]
 
-    def consume(batch: list[int], results: list[Any], view: memoryview) -> None:
-        states[0].cond.acquire()  # what an interrupted __exit__ leaves behind
-        raise KeyboardInterrupt
-
     monkeypatch.setattr(readahead, "_State", capture)
     fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        batches = plan_batches(jobs, list(range(len(jobs))))
+        planned = plan_batches(jobs, list(range(len(jobs))))
         with pytest.raises(KeyboardInterrupt):
-            within_deadline(lambda: readahead.run(fd, jobs, batches, 3, 0, lambda stopped: None, None, consume))
+            within_deadline(lambda: readahead.run(fd, jobs, planned, 3, 0, lambda stopped: None, None, consume(states)))
     finally:
         os.close(fd)
     assert all(not t.is_alive() for t in states[0].threads)
+    return states[0]
+
+
+def test_an_interrupt_that_leaves_the_lock_held_does_not_hang(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A KeyboardInterrupt can land as Condition.__exit__ starts, before it releases the lock: the
+    interrupted thread still holds it. The run must still stop its readers and raise, not wait forever."""
+
+    def consume(states: list[Any]) -> readahead.Consume:
+        def hash_batch(batch: list[int], results: list[Any], view: memoryview) -> None:
+            states[0].cond.acquire()  # what an interrupted __exit__ leaves behind
+            raise KeyboardInterrupt
+
+        return hash_batch
+
+    _interrupted_run(tmp_path, monkeypatch, 6, consume)
 
 
 def test_an_interrupt_turned_lock_error_reaches_the_caller_as_the_interrupt(
@@ -214,39 +228,21 @@ def test_an_interrupt_turned_lock_error_reaches_the_caller_as_the_interrupt(
     """Ctrl-C landing inside Condition.wait after it let go of the lock makes the ``with`` around it
     raise a RuntimeError about that lock: the caller (a deploy script's ``except KeyboardInterrupt``,
     the console's exit 130) must get the KeyboardInterrupt, and the readers must stop."""
-    if not speedups.available():
-        pytest.skip("C extension not built or turned off")
-    # Three batches for three readers: each claims one at once, so when the second is hashed the
-    # first's buffer is back on the free list and the third waits, read, in the ready queue.
-    names = [f"f{k:04d}" for k in range(BATCH_FILES * 3)]
-    for n in names:
-        (tmp_path / n).write_bytes(n.encode())
-    jobs = [(n, (tmp_path / n).lstat().st_ino, len(n), 0o644, "") for n in names]
-    states: list[Any] = []
-    real = readahead._State
-
-    def capture(batches: list[list[int]]) -> Any:
-        states.append(real(batches))
-        return states[-1]
-
     calls: list[int] = []
 
-    def consume(batch: list[int], results: list[Any], view: memoryview) -> None:
-        calls.append(1)
-        if len(calls) < 2:  # one batch done first: its buffer goes back to the free list
-            return
-        try:
-            raise KeyboardInterrupt
-        except KeyboardInterrupt:
-            raise RuntimeError("cannot release un-acquired lock")  # noqa: B904 - as threading's own
+    def consume(states: list[Any]) -> readahead.Consume:
+        def hash_batch(batch: list[int], results: list[Any], view: memoryview) -> None:
+            calls.append(1)
+            if len(calls) < 2:  # one batch done first: its buffer goes back to the free list
+                return
+            try:
+                raise KeyboardInterrupt
+            except KeyboardInterrupt:
+                raise RuntimeError("cannot release un-acquired lock")  # noqa: B904 - as threading's own
 
-    monkeypatch.setattr(readahead, "_State", capture)
-    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        batches = plan_batches(jobs, list(range(len(jobs))))
-        with pytest.raises(KeyboardInterrupt):
-            within_deadline(lambda: readahead.run(fd, jobs, batches, 3, 0, lambda stopped: None, None, consume))
-    finally:
-        os.close(fd)
-    assert all(not t.is_alive() for t in states[0].threads)
-    assert not states[0].free and not states[0].ready  # the buffers are let go of, whoever keeps the state
+        return hash_batch
+
+    # Three batches for three readers: each claims one at once, so when the second is hashed the
+    # first's buffer is back on the free list and the third waits, read, in the ready queue.
+    st = _interrupted_run(tmp_path, monkeypatch, 3, consume)
+    assert not st.free and not st.ready  # the buffers are let go of, whoever keeps the state
