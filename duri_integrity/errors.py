@@ -119,16 +119,3 @@ class NotVerifiedError(IntegrityError):
     def __init__(self, report: Report) -> None:
         super().__init__(f"{report.status}: {report.summary}")
         self.report = report
-
-
-def interrupt_behind(exc: BaseException) -> BaseException:
-    """The interrupt (KeyboardInterrupt, SystemExit) ``exc`` was raised while handling, else ``exc``.
-
-    An interrupt that lands inside ``threading.Condition.wait`` after it has let go of its lock
-    (``Thread.start()`` waits on one too) leaves the lock unheld, and the ``with`` block around
-    the wait then raises a RuntimeError about releasing it: the caller must see the interrupt.
-    """
-    context = exc.__context__
-    if isinstance(exc, RuntimeError) and context is not None and not isinstance(context, Exception):
-        return context
-    return exc

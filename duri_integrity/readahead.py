@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from . import speedups
-from .errors import interrupt_behind
+from .threads import interrupt_behind
 
 __all__ = ["BATCH_BYTES", "BATCH_FILES", "ReadBuffer", "page_buffer", "plan_batches", "run"]
 

@@ -22,7 +22,17 @@ from .manifest import Dir, File, Manifest
 from .walk import Found, WalkError, kind_of, open_root
 from .walk import error as walk_error
 
-__all__ = ["INDEX_CACHE_ENTRIES", "Lstat", "directories", "expected", "index_of", "listing", "run", "warm_metadata"]
+__all__ = [
+    "INDEX_CACHE_ENTRIES",
+    "Lstat",
+    "directories",
+    "expected",
+    "index_of",
+    "listing",
+    "not_warming",
+    "run",
+    "warm_metadata",
+]
 
 WARM_THREADS = 2
 """Threads warming the metadata (``_speedups.Warming``): two listed this VM's cold 3,000-file tree in
@@ -31,21 +41,22 @@ WARM_BUDGET = 1 << 20
 """Entries they look at, at most, whatever the tree holds (the walk's end stops them first)."""
 
 
-def _nothing() -> None:
-    pass
+def not_warming() -> None:
+    """What stops a warming that was never started."""
 
 
 def warm_metadata(root_real: str) -> Callable[[], None]:
     """Start warming the kernel's caches of the tree's directories and inodes on threads of the
     extension, and return what stops them (not waiting): a full walk from a cold cache then
-    finds them cached. Nothing is learnt from it; without the extension, when the cache is warm,
-    or under a fault-injection hook (whose calls must all be the run's own), it does nothing."""
+    finds them cached. Nothing is learnt from it. The threads end on their own once the cache
+    turns out warm; without the extension, or under a fault-injection hook (whose calls must all
+    be the run's own), none start."""
     if not speedups.available() or speedups.FAULT_HOOK is not None:
-        return _nothing
+        return not_warming
     try:
         fd = open_root(root_real)
     except TreeError:  # the run's own look at the root reports it
-        return _nothing
+        return not_warming
     try:
         warming = speedups.warming(fd, WARM_THREADS, WARM_BUDGET)
     finally:

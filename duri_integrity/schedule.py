@@ -9,14 +9,13 @@ batch shows the files coming from disk, more helpers join.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Sequence
 
-from .errors import interrupt_behind
 from .readahead import from_disk, io_clock, page_buffer
+from .threads import interrupt_behind, join_started
 from .walk import DirCursor
 
-__all__ = ["BATCH", "Worker", "join_started", "schedule", "split"]
+__all__ = ["BATCH", "Worker", "schedule", "split"]
 
 BATCH = 48
 
@@ -109,20 +108,6 @@ def schedule(
         join_started(t)
     if errors:
         raise errors[0]
-
-
-def join_started(t: threading.Thread, patience: float = 5.0) -> None:
-    """Join ``t``, which was started, even when ``start()`` was interrupted before the thread said so
-    (``join()`` then refuses for a moment: "cannot join thread before it is started")."""
-    deadline = time.monotonic() + patience
-    while True:
-        try:
-            t.join()
-            return
-        except RuntimeError:
-            if time.monotonic() > deadline:  # it never said so: nothing left to wait for
-                return
-            time.sleep(0.001)
 
 
 def split(sizes: Sequence[int], route: int) -> tuple[list[int], list[int]]:

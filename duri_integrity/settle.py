@@ -33,8 +33,7 @@ from collections.abc import Callable, Sequence
 from typing import NamedTuple, TypeVar
 
 from . import speedups
-from .errors import interrupt_behind
-from .schedule import join_started
+from .threads import interrupt_behind, join_started
 from .walk import DirCursor, check_resources, open_root
 
 __all__ = ["Mark", "changed_since", "granularity", "settled", "start_mark", "wait_past"]

@@ -15,7 +15,7 @@ from .errors import IntegrityError, NotVerifiedError, TrustAnchorInTree, Untrust
 from .logs import log_report
 from .manifest import Manifest
 from .report import ManifestInfo, Mode, Report, Status, make_report
-from .scan import warm_metadata
+from .scan import not_warming, warm_metadata
 from .settle import start_mark
 from .snapshot import Snapshot, default_cache_dir, load_snapshot, save_snapshot
 from .trust import TrustedManifest, TrustInputs, anchor_inodes, evaluate, load_inputs, now_utc, record_verified
@@ -101,7 +101,7 @@ def verify_settings(
     ``started_ns`` (the quick-mode snapshot's time) defaults to when ``run`` began."""
     run.root = settings.root or "."
     begun = start_mark()  # a change to the tree from here on counts as during the run (settle.py)
-    stop_warming = _nothing
+    stop_warming = not_warming
     try:
         root_real = check_root(run.root)
         # From a cold cache the tree's metadata is read while the signature is checked (scan.py);
@@ -147,10 +147,6 @@ def verify_settings(
         if note := save_snapshot(cache, Snapshot(root_real, tm.manifest.root_digest, when, outcome.records)):
             run.notes.append(note)
     return run.finish("VERIFIED", outcome=outcome)
-
-
-def _nothing() -> None:
-    pass
 
 
 def _trusted(settings: Settings, run: Run, root_real: str) -> tuple[TrustInputs, TrustedManifest]:

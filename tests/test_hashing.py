@@ -363,7 +363,7 @@ def test_an_interrupt_while_a_pure_path_helper_starts_reaches_the_caller(monkeyp
 
 
 def test_join_started_waits_for_a_started_thread_and_gives_up_on_one_never_started() -> None:
-    from duri_integrity.schedule import join_started
+    from duri_integrity.threads import join_started
 
     t = threading.Thread(target=time.sleep, args=(0.05,))
     t.start()

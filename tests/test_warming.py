@@ -231,12 +231,12 @@ def test_no_warming_under_the_fault_hook_or_without_the_extension(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(speedups, "FAULT_HOOK", lambda stage, path: 0)
-    assert scan.warm_metadata(str(tmp_path)) is scan._nothing
+    assert scan.warm_metadata(str(tmp_path)) is scan.not_warming
     monkeypatch.setattr(speedups, "FAULT_HOOK", None)
     monkeypatch.setattr(speedups, "available", lambda: False)
-    assert scan.warm_metadata(str(tmp_path)) is scan._nothing
+    assert scan.warm_metadata(str(tmp_path)) is scan.not_warming
     monkeypatch.setattr(speedups, "available", lambda: True)
-    assert scan.warm_metadata(str(tmp_path / "missing")) is scan._nothing
+    assert scan.warm_metadata(str(tmp_path / "missing")) is scan.not_warming
 
 
 def test_no_warming_when_the_caller_chose_the_thread_count(
